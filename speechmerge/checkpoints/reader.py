@@ -1,0 +1,288 @@
+"""Lazy, per-tensor access to Whisper checkpoints.
+
+`open_checkpoint(spec)` accepts:
+
+- a Hugging Face Whisper directory: `model.safetensors`, sharded safetensors with
+  `model.safetensors.index.json`, or `pytorch_model.bin[.index.json]` (read with
+  `torch.load(weights_only=True)` only: pickled Python objects are refused);
+- `builtin:whisper-base` / `builtin:whisper-small` (converted once into the cache);
+- a CTranslate2 model directory or an openai-whisper `.pt` file (converted once into the cache);
+- a Hugging Face Hub id, resolved through the normal HF cache (offline when `HF_HUB_OFFLINE=1`).
+
+Safetensors are memory-mapped: nothing is read until `get(name)` asks for one tensor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Protocol
+
+from speechmerge.errors import SpeechmergeError
+
+SAFE_INDEX = "model.safetensors.index.json"
+SAFE_SINGLE = "model.safetensors"
+BIN_INDEX = "pytorch_model.bin.index.json"
+BIN_SINGLE = "pytorch_model.bin"
+
+
+class Checkpoint(Protocol):
+    """What the merge engine needs from any source of weights."""
+
+    path: Path
+    label: str
+    config: dict
+
+    def names(self) -> list[str]: ...
+
+    def shape(self, name: str) -> tuple[int, ...]: ...
+
+    def dtype(self, name: str): ...
+
+    def get(self, name: str): ...
+
+    def content_hash(self) -> str: ...
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise SpeechmergeError(f"{path}: not valid JSON ({error}); the file is damaged, re-save the model") from None
+
+
+class HFCheckpoint:
+    """A Hugging Face Whisper directory, read one tensor at a time."""
+
+    def __init__(self, path: Path, label: str | None = None):
+        self.path = Path(path)
+        self.label = label or self.path.name
+        config_path = self.path / "config.json"
+        if not config_path.is_file():
+            raise SpeechmergeError(
+                f"{self.path}: no config.json; expected a Hugging Face Whisper model directory "
+                "(config.json + model.safetensors), a CTranslate2 directory or an openai-whisper .pt file"
+            )
+        self.config = _read_json(config_path)
+        if self.config.get("model_type") != "whisper":
+            raise SpeechmergeError(
+                f"{config_path}: model_type is {self.config.get('model_type')!r}, not 'whisper'; "
+                "speechmerge merges Whisper checkpoints only"
+            )
+        self._file_of: dict[str, Path] = {}
+        self._handles: dict[Path, object] = {}
+        self._bin_cache: dict[Path, dict] = {}
+        self._meta: dict[str, tuple[tuple[int, ...], object]] = {}
+        self._index_weights()
+
+    # -- indexing -------------------------------------------------------------------------
+    def _index_weights(self) -> None:
+        p = self.path
+        if (p / SAFE_INDEX).is_file():
+            weight_map = _read_json(p / SAFE_INDEX).get("weight_map", {})
+            self._file_of = {name: p / file for name, file in weight_map.items()}
+        elif (p / SAFE_SINGLE).is_file():
+            self._file_of = {name: p / SAFE_SINGLE for name in self._safe_handle(p / SAFE_SINGLE).keys()}
+        elif (p / BIN_INDEX).is_file():
+            weight_map = _read_json(p / BIN_INDEX).get("weight_map", {})
+            self._file_of = {name: p / file for name, file in weight_map.items()}
+        elif (p / BIN_SINGLE).is_file():
+            self._file_of = {name: p / BIN_SINGLE for name in self._bin_state(p / BIN_SINGLE)}
+        else:
+            raise SpeechmergeError(
+                f"{p}: no model.safetensors, {SAFE_INDEX}, pytorch_model.bin or {BIN_INDEX}; "
+                "expected the weights of a Hugging Face Whisper model"
+            )
+        for file in sorted(set(self._file_of.values())):
+            if not file.is_file():
+                raise SpeechmergeError(f"{file}: listed in the index of {p} but missing; copy the complete model")
+            if file.suffix == ".safetensors":
+                handle = self._safe_handle(file)
+                for name in handle.keys():
+                    if self._file_of.get(name) == file:
+                        view = handle.get_slice(name)
+                        self._meta[name] = (tuple(view.get_shape()), _torch_dtype(view.get_dtype(), file, name))
+            else:
+                for name, tensor in self._bin_state(file).items():
+                    if self._file_of.get(name) == file:
+                        self._meta[name] = (tuple(tensor.shape), tensor.dtype)
+        absent = [n for n in self._file_of if n not in self._meta]
+        if absent:
+            raise SpeechmergeError(
+                f"{self._file_of[absent[0]]}: tensor {absent[0]} is listed in the index but not in the file; "
+                "the checkpoint is incomplete, re-save it"
+            )
+
+    def _safe_handle(self, file: Path):
+        if file not in self._handles:
+            from safetensors import SafetensorError, safe_open
+
+            try:
+                self._handles[file] = safe_open(str(file), framework="pt", device="cpu")
+            except (SafetensorError, OSError) as error:
+                raise SpeechmergeError(
+                    f"{file}: corrupt or truncated safetensors file ({error}); re-download or re-save the model"
+                ) from None
+        return self._handles[file]
+
+    def _bin_state(self, file: Path) -> dict:
+        if file not in self._bin_cache:
+            import pickle
+
+            import torch
+
+            try:
+                try:
+                    state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError as error:
+                    if "mmap" not in str(error):
+                        raise
+                    state = torch.load(file, map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError:
+                raise SpeechmergeError(
+                    f"{file}: holds pickled Python objects, which speechmerge refuses to unpickle (unsafe); "
+                    "re-save the model with save_pretrained() to get safetensors"
+                ) from None
+            except (RuntimeError, EOFError, OSError) as error:
+                raise SpeechmergeError(f"{file}: unreadable PyTorch checkpoint ({error}); re-save the model") from None
+            if not isinstance(state, dict):
+                raise SpeechmergeError(f"{file}: expected a state dict of tensors, found {type(state).__name__}")
+            self._bin_cache[file] = state
+        return self._bin_cache[file]
+
+    # -- the Checkpoint interface -------------------------------------------------------
+    def names(self) -> list[str]:
+        return list(self._file_of)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._meta[name][0]
+
+    def dtype(self, name: str):
+        return self._meta[name][1]
+
+    def get(self, name: str):
+        file = self._file_of[name]
+        if file.suffix == ".safetensors":
+            try:
+                return self._safe_handle(file).get_tensor(name)
+            except Exception as error:  # noqa: BLE001 - safetensors raises several types
+                raise SpeechmergeError(f"{file}: cannot read tensor {name} ({error}); the file is damaged") from None
+        return self._bin_state(file)[name]
+
+    def weight_files(self) -> list[Path]:
+        return sorted(set(self._file_of.values()))
+
+    def content_hash(self) -> str:
+        return files_hash(self.weight_files())
+
+    def close(self) -> None:
+        self._handles.clear()
+        self._bin_cache.clear()
+
+
+def _torch_dtype(code: str, file: Path, name: str):
+    import torch
+
+    dtypes = {
+        "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+        "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+        "U8": torch.uint8, "BOOL": torch.bool,
+    }
+    if code not in dtypes:
+        raise SpeechmergeError(f"{file}: tensor {name} has dtype {code}, which speechmerge cannot merge")
+    return dtypes[code]
+
+
+def files_hash(files: list[Path]) -> str:
+    """SHA-256 over the bytes of the given files (in order), cached by path, size and mtime.
+
+    Hashing a 6 GB checkpoint takes seconds; a study merges the same experts many times, so
+    the digest of an unchanged file is remembered under the cache.
+    """
+    from speechmerge.cache import cache_dir
+
+    outer = hashlib.sha256()
+    for file in files:
+        stat = file.stat()
+        key = hashlib.sha256(f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+        memo = cache_dir("hashes") / f"{key}.txt"
+        if memo.is_file():
+            digest = memo.read_text().strip()
+        else:
+            inner = hashlib.sha256()
+            with open(file, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 22), b""):
+                    inner.update(block)
+            digest = inner.hexdigest()
+            tmp = memo.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(digest)
+            tmp.replace(memo)
+        outer.update(digest.encode())
+    return outer.hexdigest()
+
+
+def resolve_model_dir(spec: str | Path) -> Path:
+    """Turn a model reference into a local Hugging Face Whisper directory.
+
+    Built-in names, CTranslate2 directories and openai-whisper `.pt` files are converted once
+    into the cache; hub ids are looked up in the HF cache (downloaded only when online).
+    """
+    text = str(spec)
+    if text.startswith("builtin:"):
+        from speechmerge.checkpoints.builtin import builtin_model_dir
+
+        return builtin_model_dir(text.removeprefix("builtin:"))
+    path = Path(text).expanduser()
+    if path.is_file() and path.suffix == ".pt":
+        from speechmerge.checkpoints.openai import converted_openai_dir
+
+        return converted_openai_dir(path)
+    if path.is_dir():
+        if (path / "model.bin").is_file():  # CTranslate2's single weights file
+            from speechmerge.checkpoints.ct2 import converted_ct2_dir
+
+            return converted_ct2_dir(path)
+        return path  # HFCheckpoint explains what is missing
+    if path.exists():
+        raise SpeechmergeError(f"{path}: not a model directory or an openai-whisper .pt file")
+    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
+        return _hub_snapshot(text)
+    raise SpeechmergeError(f"{path}: no such file or directory; give a model directory, a .pt file, a hub id or builtin:whisper-base")
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.txt", "*.model"]
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not in the cache: try the network unless offline
+        pass
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise SpeechmergeError(
+            f"{repo_id}: not in the Hugging Face cache and HF_HUB_OFFLINE=1; download it first or give a local directory"
+        )
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as error:  # noqa: BLE001 - hub errors come in many types
+        raise SpeechmergeError(
+            f"{repo_id}: neither a local path nor a reachable Hugging Face Hub model ({type(error).__name__}); "
+            "check the name or give a local directory"
+        ) from None
+
+
+def open_checkpoint(spec: str | Path, label: str | None = None, base: Checkpoint | None = None) -> Checkpoint:
+    """Open any supported model reference for lazy per-tensor reading.
+
+    A PEFT LoRA adapter directory needs `base`: its tensors are then base + B·A·scaling.
+    """
+    directory = resolve_model_dir(spec)
+    if (directory / "adapter_config.json").is_file() and not (directory / "config.json").is_file():
+        if base is None:
+            raise SpeechmergeError(f"{directory}: a LoRA adapter can be merged only as an expert of a base model")
+        from speechmerge.checkpoints.lora import LoraExpert
+
+        return LoraExpert(directory, base, label=label)
+    return HFCheckpoint(directory, label=label or Path(str(spec)).name)

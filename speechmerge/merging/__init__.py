@@ -1,0 +1,1 @@
+"""Merging: the method registry, the streaming engine and the methods themselves."""

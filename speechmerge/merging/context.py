@@ -1,0 +1,43 @@
+"""What a merge method sees besides the tensors: the tensor's identity, its Whisper role,
+the device, a seeded random generator and any whole-model statistics."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from speechmerge.checkpoints.whisper import TensorRole
+
+
+@dataclass
+class TensorContext:
+    """Context of one output tensor during a merge."""
+
+    name: str
+    role: TensorRole
+    is_matrix: bool  # a 2-D block linear weight that SVD/pruning methods act on
+    seed: int
+    device: torch.device
+    stats: Any = None  # result of the method's statistics pass, if it declares one
+
+    def generator(self, stream: int = 0) -> torch.Generator:
+        """A CPU generator seeded by (seed, tensor name, stream): reproducible whatever the
+        order of tensors, the device or the number of workers."""
+        digest = hashlib.blake2b(f"{self.seed}|{self.name}|{stream}".encode(), digest_size=8).digest()
+        return torch.Generator().manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
+
+
+class StatisticsPass(Protocol):
+    """A whole-model statistic gathered by streaming over every tensor a method merges,
+    in `rounds` passes, before the merge pass (e.g. TIES's global top-k threshold)."""
+
+    rounds: int
+
+    def observe(self, round_index: int, tasks: torch.Tensor, ctx: TensorContext, params: dict) -> None: ...
+
+    def end_round(self, round_index: int) -> None: ...
+
+    def result(self) -> Any: ...

@@ -1,0 +1,102 @@
+"""LoRS-Merging and its two ablations: low-rank (SVP) and sparse (MP) pruning of task vectors.
+
+Zhao, Sun, Zhang, "LoRS-Merging: Low-Rank and Sparse Model Merging for Cross-Lingual Speech
+Recognition and Translation", arXiv 2502.17380; code qmgzhao/LoRS-Merging (research/papers.md §1.3).
+Per 2-D block linear weight of each task vector τ (attention, cross-attention, MLP):
+
+    L = U[:, :r] diag(σ_1..σ_r) V[:, :r]^T          (top-r SVD part, "SVP")
+    S = MP(τ − L, ρ)                                 (largest-magnitude fraction ρ of the residual, "MP")
+    τ̂ = L + S
+
+Every other tensor keeps its raw τ. The merge is task arithmetic: θ = θ_0 + λ Σ_t w_t τ̂_t,
+λ = 1/T by default (the code's λ = 0.2 for 5 languages).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from speechmerge.merging.context import TensorContext
+from speechmerge.merging.linalg import low_rank_part, magnitude_mask, weighted_sum
+from speechmerge.merging.methods.task_vectors import SCALE_1_OVER_T, scale_or_mean
+from speechmerge.merging.registry import Param, merge_method
+
+SOURCE = "Zhao, Sun, Zhang, LoRS-Merging, arXiv 2502.17380 (ICASSP 2026); code qmgzhao/LoRS-Merging"
+RANK = Param("rank", int, None, "r, an absolute rank; overrides rank_fraction when given", ge=1, nullable=True)
+RANK_FRACTION = Param(
+    "rank_fraction", float, 0.01, "r as a fraction of min(m, n), floored, at least 1 (1% = the code's r = 7 for Whisper small)",
+    gt=0, le=1,
+)
+DENSITY = Param("density", float, 0.2, "ρ, the fraction of entries kept by magnitude (per matrix)", gt=0, le=1)
+
+
+def lors_rank(matrix: torch.Tensor, rank: int | None, rank_fraction: float) -> int:
+    """r for one matrix: the absolute rank, or ⌊fraction · min(m, n)⌋ (at least 1), capped at min(m, n)."""
+    full = min(matrix.shape)
+    r = rank if rank is not None else max(1, int(rank_fraction * full + 1e-9))
+    return min(r, full)
+
+
+def _prune_matrices(tasks: torch.Tensor, ctx: TensorContext, prune) -> torch.Tensor:
+    """Apply `prune` to each task's matrix when the tensor is a block matrix; raw τ otherwise."""
+    if ctx.is_matrix:
+        for t in range(tasks.shape[0]):
+            tasks[t] = prune(tasks[t])
+    return tasks
+
+
+@merge_method(
+    name="lors",
+    title="LoRS-Merging (low-rank + sparse)",
+    family="task-vector subspace",
+    space="deltas",
+    source=SOURCE,
+    variant=(
+        "Per matrix (not global): exact SVD for L, magnitude top-ρ of the residual τ − L (exactly the official "
+        "code's order). Non-matrix tensors enter raw with the same λ."
+    ),
+    params=[RANK, RANK_FRACTION, DENSITY, SCALE_1_OVER_T],
+)
+def lors(tasks, base, weights, ctx: TensorContext, *, rank, rank_fraction, density, scale) -> torch.Tensor:
+    """τ̂ = L_r(τ) + MP_ρ(τ − L_r(τ)) per block matrix; θ = θ_0 + λ Σ_t w_t τ̂_t."""
+
+    def prune(task: torch.Tensor) -> torch.Tensor:
+        low = low_rank_part(task, lors_rank(task, rank, rank_fraction))
+        residual = task - low
+        return low + residual * magnitude_mask(residual.unsqueeze(0), density)[0]
+
+    return scale_or_mean(scale, tasks.shape[0]) * weighted_sum(_prune_matrices(tasks, ctx, prune), weights)
+
+
+@merge_method(
+    name="lors_svp",
+    title="LoRS ablation: SVP-only (low-rank part)",
+    family="task-vector subspace",
+    space="deltas",
+    source=SOURCE,
+    variant="Per matrix rank-r truncation by exact SVD; non-matrix tensors raw; task arithmetic with λ.",
+    params=[RANK, RANK_FRACTION, SCALE_1_OVER_T],
+)
+def lors_svp(tasks, base, weights, ctx: TensorContext, *, rank, rank_fraction, scale) -> torch.Tensor:
+    """τ̂ = L_r(τ) per block matrix; θ = θ_0 + λ Σ_t w_t τ̂_t."""
+
+    def prune(task: torch.Tensor) -> torch.Tensor:
+        return low_rank_part(task, lors_rank(task, rank, rank_fraction))
+
+    return scale_or_mean(scale, tasks.shape[0]) * weighted_sum(_prune_matrices(tasks, ctx, prune), weights)
+
+
+@merge_method(
+    name="lors_mp",
+    title="LoRS ablation: MP-only (magnitude pruning of task vectors)",
+    family="task vectors",
+    space="deltas",
+    source=SOURCE,
+    variant="Per matrix top-ρ by magnitude of each block matrix's τ; non-matrix tensors raw; task arithmetic with λ.",
+    params=[DENSITY, SCALE_1_OVER_T],
+)
+def lors_mp(tasks, base, weights, ctx: TensorContext, *, density, scale) -> torch.Tensor:
+    """τ̂ = MP_ρ(τ) per block matrix; θ = θ_0 + λ Σ_t w_t τ̂_t."""
+    if ctx.is_matrix:
+        tasks.mul_(magnitude_mask(tasks, density))
+    return scale_or_mean(scale, tasks.shape[0]) * weighted_sum(tasks, weights)

@@ -1,0 +1,182 @@
+"""The merge-method registry: a method is a small function plus a declaration.
+
+    @merge_method(name="task_arithmetic", title=..., space="deltas", source=..., variant=...,
+                  params=[Param("scale", float, None, "λ; default 1/T", gt=0, nullable=True)])
+    def task_arithmetic(tasks, base, weights, ctx, *, scale): ...
+
+The declaration is the single source of a method's parameters: it validates recipes (unknown
+keys and out-of-range values are errors that name the key), drives `speechmerge methods` and
+generates docs/methods.md. The function is pure: it sees the float32 tensors of one output
+tensor and returns the merged one; it never opens files.
+
+- `space="deltas"`: `tasks[t] = θ_t − θ_0` and the function returns the merged task vector
+  (the engine adds θ_0 back);
+- `space="weights"`: `tasks[t] = θ_t` and the function returns merged weights.
+
+The engine hands the stacked `tasks` tensor over to the method, which may modify it in place
+to save memory; `base` must not be modified.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Optional
+
+from speechmerge.errors import SpeechmergeError
+
+Space = Literal["deltas", "weights"]
+Family = Literal["parameter space", "task vectors", "task-vector subspace"]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One declared parameter: type, default, allowed range and a one-line doc."""
+
+    name: str
+    type: type
+    default: Any
+    doc: str
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    choices: tuple | None = None
+    nullable: bool = False  # None is allowed and its meaning is in `doc` (e.g. λ = 1/T)
+
+    def range_text(self) -> str:
+        if self.choices:
+            return " | ".join(str(c) for c in self.choices)
+        low = f"≥ {self.ge}" if self.ge is not None else f"> {self.gt}" if self.gt is not None else ""
+        high = f"≤ {self.le}" if self.le is not None else f"< {self.lt}" if self.lt is not None else ""
+        return ", ".join(x for x in (low, high) if x)
+
+
+@dataclass(frozen=True)
+class MergeMethod:
+    """A registered merge method and everything declared about it."""
+
+    name: str
+    title: str
+    family: Family
+    space: Space
+    source: str
+    variant: str
+    fn: Callable
+    params: tuple[Param, ...] = ()
+    needs_base: bool = True
+    randomised: bool = False
+    min_experts: int = 1
+    statistics: Optional[Callable[..., Any]] = None  # factory of a whole-model StatisticsPass
+    doc: str = ""
+    _model: Any = field(default=None, compare=False, repr=False)
+
+    def param(self, name: str) -> Param:
+        return next(p for p in self.params if p.name == name)
+
+    def defaults(self) -> dict[str, Any]:
+        return {p.name: p.default for p in self.params}
+
+    def validate(self, values: dict | None, where: str) -> dict[str, Any]:
+        """Fill defaults and check types and ranges; raise one line naming the bad key."""
+        from pydantic import ValidationError
+
+        try:
+            model = self._model.model_validate(values or {})
+        except ValidationError as error:
+            raise SpeechmergeError(describe_validation_error(error, where, self.name)) from None
+        return model.model_dump()
+
+
+def describe_validation_error(error, where: str, method: str | None = None) -> str:
+    """One line from a pydantic ValidationError: the key, what is wrong, what was given."""
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        message = "unknown key" + (f" for method {method!r}" if method else "")
+    else:
+        message = first["msg"]
+    more = len(error.errors()) - 1
+    given = f" (given: {first['input']!r})" if first["type"] != "extra_forbidden" and "input" in first else ""
+    tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"{where}: {key}: {message}{given}{tail}"
+
+
+REGISTRY: dict[str, MergeMethod] = {}
+
+
+def _pydantic_model(name: str, params: tuple[Param, ...]):
+    from typing import Literal as Lit
+
+    from pydantic import ConfigDict, Field, create_model
+
+    fields = {}
+    for p in params:
+        annotation: Any = Lit[p.choices] if p.choices else p.type
+        if p.nullable:
+            annotation = Optional[annotation]
+        fields[p.name] = (
+            annotation,
+            Field(p.default, ge=p.ge, gt=p.gt, le=p.le, lt=p.lt, description=p.doc, allow_inf_nan=False)
+            if p.type in (int, float)
+            else Field(p.default, description=p.doc),
+        )
+    return create_model(f"{name}_params", __config__=ConfigDict(extra="forbid", strict=False), **fields)
+
+
+def merge_method(
+    *,
+    name: str,
+    title: str,
+    family: Family,
+    space: Space,
+    source: str,
+    variant: str,
+    params: list[Param] | tuple[Param, ...] = (),
+    needs_base: bool = True,
+    randomised: bool = False,
+    min_experts: int = 1,
+    statistics: Optional[Callable[..., Any]] = None,
+):
+    """Register `fn` as a merge method under `name` with its declared parameters."""
+
+    def register(fn: Callable) -> Callable:
+        if name in REGISTRY:
+            raise ValueError(f"merge method {name!r} registered twice")
+        params_tuple = tuple(params)
+        REGISTRY[name] = MergeMethod(
+            name=name,
+            title=title,
+            family=family,
+            space=space,
+            source=source,
+            variant=variant,
+            fn=fn,
+            params=params_tuple,
+            needs_base=needs_base,
+            randomised=randomised,
+            min_experts=min_experts,
+            statistics=statistics,
+            doc=(fn.__doc__ or "").strip(),
+            _model=_pydantic_model(name, params_tuple),
+        )
+        return fn
+
+    return register
+
+
+def get_method(name: str, where: str = "method") -> MergeMethod:
+    """The registered method called `name`, or one line suggesting the closest names."""
+    import speechmerge.merging.methods  # noqa: F401 - registers every method
+
+    if name not in REGISTRY:
+        close = difflib.get_close_matches(name, REGISTRY, n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else "run `speechmerge methods` to list them"
+        raise SpeechmergeError(f"{where}: unknown merge method {name!r}; {hint}")
+    return REGISTRY[name]
+
+
+def all_methods() -> list[MergeMethod]:
+    import speechmerge.merging.methods  # noqa: F401 - registers every method
+
+    return list(REGISTRY.values())

@@ -1,0 +1,151 @@
+"""Merge recipes: YAML validated by pydantic; unknown keys and out-of-range values are errors
+that name the key.
+
+```yaml
+base: builtin:whisper-base          # HF dir, hub id, CT2 dir, openai .pt, builtin:...
+experts:
+  - {path: experts/es, name: es, weight: 1.0}
+  - {path: experts/de, name: de}
+method: ties
+params: {density: 0.2, scale: 1.0}
+overrides:                          # applied in order; later matches win
+  - {match: 'model\\.encoder\\..*', params: {scale: 0.5}}
+  - {match: 'model\\.decoder\\.embed_positions\\.weight', keep: base}
+output: merged/ties
+device: auto                        # cpu | cuda | auto
+compute_dtype: float32              # arithmetic precision
+output_dtype: base                  # base | float32 | float16 | bfloat16
+seed: 0
+shard_size: 2GB
+```
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from speechmerge.errors import SpeechmergeError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ExpertSpec(_Strict):
+    path: str = Field(description="model reference: directory, hub id, .pt, CT2 dir, LoRA adapter dir")
+    name: Optional[str] = Field(None, description="label used in reports (default: the folder name)")
+    weight: float = Field(1.0, allow_inf_nan=False, description="w_t, the expert's weight")
+
+
+class OverrideSpec(_Strict):
+    match: str = Field(description="regular expression matched against the full tensor name")
+    params: dict[str, Any] = Field(default_factory=dict, description="parameters that replace the method's")
+    method: Optional[str] = Field(None, description="a different method for the matching tensors")
+    keep: Optional[Literal["base"]] = Field(None, description="'base': leave matching tensors as the base's")
+    matrix: Optional[bool] = Field(None, description="treat matching 2-D tensors as block matrices (SVD/pruning) or not")
+
+    @field_validator("match")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as error:
+            raise ValueError(f"not a valid regular expression ({error})") from None
+        return value
+
+
+class MergeRecipe(_Strict):
+    base: Optional[str] = Field(None, description="the pre-trained model the experts were fine-tuned from")
+    experts: list[ExpertSpec] = Field(min_length=1)
+    method: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    overrides: list[OverrideSpec] = Field(default_factory=list)
+    output: Optional[str] = None
+    device: Literal["cpu", "cuda", "auto"] = "auto"
+    compute_dtype: Literal["float32", "float64"] = "float32"
+    output_dtype: Literal["base", "float32", "float16", "bfloat16"] = "base"
+    seed: int = 0
+    shard_size: str = "2GB"
+    processor_from: Optional[str] = Field(None, description="where tokenizer/processor files come from (default: base)")
+
+    @field_validator("experts", mode="before")
+    @classmethod
+    def _expert_strings(cls, value):
+        if isinstance(value, list):
+            return [{"path": item} if isinstance(item, str) else item for item in value]
+        return value
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "MergeRecipe":
+        names = [e.name for e in self.experts if e.name]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"expert names must be unique; repeated: {', '.join(sorted(dup))}")
+        return self
+
+    def expert_label(self, index: int) -> str:
+        spec = self.experts[index]
+        return spec.name or Path(spec.path.rstrip("/")).name or f"expert{index}"
+
+
+def _format(error: ValidationError, where: str) -> str:
+    from speechmerge.merging.registry import describe_validation_error
+
+    return describe_validation_error(error, where)
+
+
+def parse_recipe(data: Any, where: str = "recipe") -> MergeRecipe:
+    """Validate a recipe given as a dict; one-line errors name the key."""
+    if not isinstance(data, dict):
+        raise SpeechmergeError(f"{where}: expected a mapping of recipe keys, found {type(data).__name__}")
+    try:
+        return MergeRecipe.model_validate(data)
+    except ValidationError as error:
+        raise SpeechmergeError(_format(error, where)) from None
+
+
+def load_recipe(path: Path) -> MergeRecipe:
+    """Read and validate a YAML recipe file; relative model paths are relative to the recipe."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpeechmergeError(f"{path}: no such recipe file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise SpeechmergeError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    recipe = parse_recipe(data, where=str(path))
+    return resolve_relative_paths(recipe, path.parent)
+
+
+def _relative_to(folder: Path, reference: str | None) -> str | None:
+    if reference is None or reference.startswith("builtin:"):
+        return reference
+    candidate = folder / reference
+    if not Path(reference).is_absolute() and (candidate.exists() or reference.startswith(".")):
+        return str(candidate)
+    return reference
+
+
+def resolve_relative_paths(recipe: MergeRecipe, folder: Path) -> MergeRecipe:
+    """Make relative model and output paths relative to the recipe's folder."""
+    update: dict[str, Any] = {
+        "base": _relative_to(folder, recipe.base),
+        "processor_from": _relative_to(folder, recipe.processor_from),
+        "experts": [e.model_copy(update={"path": _relative_to(folder, e.path)}) for e in recipe.experts],
+    }
+    if recipe.output and not Path(recipe.output).is_absolute():
+        update["output"] = str(folder / recipe.output)
+    return recipe.model_copy(update=update)
+
+
+def recipe_yaml(recipe: MergeRecipe, resolved_params: dict | None = None) -> str:
+    """The recipe as YAML, with every parameter resolved (defaults filled in)."""
+    data = recipe.model_dump(mode="json", exclude_none=True)
+    if resolved_params is not None:
+        data["params"] = resolved_params
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
