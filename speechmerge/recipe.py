@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from speechmerge.errors import SpeechmergeError
 
@@ -72,6 +72,12 @@ class MergeRecipe(_Strict):
     seed: int = 0
     shard_size: str = "2GB"
     processor_from: Optional[str] = Field(None, description="where tokenizer/processor files come from (default: base)")
+    _source: str = PrivateAttr("recipe")
+
+    @property
+    def source(self) -> str:
+        """Where the recipe came from (its file), for error messages."""
+        return self._source
 
     @field_validator("experts", mode="before")
     @classmethod
@@ -118,8 +124,9 @@ def load_recipe(path: Path) -> MergeRecipe:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise SpeechmergeError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
-    recipe = parse_recipe(data, where=str(path))
-    return resolve_relative_paths(recipe, path.parent)
+    recipe = resolve_relative_paths(parse_recipe(data, where=str(path)), path.parent)
+    recipe._source = str(path)
+    return recipe
 
 
 def _relative_to(folder: Path, reference: str | None) -> str | None:
@@ -140,7 +147,9 @@ def resolve_relative_paths(recipe: MergeRecipe, folder: Path) -> MergeRecipe:
     }
     if recipe.output and not Path(recipe.output).is_absolute():
         update["output"] = str(folder / recipe.output)
-    return recipe.model_copy(update=update)
+    resolved = recipe.model_copy(update=update)
+    resolved._source = recipe.source
+    return resolved
 
 
 def recipe_yaml(recipe: MergeRecipe, resolved_params: dict | None = None) -> str:

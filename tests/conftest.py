@@ -107,6 +107,7 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
     """Run `speechmerge ARGS` in-process as a user would; return (exit code, stdout, stderr)."""
     from speechmerge import cli
 
+    capsys.readouterr()  # drop what fixtures printed before
     old_argv = sys.argv
     sys.argv = ["speechmerge", *map(str, args)]
     cli._state["debug"] = False

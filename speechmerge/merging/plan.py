@@ -104,7 +104,7 @@ def _apply_overrides(recipe: MergeRecipe, names: list[str]) -> dict[str, dict]:
         matched = [n for n in names if pattern.fullmatch(n)]
         if not matched:
             raise SpeechmergeError(
-                f"overrides[{i}].match: {override.match!r} matches no tensor (patterns must match whole names, "
+                f"{recipe.source}: overrides[{i}].match: {override.match!r} matches no tensor (patterns must match whole names, "
                 f"e.g. 'model\\.encoder\\..*'); fix the pattern"
             )
         for name in matched:
@@ -120,12 +120,13 @@ def _apply_overrides(recipe: MergeRecipe, names: list[str]) -> dict[str, dict]:
 
 def build_plan(recipe: MergeRecipe) -> MergePlan:
     """Open every input and decide every output tensor's fate; raise before any work on bad input."""
-    method = get_method(recipe.method, where="method")
-    global_params = method.validate(recipe.params, where="params")
+    where = recipe.source
+    method = get_method(recipe.method, where=f"{where}: method")
+    global_params = method.validate(recipe.params, where=where)
     if method.needs_base and recipe.base is None:
-        raise SpeechmergeError(f"base: method {method.name!r} works on task vectors and needs the base model")
+        raise SpeechmergeError(f"{where}: base: method {method.name!r} works on task vectors and needs the base model")
     if len(recipe.experts) < method.min_experts:
-        raise SpeechmergeError(f"experts: method {method.name!r} needs at least {method.min_experts} experts")
+        raise SpeechmergeError(f"{where}: experts: method {method.name!r} needs at least {method.min_experts} experts")
     base = open_checkpoint(recipe.base, label="base") if recipe.base is not None else None
     experts = [
         open_checkpoint(spec.path, label=recipe.expert_label(i), base=base) for i, spec in enumerate(recipe.experts)
@@ -146,15 +147,17 @@ def build_plan(recipe: MergeRecipe) -> MergePlan:
         is_matrix = fields.get("matrix", role.is_block_matrix) and len(shape) == 2
         if fields.get("keep") == "base":
             if base is None:
-                raise SpeechmergeError(f"overrides: keep: base for {name} needs a base model in the recipe")
+                raise SpeechmergeError(f"{where}: overrides: keep: base for {name} needs a base model in the recipe")
             entries.append(PlanEntry(name, shape, role, out_dtype, None, {}, is_matrix))
             continue
-        tensor_method = get_method(fields["method"], where=f"overrides (for {name})") if "method" in fields else method
+        tensor_method = (
+            get_method(fields["method"], where=f"{where}: overrides (for {name})") if "method" in fields else method
+        )
         if tensor_method.needs_base and base is None:
-            raise SpeechmergeError(f"overrides: method {tensor_method.name!r} for {name} needs a base model")
-        where = f"overrides[{fields['sources'][-1]}].params" if fields.get("sources") else "params"
+            raise SpeechmergeError(f"{where}: overrides: method {tensor_method.name!r} for {name} needs a base model")
+        prefix = f"overrides[{fields['sources'][-1]}].params." if fields.get("sources") else "params."
         base_params = global_params if tensor_method is method else {}
-        params = tensor_method.validate({**base_params, **fields["params"]}, where=where)
+        params = tensor_method.validate({**base_params, **fields["params"]}, where=where, prefix=prefix)
         entries.append(PlanEntry(name, shape, role, out_dtype, tensor_method, params, is_matrix))
     return MergePlan(
         recipe=recipe,

@@ -77,21 +77,22 @@ class MergeMethod:
     def defaults(self) -> dict[str, Any]:
         return {p.name: p.default for p in self.params}
 
-    def validate(self, values: dict | None, where: str) -> dict[str, Any]:
-        """Fill defaults and check types and ranges; raise one line naming the bad key."""
+    def validate(self, values: dict | None, where: str, prefix: str = "params.") -> dict[str, Any]:
+        """Fill defaults and check types and ranges; raise one line naming the bad key
+        (`where`: the recipe file, `prefix`: the key path of these parameters in it)."""
         from pydantic import ValidationError
 
         try:
             model = self._model.model_validate(values or {})
         except ValidationError as error:
-            raise SpeechmergeError(describe_validation_error(error, where, self.name)) from None
+            raise SpeechmergeError(describe_validation_error(error, where, self.name, prefix)) from None
         return model.model_dump()
 
 
-def describe_validation_error(error, where: str, method: str | None = None) -> str:
+def describe_validation_error(error, where: str, method: str | None = None, prefix: str = "") -> str:
     """One line from a pydantic ValidationError: the key, what is wrong, what was given."""
     first = error.errors()[0]
-    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    key = prefix + ".".join(str(part) for part in first["loc"]) or "(top level)"
     if first["type"] == "extra_forbidden":
         message = "unknown key" + (f" for method {method!r}" if method else "")
     else:
