@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import mmap
 import os
 from pathlib import Path
 from typing import Protocol
@@ -72,7 +74,8 @@ class HFCheckpoint:
                 "speechmerge merges Whisper checkpoints only"
             )
         self._file_of: dict[str, Path] = {}
-        self._handles: dict[Path, object] = {}
+        self._headers: dict[Path, dict] = {}
+        self._maps: dict[Path, mmap.mmap] = {}
         self._bin_cache: dict[Path, dict] = {}
         self._meta: dict[str, tuple[tuple[int, ...], object]] = {}
         self._index_weights()
@@ -84,7 +87,7 @@ class HFCheckpoint:
             weight_map = _read_json(p / SAFE_INDEX).get("weight_map", {})
             self._file_of = {name: p / file for name, file in weight_map.items()}
         elif (p / SAFE_SINGLE).is_file():
-            self._file_of = {name: p / SAFE_SINGLE for name in self._safe_handle(p / SAFE_SINGLE).keys()}
+            self._file_of = {name: p / SAFE_SINGLE for name in self._safe_header(p / SAFE_SINGLE)}
         elif (p / BIN_INDEX).is_file():
             weight_map = _read_json(p / BIN_INDEX).get("weight_map", {})
             self._file_of = {name: p / file for name, file in weight_map.items()}
@@ -99,11 +102,9 @@ class HFCheckpoint:
             if not file.is_file():
                 raise SpeechmergeError(f"{file}: listed in the index of {p} but missing; copy the complete model")
             if file.suffix == ".safetensors":
-                handle = self._safe_handle(file)
-                for name in handle.keys():
+                for name, (shape, dtype, _) in self._safe_header(file).items():
                     if self._file_of.get(name) == file:
-                        view = handle.get_slice(name)
-                        self._meta[name] = (tuple(view.get_shape()), _torch_dtype(view.get_dtype(), file, name))
+                        self._meta[name] = (shape, dtype)
             else:
                 for name, tensor in self._bin_state(file).items():
                     if self._file_of.get(name) == file:
@@ -115,17 +116,16 @@ class HFCheckpoint:
                 "the checkpoint is incomplete, re-save it"
             )
 
-    def _safe_handle(self, file: Path):
-        if file not in self._handles:
-            from safetensors import SafetensorError, safe_open
+    def _safe_header(self, file: Path) -> dict[str, tuple[tuple[int, ...], object, int]]:
+        """Parse and check a safetensors header: name -> (shape, dtype, absolute byte offset).
 
-            try:
-                self._handles[file] = safe_open(str(file), framework="pt", device="cpu")
-            except (SafetensorError, OSError) as error:
-                raise SpeechmergeError(
-                    f"{file}: corrupt or truncated safetensors file ({error}); re-download or re-save the model"
-                ) from None
-        return self._handles[file]
+        Parsed here rather than through `safe_open` so that `get` can hand out zero-copy views
+        of the memory-mapped file: the engine then converts each tensor straight into its
+        float32 buffer, with no intermediate copy.
+        """
+        if file not in self._headers:
+            self._headers[file] = parse_safetensors_header(file)
+        return self._headers[file]
 
     def _bin_state(self, file: Path) -> dict:
         if file not in self._bin_cache:
@@ -163,13 +163,21 @@ class HFCheckpoint:
         return self._meta[name][1]
 
     def get(self, name: str):
+        """The tensor as stored, usually a read-only view of the memory-mapped file: copy it
+        (e.g. `.to(torch.float32)` or `buffer.copy_(...)`) before modifying it."""
+        import torch
+
         file = self._file_of[name]
-        if file.suffix == ".safetensors":
-            try:
-                return self._safe_handle(file).get_tensor(name)
-            except Exception as error:  # noqa: BLE001 - safetensors raises several types
-                raise SpeechmergeError(f"{file}: cannot read tensor {name} ({error}); the file is damaged") from None
-        return self._bin_state(file)[name]
+        if file.suffix != ".safetensors":
+            return self._bin_state(file)[name]
+        shape, dtype, offset = self._safe_header(file)[name]
+        count = math.prod(shape)
+        if count == 0:
+            return torch.empty(shape, dtype=dtype)
+        if file not in self._maps:
+            with open(file, "rb") as handle:
+                self._maps[file] = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+        return torch.frombuffer(self._maps[file], dtype=dtype, count=count, offset=offset).view(shape)
 
     def weight_files(self) -> list[Path]:
         return sorted(set(self._file_of.values()))
@@ -178,8 +186,45 @@ class HFCheckpoint:
         return files_hash(self.weight_files())
 
     def close(self) -> None:
-        self._handles.clear()
+        self._maps.clear()
         self._bin_cache.clear()
+
+
+def parse_safetensors_header(file: Path) -> dict[str, tuple[tuple[int, ...], object, int]]:
+    """name -> (shape, dtype, absolute byte offset), after checking that the header is
+    well-formed and that every tensor lies inside the file (a truncated download fails here)."""
+    size = file.stat().st_size
+    damaged = f"{file}: corrupt or truncated safetensors file"
+    with open(file, "rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise SpeechmergeError(f"{damaged} ({size} bytes); re-download or re-save the model")
+        length = int.from_bytes(prefix, "little")
+        if length > size - 8:
+            raise SpeechmergeError(f"{damaged} (header of {length} bytes in a {size}-byte file); re-download or re-save the model")
+        try:
+            header = json.loads(handle.read(length))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise SpeechmergeError(f"{damaged} (unreadable header); re-download or re-save the model") from None
+    if not isinstance(header, dict):
+        raise SpeechmergeError(f"{damaged} (header is not a mapping); re-download or re-save the model")
+    header.pop("__metadata__", None)
+    tensors = {}
+    for name, info in header.items():
+        try:
+            dtype = _torch_dtype(info["dtype"], file, name)
+            shape = tuple(int(d) for d in info["shape"])
+            begin, end = (int(x) for x in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise SpeechmergeError(f"{damaged} (entry {name} is malformed); re-download or re-save the model") from None
+        expected = math.prod(shape) * dtype.itemsize
+        if end - begin != expected or 8 + length + end > size:
+            raise SpeechmergeError(
+                f"{damaged}: tensor {name} needs bytes {begin}..{end} of the data but the file has "
+                f"{size - 8 - length}; re-download or re-save the model"
+            )
+        tensors[name] = (shape, dtype, 8 + length + begin)
+    return tensors
 
 
 def _torch_dtype(code: str, file: Path, name: str):

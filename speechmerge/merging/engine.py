@@ -21,6 +21,7 @@ from speechmerge.checkpoints.reader import Checkpoint
 from speechmerge.checkpoints.writer import StreamingSafetensorsWriter
 from speechmerge.errors import SpeechmergeError
 from speechmerge.merging.context import TensorContext
+from speechmerge.merging.linalg import CHUNK
 from speechmerge.merging.plan import MergePlan, PlanEntry
 
 
@@ -73,7 +74,7 @@ class _Loader:
 
     def _checked(self, ckpt: Checkpoint, name: str) -> torch.Tensor:
         tensor = ckpt.get(name)
-        if not torch.isfinite(tensor).all():
+        if not all(torch.isfinite(chunk).all() for chunk in tensor.reshape(-1).split(CHUNK)):
             raise SpeechmergeError(
                 f"{ckpt.path}: tensor {name} contains NaN or Inf values; this checkpoint ({ckpt.label}) is broken, "
                 "remove it from the recipe or re-export it"
@@ -148,9 +149,10 @@ def _merge_one(plan: MergePlan, entry: PlanEntry, loader: _Loader, stats: dict, 
     weights = torch.tensor(plan.weights, dtype=plan.compute_dtype)
     ctx = _context(plan, entry, stats.get(method.name))
     merged = method.fn(stack, base, weights, ctx, **entry.params)
-    if method.space == "deltas":
-        merged = base + merged
     report.peak_anonymous_bytes = max(report.peak_anonymous_bytes, anonymous_memory_bytes())
+    del stack  # free the inputs before adding the base back
+    if method.space == "deltas":
+        merged = merged.add_(base) if merged.data_ptr() != base.data_ptr() else merged + base
     if not torch.isfinite(merged).all():
         raise SpeechmergeError(
             f"method {method.name} produced NaN/Inf for tensor {entry.name}; this is a bug in the method or an "

@@ -1,8 +1,10 @@
 """Shared tensor primitives of the merge methods: magnitude masks, sign election, disjoint
 means, random drop masks, and an exact streaming k-th-largest threshold for whole-model top-k.
 
-Every function is pure and works on the stacked task tensor `tasks` of shape [T, *shape]
-(one row per expert), in float32.
+Functions work on the stacked task tensor `tasks` of shape [T, *shape] (one row per expert),
+in float32. Those ending in `_` work in place; all of them keep their temporaries to the size
+of one tensor (or one chunk of it), so that a merge needs about (experts + 2) × the largest
+tensor whatever the method.
 """
 
 from __future__ import annotations
@@ -14,41 +16,127 @@ import torch
 from speechmerge.merging.context import TensorContext
 
 
+CHUNK = 1 << 20  # values per chunk when scanning a tensor: bounds every temporary to 4 MiB
+
+
 def kept_count(numel: int, density: float) -> int:
     """How many entries a density keeps: ⌊density · n⌋, so density 1 keeps all."""
     return min(numel, int(math.floor(density * numel + 1e-9)))
 
 
-def kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
-    """The k-th largest entry of each row of a 2-D tensor (k ≥ 1), shape [rows, 1]."""
-    n = values.shape[-1]
-    return values.kthvalue(n - k + 1, dim=-1, keepdim=True).values
+def _chunks(x: torch.Tensor):
+    return x.reshape(-1).split(CHUNK)
 
 
-def magnitude_mask(tasks: torch.Tensor, density: float) -> torch.Tensor:
-    """Per row (task), keep the ⌊density·n⌋ entries of largest |x|: mask |x| ≥ k-th largest.
+def _magnitude_bits(chunk: torch.Tensor) -> torch.Tensor:
+    """|x| as int32 bit patterns, which order like the values for non-negative float32."""
+    return chunk.abs().to(torch.float32).view(torch.int32)
 
-    Entries tied with the threshold are kept too (as the official TIES code does); ties
-    between non-zero float32 task-vector entries are rare, and tied zeros change nothing.
+
+def _last_reaching(histogram: torch.Tensor, target: int) -> tuple[int, int]:
+    """The highest bin b whose count of entries ≥ b reaches `target`, and the count above b."""
+    at_or_above = torch.flip(torch.cumsum(torch.flip(histogram, [0]), 0), [0])
+    b = int((at_or_above >= target).nonzero().max())
+    above = int(at_or_above[b + 1]) if b + 1 < histogram.numel() else 0
+    return b, above
+
+
+class MagnitudeSelector:
+    """The exact k-th largest |x| over a stream of tensors, in two passes, holding nothing.
+
+    Pass 1 (`count`) histograms the top 16 bits of each |x| (as int32 bit patterns, which order
+    like the values); `narrow(k)` finds the bin that holds the k-th largest; pass 2 (`refine`)
+    histograms the low 16 bits of the entries inside that bin; `threshold()` rebuilds the k-th
+    largest value bit for bit. Tensors are scanned in chunks, so temporaries stay small.
+    A tensor's own top-k is the one-tensor case; TIES's whole-model top-k is the stream case.
     """
-    flat = tasks.reshape(tasks.shape[0], -1).abs()
-    k = kept_count(flat.shape[1], density)
-    if k == 0:
-        return torch.zeros_like(tasks, dtype=torch.bool)
-    if k == flat.shape[1]:
-        return torch.ones_like(tasks, dtype=torch.bool)
-    return (flat >= kth_largest(flat, k)).reshape(tasks.shape)
+
+    def __init__(self) -> None:
+        self.high = torch.zeros(1 << 15, dtype=torch.int64)
+        self.low = torch.zeros(1 << 16, dtype=torch.int64)
+        self.total = 0
+        self.high_bin: int | None = None
+        self.remaining = 0
+        self._threshold: float | None = None
+
+    def count(self, x: torch.Tensor) -> None:
+        for chunk in _chunks(x):
+            self.high += torch.bincount(_magnitude_bits(chunk) >> 16, minlength=1 << 15).cpu()
+        self.total += x.numel()
+
+    def narrow(self, k: int) -> None:
+        if k <= 0:
+            self._threshold = math.inf
+        elif k >= self.total:
+            self._threshold = 0.0
+        else:
+            self.high_bin, above = _last_reaching(self.high, k)
+            self.remaining = k - above
+
+    @property
+    def needs_refine(self) -> bool:
+        return self._threshold is None
+
+    def refine(self, x: torch.Tensor) -> None:
+        if not self.needs_refine:
+            return
+        for chunk in _chunks(x):
+            bits = _magnitude_bits(chunk)
+            inside = bits[(bits >> 16) == self.high_bin]
+            self.low += torch.bincount(inside & 0xFFFF, minlength=1 << 16).cpu()
+
+    def threshold(self) -> float:
+        if self._threshold is None:
+            low_bin, _ = _last_reaching(self.low, self.remaining)
+            pattern = torch.tensor([(self.high_bin << 16) | low_bin], dtype=torch.int32)
+            self._threshold = float(pattern.view(torch.float32)[0])
+        return self._threshold
 
 
-def threshold_mask(tasks: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
-    """Keep entries with |x| ≥ the row's threshold (thresholds: one value per task)."""
-    view = thresholds.to(tasks.device).reshape(-1, *([1] * (tasks.dim() - 1)))
-    return tasks.abs() >= view
+def kth_largest_magnitude(x: torch.Tensor, k: int) -> float:
+    """The k-th largest |x| of one tensor (inf for k = 0, 0 for k ≥ numel)."""
+    selector = MagnitudeSelector()
+    selector.count(x)
+    selector.narrow(k)
+    selector.refine(x)
+    return selector.threshold()
 
 
-def elect_sign(tasks: torch.Tensor) -> torch.Tensor:
-    """TIES sign election by mass: the sign of Σ_t x_t per entry (+1 where the sum is 0)."""
-    total = tasks.sum(dim=0)
+def zero_below_(x: torch.Tensor, threshold: float) -> torch.Tensor:
+    """In place: zero the entries with |x| < threshold (chunked; x must be contiguous)."""
+    for chunk in _chunks(x):
+        chunk.masked_fill_(chunk.abs() < threshold, 0.0)
+    return x
+
+
+def trim_to_density_(tasks: torch.Tensor, density: float) -> torch.Tensor:
+    """In place, per row (task): keep the ⌊density·n⌋ entries of largest |x|, zero the rest.
+
+    Entries tied with the threshold are kept too (as the official TIES code does: |x| ≥ the
+    k-th largest); ties between non-zero float32 task-vector entries are rare, tied zeros change
+    nothing.
+    """
+    for t in range(tasks.shape[0]):
+        row = tasks[t]
+        zero_below_(row, kth_largest_magnitude(row, kept_count(row.numel(), density)))
+    return tasks
+
+
+def trim_below_(tasks: torch.Tensor, thresholds: list[float]) -> torch.Tensor:
+    """In place: zero each row's entries below that row's threshold."""
+    for t in range(tasks.shape[0]):
+        zero_below_(tasks[t], thresholds[t])
+    return tasks
+
+
+def weighted_sum(tasks: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Σ_t w_t x_t over the task axis."""
+    return torch.tensordot(weights.to(tasks.device, tasks.dtype), tasks, dims=1)
+
+
+def elect_sign(tasks: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """TIES sign election by mass: the sign of Σ_t w_t x_t per entry (+1 where the sum is 0)."""
+    total = weighted_sum(tasks, weights)
     return torch.where(total >= 0, 1.0, -1.0).to(tasks.dtype)
 
 
@@ -57,82 +145,61 @@ def disjoint_mean(tasks: torch.Tensor, sign: torch.Tensor, weights: torch.Tensor
     agrees with the elected sign, Σ_agree w_t x_t / Σ_agree w_t (0 where none agrees)."""
     w = weights.to(tasks.device, tasks.dtype).reshape(-1, *([1] * (tasks.dim() - 1)))
     agree = (torch.sign(tasks) == sign.unsqueeze(0)).to(tasks.dtype) * w
-    total = (tasks * agree).sum(dim=0)
     count = agree.sum(dim=0)
+    total = (tasks * agree).sum(dim=0)
     return torch.where(count != 0, total / torch.where(count != 0, count, 1.0), 0.0)
 
 
-def weighted_sum(tasks: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Σ_t w_t x_t over the task axis."""
-    return torch.tensordot(weights.to(tasks.device, tasks.dtype), tasks, dims=1)
+def map_entries(tasks: torch.Tensor, merge_entries) -> torch.Tensor:
+    """Apply an entry-wise merge, `merge_entries(sub: [T, c]) -> [c]`, over chunks of the
+    flattened entries, so its temporaries hold T·c ≈ CHUNK values instead of T copies of the
+    tensor. For merges where each output entry depends only on the same entry of the tasks."""
+    flat = tasks.reshape(tasks.shape[0], -1)
+    out = torch.empty(flat.shape[1], dtype=tasks.dtype, device=tasks.device)
+    step = max(1, CHUNK // tasks.shape[0])
+    for start in range(0, flat.shape[1], step):
+        out[start : start + step] = merge_entries(flat[:, start : start + step])
+    return out.reshape(tasks.shape[1:])
 
 
-def drop_mask(shape: tuple[int, ...], keep: float, ctx: TensorContext, stream: int) -> torch.Tensor:
-    """Bernoulli(keep) mask drawn from the tensor's seeded CPU generator, moved to the device."""
+def random_drop_(x: torch.Tensor, keep: float, ctx: TensorContext, stream: int) -> torch.Tensor:
+    """In place: keep each entry with probability `keep` (Bernoulli draws, chunk by chunk, from
+    the tensor's seeded CPU generator: the same on every device), zero the others."""
     generator = ctx.generator(stream)
-    return (torch.rand(shape, generator=generator) < keep).to(ctx.device)
+    for chunk in _chunks(x):
+        chunk.mul_((torch.rand(chunk.numel(), generator=generator) < keep).to(x.device))
+    return x
 
 
 class GlobalMagnitudeThreshold:
-    """Per task, the exact k-th largest |τ| over the whole model, k = ⌊density · N⌋, where N
-    counts every entry the method merges — found in two streaming rounds, never holding
-    more than one tensor.
-
-    For non-negative float32 values the int32 bit pattern orders like the value. Round 0
-    histograms the top 16 bits of |τ| per task and finds the bin holding the k-th largest;
-    round 1 histograms the low 16 bits of the entries inside that bin. The two bins give the
-    threshold's bit pattern exactly. This is the whole-model top-k of the official TIES code
-    (which flattens every task vector) without flattening anything.
-    """
+    """Statistics pass: per task, the exact k-th largest |τ| over the whole model,
+    k = ⌊density · N⌋ with N every entry the method merges — the whole-model top-k of the
+    official TIES code (which flattens every task vector), found without flattening anything.
+    Round 0 counts, round 1 refines (see MagnitudeSelector)."""
 
     rounds = 2
 
     def __init__(self, num_tasks: int, density_param: str = "density"):
-        self.num_tasks = num_tasks
+        self.selectors = [MagnitudeSelector() for _ in range(num_tasks)]
         self.density_param = density_param
         self.density: float | None = None
-        self.total = 0
-        self.high = torch.zeros(num_tasks, 1 << 15, dtype=torch.int64)
-        self.low = torch.zeros(num_tasks, 1 << 16, dtype=torch.int64)
-        self.high_bin = torch.zeros(num_tasks, dtype=torch.int64)
-        self.remaining = torch.zeros(num_tasks, dtype=torch.int64)
-        self.thresholds = torch.zeros(num_tasks, dtype=torch.float32)
 
     def observe(self, round_index: int, tasks: torch.Tensor, ctx: TensorContext, params: dict) -> None:
-        bits = tasks.reshape(tasks.shape[0], -1).abs().contiguous().view(torch.int32)
-        for t in range(tasks.shape[0]):
-            row = bits[t]
-            if round_index == 0:
-                self.high[t] += torch.bincount(row >> 16, minlength=1 << 15).cpu()
-            else:
-                inside = row[(row >> 16) == int(self.high_bin[t])]
-                self.low[t] += torch.bincount(inside & 0xFFFF, minlength=1 << 16).cpu()
         if round_index == 0:
             density = params[self.density_param]
             if self.density is not None and density != self.density:
                 raise ValueError("a whole-model top-k needs one density for every tensor")
             self.density = density
-            self.total += bits.shape[1]
+        for selector, row in zip(self.selectors, tasks):
+            selector.count(row) if round_index == 0 else selector.refine(row)
 
     def end_round(self, round_index: int) -> None:
-        k = kept_count(self.total, self.density or 0.0)
-        for t in range(self.num_tasks):
-            if k == 0:
-                self.thresholds[t] = math.inf
-                continue
-            hist = self.high[t] if round_index == 0 else self.low[t]
-            target = k if round_index == 0 else int(self.remaining[t])
-            above = torch.flip(torch.cumsum(torch.flip(hist, [0]), 0), [0])  # count ≥ bin
-            bin_index = int((above >= target).nonzero().max())
-            if round_index == 0:
-                self.high_bin[t] = bin_index
-                self.remaining[t] = target - (int(above[bin_index + 1]) if bin_index + 1 < len(hist) else 0)
-            else:
-                pattern = torch.tensor([(int(self.high_bin[t]) << 16) | bin_index], dtype=torch.int32)
-                self.thresholds[t] = pattern.view(torch.float32)[0]
+        if round_index == 0:
+            for selector in self.selectors:
+                selector.narrow(kept_count(selector.total, self.density or 0.0))
 
-    def result(self) -> torch.Tensor:
-        return self.thresholds
+    def result(self) -> list[float]:
+        return [selector.threshold() for selector in self.selectors]
 
 
 def low_rank_part(matrix: torch.Tensor, rank: int) -> torch.Tensor:

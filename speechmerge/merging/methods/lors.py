@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from speechmerge.merging.context import TensorContext
-from speechmerge.merging.linalg import low_rank_part, magnitude_mask, weighted_sum
+from speechmerge.merging.linalg import low_rank_part, trim_to_density_, weighted_sum
 from speechmerge.merging.methods.task_vectors import SCALE_1_OVER_T, scale_or_mean
 from speechmerge.merging.registry import Param, merge_method
 
@@ -63,9 +63,9 @@ def lors(tasks, base, weights, ctx: TensorContext, *, rank, rank_fraction, densi
     def prune(task: torch.Tensor) -> torch.Tensor:
         low = low_rank_part(task, lors_rank(task, rank, rank_fraction))
         residual = task - low
-        return low + residual * magnitude_mask(residual.unsqueeze(0), density)[0]
+        return low + trim_to_density_(residual.unsqueeze(0), density)[0]
 
-    return scale_or_mean(scale, tasks.shape[0]) * weighted_sum(_prune_matrices(tasks, ctx, prune), weights)
+    return weighted_sum(_prune_matrices(tasks, ctx, prune), weights).mul_(scale_or_mean(scale, tasks.shape[0]))
 
 
 @merge_method(
@@ -83,7 +83,7 @@ def lors_svp(tasks, base, weights, ctx: TensorContext, *, rank, rank_fraction, s
     def prune(task: torch.Tensor) -> torch.Tensor:
         return low_rank_part(task, lors_rank(task, rank, rank_fraction))
 
-    return scale_or_mean(scale, tasks.shape[0]) * weighted_sum(_prune_matrices(tasks, ctx, prune), weights)
+    return weighted_sum(_prune_matrices(tasks, ctx, prune), weights).mul_(scale_or_mean(scale, tasks.shape[0]))
 
 
 @merge_method(
@@ -98,5 +98,5 @@ def lors_svp(tasks, base, weights, ctx: TensorContext, *, rank, rank_fraction, s
 def lors_mp(tasks, base, weights, ctx: TensorContext, *, density, scale) -> torch.Tensor:
     """τ̂ = MP_ρ(τ) per block matrix; θ = θ_0 + λ Σ_t w_t τ̂_t."""
     if ctx.is_matrix:
-        tasks.mul_(magnitude_mask(tasks, density))
-    return scale_or_mean(scale, tasks.shape[0]) * weighted_sum(tasks, weights)
+        trim_to_density_(tasks, density)
+    return weighted_sum(tasks, weights).mul_(scale_or_mean(scale, tasks.shape[0]))

@@ -8,10 +8,11 @@ from speechmerge.merging.context import TensorContext
 from speechmerge.merging.linalg import (
     GlobalMagnitudeThreshold,
     disjoint_mean,
-    drop_mask,
     elect_sign,
-    magnitude_mask,
-    threshold_mask,
+    map_entries,
+    random_drop_,
+    trim_below_,
+    trim_to_density_,
     weighted_sum,
 )
 from speechmerge.merging.registry import Param, merge_method
@@ -37,7 +38,7 @@ def scale_or_mean(scale: float | None, num_tasks: int) -> float:
 )
 def task_arithmetic(tasks: torch.Tensor, base, weights: torch.Tensor, ctx: TensorContext, *, scale) -> torch.Tensor:
     """θ = θ_0 + λ Σ_t w_t τ_t."""
-    return scale_or_mean(scale, tasks.shape[0]) * weighted_sum(tasks, weights)
+    return weighted_sum(tasks, weights).mul_(scale_or_mean(scale, tasks.shape[0]))
 
 
 def ties_statistics(num_tasks: int, params: dict):
@@ -48,8 +49,7 @@ def ties_statistics(num_tasks: int, params: dict):
 def sign_elected_mean(trimmed: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """TIES steps 2-3: elect each entry's sign by the mass of the weighted trimmed task
     vectors, then take the weighted mean of the values that agree with it."""
-    w = weights.to(trimmed.device).reshape(-1, *([1] * (trimmed.dim() - 1)))
-    return disjoint_mean(trimmed, elect_sign(trimmed * w), weights)
+    return map_entries(trimmed, lambda sub: disjoint_mean(sub, elect_sign(sub, weights), weights))
 
 
 @merge_method(
@@ -74,8 +74,8 @@ def sign_elected_mean(trimmed: torch.Tensor, weights: torch.Tensor) -> torch.Ten
 )
 def ties(tasks: torch.Tensor, base, weights: torch.Tensor, ctx: TensorContext, *, density, scale, topk) -> torch.Tensor:
     """τ̂_t = trim_k(τ_t); γ = sign(Σ_t w_t τ̂_t); τ_m = Σ_{t: sign τ̂_t = γ} w_t τ̂_t / Σ_{…} w_t; θ = θ_0 + λ τ_m."""
-    mask = threshold_mask(tasks, ctx.stats) if topk == "global" else magnitude_mask(tasks, density)
-    return scale * sign_elected_mean(tasks.mul_(mask), weights)
+    trimmed = trim_below_(tasks, ctx.stats) if topk == "global" else trim_to_density_(tasks, density)
+    return sign_elected_mean(trimmed, weights).mul_(scale)
 
 
 @merge_method(
@@ -104,7 +104,7 @@ def dare(tasks: torch.Tensor, base, weights: torch.Tensor, ctx: TensorContext, *
     """τ̂_t = m_t ⊙ τ_t / (1 − p), m_t ~ Bernoulli(1 − p); then task arithmetic or TIES's sign election."""
     keep = 1.0 - drop
     for t in range(tasks.shape[0]):
-        tasks[t].mul_(drop_mask(tuple(tasks.shape[1:]), keep, ctx, stream=t)).div_(keep)
+        random_drop_(tasks[t], keep, ctx, stream=t).div_(keep)
     if combine == "ties":
-        return (1.0 if scale is None else scale) * sign_elected_mean(tasks, weights)
-    return scale_or_mean(scale, tasks.shape[0]) * weighted_sum(tasks, weights)
+        return sign_elected_mean(tasks, weights).mul_(1.0 if scale is None else scale)
+    return weighted_sum(tasks, weights).mul_(scale_or_mean(scale, tasks.shape[0]))

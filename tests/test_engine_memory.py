@@ -1,0 +1,76 @@
+"""The engine's memory is bounded by its plan, not by the size of the models.
+
+A family whose full load (base + 8 experts) is several times the bound is merged in a child
+process while this process samples the child's resident anonymous memory (RssAnon, which
+excludes memory-mapped input pages) from /proc; the peak above the child's baseline must stay
+under (experts + 2) × the largest tensor in float32, plus a little allocator slack.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import make_family
+
+EXPERTS = 8
+BIG = dict(d_model=64, encoder_layers=16, decoder_layers=16, encoder_ffn_dim=4096, decoder_ffn_dim=4096)
+SLACK = 24 * 2**20
+
+CHILD = r"""
+import json, sys
+from speechmerge.recipe import parse_recipe
+from speechmerge.merging.api import merge
+from speechmerge.merging.plan import build_plan
+from speechmerge.merging.engine import anonymous_memory_bytes
+recipe = parse_recipe(json.loads(sys.argv[1]))
+build_plan(recipe)  # imports, architecture check and layout caches: part of the baseline
+print(anonymous_memory_bytes(), flush=True)
+sys.stdin.readline()
+merge(recipe, show_progress=False)
+"""
+
+
+def rss_anon(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+@pytest.fixture(scope="module")
+def big_family(tmp_path_factory):
+    return make_family(tmp_path_factory.mktemp("big"), experts=EXPERTS, config_changes=BIG, seed=7)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("method,params", [("task_arithmetic", {}), ("ties", {"density": 0.2}), ("dare", {"drop": 0.5})])
+def test_peak_memory_stays_under_the_plan_bound(tmp_path, big_family, method, params):
+    base, experts = big_family
+    recipe = {"base": str(base), "experts": [str(e) for e in experts], "method": method, "params": params,
+              "output": str(tmp_path / "out"), "device": "cpu"}
+    child = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(recipe)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    baseline = int(child.stdout.readline())
+    peak = rss_anon(child.pid)
+    child.stdin.write("go\n")
+    child.stdin.flush()
+    while child.poll() is None:
+        try:
+            peak = max(peak, rss_anon(child.pid))
+        except (FileNotFoundError, ProcessLookupError):
+            break
+        time.sleep(0.0005)
+    assert child.wait() == 0
+    largest = 51865 * BIG["d_model"] * 4
+    bound = (EXPERTS + 2) * largest + SLACK
+    full_load = sum(f.stat().st_size for d in [base, *experts] for f in Path(d).glob("*.safetensors"))
+    assert full_load > 4 * bound
+    assert peak - baseline < bound, f"peak {(peak - baseline) / 2**20:.0f} MiB above baseline, bound {bound / 2**20:.0f} MiB"
+    record = json.loads((tmp_path / "out" / "speechmerge_merge.json").read_text())
+    assert record["memory"]["bound_bytes"] == (EXPERTS + 2) * largest

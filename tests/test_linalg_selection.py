@@ -1,0 +1,73 @@
+"""The exact streaming k-th-largest selection behind TIES and magnitude pruning."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from speechmerge.merging import linalg
+
+
+def sorted_kth(x: torch.Tensor, k: int) -> float:
+    if k <= 0:
+        return math.inf
+    if k >= x.numel():
+        return 0.0
+    return float(x.abs().flatten().sort(descending=True).values[k - 1])
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 17, 500, 999, 1000, 5000])
+def test_kth_largest_magnitude_equals_sorting(k):
+    x = torch.randn(1000, generator=torch.Generator().manual_seed(k)) * 1e-3
+    assert linalg.kth_largest_magnitude(x, k) == sorted_kth(x, k)
+
+
+def test_selection_handles_ties_zeros_and_tiny_values():
+    x = torch.tensor([0.0, 0.0, 3.0, -3.0, 1e-30, -2.0, 3.0, 0.5, 0.0, 1e-38])
+    for k in range(0, 12):
+        assert linalg.kth_largest_magnitude(x, k) == sorted_kth(x, k), k
+
+
+def test_stream_over_chunks_equals_one_flat_sort(monkeypatch):
+    monkeypatch.setattr(linalg, "CHUNK", 37)  # force many chunk boundaries
+    g = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(shape, generator=g) * scale for shape, scale in [((40, 30), 1e-2), ((7,), 5.0), ((3, 5, 11), 1e-4)]]
+    flat = torch.cat([t.flatten() for t in tensors])
+    for k in [1, 10, 600, flat.numel() - 1]:
+        selector = linalg.MagnitudeSelector()
+        for t in tensors:
+            selector.count(t)
+        selector.narrow(k)
+        for t in tensors:
+            selector.refine(t)
+        assert selector.threshold() == sorted_kth(flat, k)
+
+
+def test_trim_to_density_keeps_exactly_the_largest():
+    g = torch.Generator().manual_seed(1)
+    tasks = torch.randn(3, 20, 10, generator=g)
+    original = tasks.clone()
+    linalg.trim_to_density_(tasks, 0.25)
+    for t in range(3):
+        keep = original[t].abs().flatten().topk(50).indices
+        expected = torch.zeros(200)
+        expected[keep] = original[t].flatten()[keep]
+        assert torch.equal(tasks[t].flatten(), expected)
+
+
+def test_disjoint_mean_against_a_loop_over_entries():
+    g = torch.Generator().manual_seed(2)
+    tasks = torch.randn(4, 6, generator=g)
+    tasks[1, 2] = 0.0
+    weights = torch.tensor([1.0, 2.0, 0.5, 1.0])
+    sign = linalg.elect_sign(tasks, weights)
+    merged = linalg.disjoint_mean(tasks, sign, weights)
+    for j in range(6):
+        total = sum(float(weights[t] * tasks[t, j]) for t in range(4))
+        s = 1.0 if total >= 0 else -1.0
+        assert float(sign[j]) == s
+        agreeing = [t for t in range(4) if tasks[t, j] != 0 and math.copysign(1, tasks[t, j]) == s]
+        expected = sum(float(weights[t] * tasks[t, j]) for t in agreeing) / sum(float(weights[t]) for t in agreeing)
+        assert float(merged[j]) == pytest.approx(expected, rel=1e-6)
