@@ -1,3 +1,10 @@
 """Every merge method, one module per family; importing this package registers them all."""
 
-from speechmerge.merging.methods import averaging, lors, task_vectors  # noqa: F401
+from speechmerge.merging.methods import (  # noqa: F401
+    averaging,
+    lors,
+    parameter_space,
+    sparsify,
+    subspace,
+    task_vectors,
+)

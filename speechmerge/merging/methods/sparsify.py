@@ -1,0 +1,302 @@
+"""Task-vector sparsification methods beyond TIES and DARE: PCB, SCE, Model Breadcrumbs, DELLA.
+
+Every tensor is sparsified (as TIES and DARE here, mergekit and the official codes, which
+flatten the whole model); a recipe override can exempt tensors. Whole-tensor statistics
+(min/max, softmax normalisers, k-th largest values) are gathered over chunks of entries, so
+temporaries stay at chunk size whatever the tensor.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from speechmerge.errors import SpeechmergeError
+from speechmerge.merging import linalg
+from speechmerge.merging.context import TensorContext
+from speechmerge.merging.linalg import (
+    MagnitudeSelector,
+    disjoint_mean,
+    elect_sign,
+    kept_count,
+    kth_largest_magnitude,
+    weighted_sum,
+)
+from speechmerge.merging.methods.task_vectors import sign_elected_mean
+from speechmerge.merging.registry import Param, merge_method
+
+
+def entry_chunks(tasks: torch.Tensor, per_entry: int = 1) -> Iterator[torch.Tensor]:
+    """[T, c] views over the flattened entries of every task, c·T·per_entry ≈ linalg.CHUNK."""
+    flat = tasks.reshape(tasks.shape[0], -1)
+    step = max(1, linalg.CHUNK // (tasks.shape[0] * per_entry))
+    return iter(flat.split(step, dim=1))
+
+
+def row_blocks(task: torch.Tensor) -> Iterator[torch.Tensor]:
+    """[rows, columns] views of one task tensor seen as rows (1-D: a single row), ≈ CHUNK entries each."""
+    rows = task.reshape(1, -1) if task.dim() == 1 else task.reshape(task.shape[0], -1)
+    return iter(rows.split(max(1, linalg.CHUNK // rows.shape[1]), dim=0))
+
+
+# --- PCB ---------------------------------------------------------------------------------
+
+
+class PairStatistics:
+    """Per pair (i, j), i ≤ j, of one tensor: min and max of τ_i ⊙ τ_j (for Norm) and the
+    softmax normaliser Z_ij = Σ exp(s_ij (Norm_ij − 1)) / D, with s_ii = T, s_ij = 1 otherwise."""
+
+    def __init__(self, tasks: torch.Tensor):
+        self.count = tasks.shape[0]
+        self.pairs = torch.triu_indices(self.count, self.count)
+        self.sharpness = torch.where(self.pairs[0] == self.pairs[1], float(self.count), 1.0).to(tasks.device)
+        self.entries = tasks[0].numel()
+        self.low = torch.full((self.pairs.shape[1], 1), torch.inf, device=tasks.device)
+        self.high = torch.full((self.pairs.shape[1], 1), -torch.inf, device=tasks.device)
+        for chunk in entry_chunks(tasks, self.pairs.shape[1]):
+            products = self.products(chunk)
+            torch.minimum(self.low, products.amin(1, keepdim=True), out=self.low)
+            torch.maximum(self.high, products.amax(1, keepdim=True), out=self.high)
+        self.normaliser = torch.zeros(self.pairs.shape[1], 1, device=tasks.device)
+        for chunk in entry_chunks(tasks, self.pairs.shape[1]):
+            self.normaliser += self.exponentials(self.products(chunk)).sum(1, keepdim=True)
+        self.normaliser /= self.entries
+
+    def products(self, chunk: torch.Tensor) -> torch.Tensor:
+        return chunk[self.pairs[0]] * chunk[self.pairs[1]]
+
+    def exponentials(self, products: torch.Tensor) -> torch.Tensor:
+        """exp(s (Norm − 1)), Norm the min–max normalisation over the tensor (0 where constant)."""
+        spread = self.high - self.low
+        norm = torch.where(spread > 0, (products - self.low) / torch.where(spread > 0, spread, 1.0), 0.0)
+        return torch.exp(self.sharpness[:, None] * (norm - 1.0))
+
+    def balance(self, chunk: torch.Tensor) -> torch.Tensor:
+        """β_i = intra_i ⊙ inter_i for a chunk, each softmax multiplied by D (a constant)."""
+        softmax = self.exponentials(self.products(chunk)) / self.normaliser
+        intra = torch.zeros_like(chunk)
+        inter = torch.zeros_like(chunk)
+        for p, (i, j) in enumerate(self.pairs.T.tolist()):
+            if i == j:
+                intra[i] = softmax[p]
+                inter[i] += softmax[p]
+            else:
+                inter[i] += softmax[p]
+                inter[j] += softmax[p]
+        return intra * inter
+
+
+@merge_method(
+    name="pcb",
+    title="PCB-Merging (parameter competition balancing)",
+    family="task vectors",
+    space="deltas",
+    source="Du et al., Parameter Competition Balancing for Model Merging, NeurIPS 2024, arXiv 2410.02396; code duguodong7/pcb-merging",
+    variant=(
+        "The paper's equations per tensor (as mergekit; the official scripts flatten the whole model and add "
+        "clamping and tanh variants): Norm is min–max normalisation over the tensor (the official code's "
+        "`normalize`), softmaxes run over the tensor's entries, each task keeps its top ⌊density·D⌋ balancing "
+        "scores, and the merge is the per-entry weighted mean Σ_t β̂_t w_t τ_t / Σ_t β̂_t (the paper's rescale; "
+        "mergekit divides by the sum over all entries instead, which shrinks its update towards zero). Expert "
+        "weights scale the task vectors. No evolutionary search of per-task λ."
+    ),
+    params=[
+        Param("density", float, 0.1, "r, the fraction of each task's balancing scores kept (official script: 0.1)",
+              gt=0, le=1),
+        Param("scale", float, 1.0, "λ, the scale of the merged task vector (the official search starts at 1.0)", gt=0),
+    ],
+)
+def pcb(tasks, base, weights, ctx: TensorContext, *, density, scale):
+    """β_intra,t = softmax(T·Norm(τ_t ⊙ τ_t)); β_inter,t = Σ_j softmax(Norm(τ_t ⊙ τ_j)); β_t = β_intra,t ⊙ β_inter,t;
+    β̂_t = β_t ⊙ 1[β_t ≥ top-r threshold]; τ_m = Σ_t β̂_t w_t τ_t / Σ_t β̂_t; θ = θ_0 + λ τ_m."""
+    stats = PairStatistics(tasks)
+    count = tasks.shape[0]
+    selectors = [MagnitudeSelector() for _ in range(count)]
+    for chunk in entry_chunks(tasks, stats.pairs.shape[1]):
+        for selector, row in zip(selectors, stats.balance(chunk)):
+            selector.count(row)
+    for selector in selectors:
+        selector.narrow(kept_count(stats.entries, density))
+    for chunk in entry_chunks(tasks, stats.pairs.shape[1]):
+        for selector, row in zip(selectors, stats.balance(chunk)):
+            selector.refine(row)
+    thresholds = torch.tensor([s.threshold() for s in selectors], device=tasks.device)[:, None]
+    w = weights.to(tasks.device, tasks.dtype)[:, None]
+    merged = torch.empty_like(tasks[0]).reshape(-1)
+    start = 0
+    for chunk in entry_chunks(tasks, stats.pairs.shape[1]):
+        beta = stats.balance(chunk)
+        beta = torch.where(beta >= thresholds, beta, 0.0)
+        total = beta.sum(0)
+        mixed = (beta * w * chunk).sum(0)
+        merged[start:start + chunk.shape[1]] = torch.where(total > 0, mixed / torch.where(total > 0, total, 1.0), 0.0)
+        start += chunk.shape[1]
+    return merged.reshape(tasks.shape[1:]).mul_(scale)
+
+
+# --- SCE ---------------------------------------------------------------------------------
+
+
+def select_by_variance_(tasks: torch.Tensor, fraction: float) -> torch.Tensor:
+    """SCE's Select, in place: keep the entries whose variance across tasks is among the top
+    ⌊fraction · #(entries with non-zero variance)⌋ (mergekit's rule), zero the rest in every task."""
+    if fraction >= 1:
+        return tasks
+    selector = MagnitudeSelector()
+    nonzero = 0
+    for chunk in entry_chunks(tasks):
+        variance = chunk.var(0, unbiased=False)
+        selector.count(variance)
+        nonzero += int(torch.count_nonzero(variance))
+    selector.narrow(int(fraction * nonzero))
+    for chunk in entry_chunks(tasks):
+        selector.refine(chunk.var(0, unbiased=False))
+    threshold = selector.threshold()
+    for chunk in entry_chunks(tasks):
+        chunk.mul_(chunk.var(0, unbiased=False) >= threshold)
+    return tasks
+
+
+@merge_method(
+    name="sce",
+    title="SCE (select, calculate, erase)",
+    family="task vectors",
+    space="deltas",
+    source="Wan et al., FuseChat: Knowledge Fusion of Chat Models, arXiv 2408.07990; mergekit's sce; config FuseAI/FuseChat",
+    variant=(
+        "Per tensor, as mergekit's sce: Select keeps the entries in the top select_topk fraction of cross-task "
+        "variance (of the entries with non-zero variance; 1 keeps all); Calculate gives each task "
+        "η_t ∝ w_t ‖τ̂_t‖² (mean square of the selected task vector, normalised over tasks; expert weights "
+        "multiply it); Erase elects each entry's sign by the unweighted sum Σ_t τ̂_t and keeps the agreeing tasks; "
+        "τ_m = Σ_agree η_t τ̂_t / Σ_agree η_t; then λ."
+    ),
+    params=[
+        Param("select_topk", float, 0.1, "τ, the fraction of entries kept by variance (FuseChat's config: 0.1)",
+              gt=0, le=1),
+        Param("scale", float, 1.0, "λ, the scale of the merged task vector (SCE itself has none: 1)", gt=0),
+    ],
+)
+def sce(tasks, base, weights, ctx: TensorContext, *, select_topk, scale):
+    """τ̂_t = τ_t ⊙ 1[Var_t τ ≥ top-τ threshold]; η_t = w_t ‖τ̂_t‖² / Σ_s w_s ‖τ̂_s‖²; γ = sign(Σ_t τ̂_t);
+    τ_m = Σ_{t: sign τ̂_t = γ} η_t τ̂_t / Σ_{…} η_t; θ = θ_0 + λ τ_m."""
+    selected = select_by_variance_(tasks, select_topk)
+    energy = torch.stack([row.square().sum() for row in selected]) * weights.to(tasks.device, tasks.dtype)
+    eta = energy / energy.sum() if energy.sum() > 0 else torch.full_like(energy, 1.0 / len(energy))
+    ones = torch.ones_like(eta)
+    return disjoint_mean(selected, elect_sign(selected, ones), eta).mul_(scale)
+
+
+# --- Model Breadcrumbs -------------------------------------------------------------------
+
+
+def band_(block: torch.Tensor, high: torch.Tensor | float, low: torch.Tensor | float) -> None:
+    """In place: keep entries with low ≤ |x| < high, zero the rest."""
+    magnitude = block.abs()
+    block.mul_((magnitude >= low) & (magnitude < high))
+
+
+def row_kth(magnitudes: torch.Tensor, k: int) -> torch.Tensor:
+    """Per row, the k-th largest value (inf for k = 0, 0 for k ≥ the row length), shape [rows, 1]."""
+    n = magnitudes.shape[1]
+    if k <= 0:
+        return torch.full((magnitudes.shape[0], 1), torch.inf, device=magnitudes.device)
+    if k >= n:
+        return torch.zeros(magnitudes.shape[0], 1, device=magnitudes.device)
+    return magnitudes.kthvalue(n - k + 1, dim=1, keepdim=True).values
+
+
+def breadcrumbs_mask_(task: torch.Tensor, density: float, gamma: float, scope: str) -> None:
+    """In place: drop the top ⌊γn⌋ magnitudes (outliers) and keep the next ⌊density·n⌋, n counting
+    the tensor's entries (scope=tensor) or each row's (scope=row)."""
+    if scope == "tensor":
+        n = task.numel()
+        k_top, k_low = int(gamma * n), min(n, int(gamma * n) + kept_count(n, density))
+        high = kth_largest_magnitude(task, k_top) if k_top > 0 else torch.inf
+        low = kth_largest_magnitude(task, k_low)
+        for block in row_blocks(task):
+            band_(block, high, low)
+        return
+    for block in row_blocks(task):
+        n = block.shape[1]
+        k_top = int(gamma * n)
+        magnitude = block.abs()
+        high, low = row_kth(magnitude, k_top), row_kth(magnitude, min(n, k_top + kept_count(n, density)))
+        del magnitude
+        band_(block, high, low)
+
+
+@merge_method(
+    name="breadcrumbs",
+    title="Model Breadcrumbs",
+    family="task vectors",
+    space="deltas",
+    source="Davari, Belilovsky, Model Breadcrumbs: Scaling Multi-Task Model Merging with Sparse Masks, ECCV 2024, "
+    "arXiv 2312.06795; code rezazzr/breadcrumbs",
+    variant=(
+        "Each task vector drops its top ⌊γn⌋ entries by magnitude (outliers) and keeps the next ⌊density·n⌋ "
+        "(the official TaskVectorMiddleKeep, remove first), per tensor (scope=tensor, the paper's per-layer "
+        "rule, as mergekit) or per row (scope=row, the official code's topk along the last axis); then "
+        "θ_0 + λ Σ_t w_t τ̂_t. γ = 0 keeps the top ⌊density·n⌋ (mergekit keeps nothing there)."
+    ),
+    params=[
+        Param("density", float, 0.1, "β, the fraction of each tensor kept below the outliers (issue #7: 0.1)", gt=0, le=1),
+        Param("gamma", float, 0.01, "γ, the fraction of largest-magnitude outliers dropped (official: 0.01)", ge=0, lt=1),
+        Param("scale", float, 1.0, "λ (α in the paper), the scale of the summed task vectors (issue #7: 1)", gt=0),
+        Param("scope", str, "tensor", "where the ranking is taken: per tensor or per row", choices=("tensor", "row")),
+    ],
+)
+def breadcrumbs(tasks, base, weights, ctx: TensorContext, *, density, gamma, scale, scope):
+    """τ̂_t = τ_t ⊙ 1[rank_t in (⌊γn⌋, ⌊γn⌋ + ⌊βn⌋]] (ranks by |τ_t| descending); θ = θ_0 + λ Σ_t w_t τ̂_t."""
+    for t in range(tasks.shape[0]):
+        breadcrumbs_mask_(tasks[t], density, gamma, scope)
+    return weighted_sum(tasks, weights).mul_(scale)
+
+
+# --- DELLA -------------------------------------------------------------------------------
+
+
+def magprune_(task: torch.Tensor, drop: float, window: float, generator: torch.Generator) -> None:
+    """DELLA's MagPrune, in place: per row, entries ranked by |x| (ascending, r = 0..n−1) are kept
+    with probability p = (1 − drop) − ε/2 + ε r/(n − 1) (p = 1 − drop for n = 1) and rescaled by 1/p."""
+    for block in row_blocks(task):
+        n = block.shape[1]
+        ranks = block.abs().argsort(dim=1).argsort(dim=1).to(block.dtype)
+        position = ranks / (n - 1) if n > 1 else torch.full_like(ranks, 0.5)
+        keep = (1.0 - drop) - window / 2 + window * position
+        draws = torch.rand(block.shape, generator=generator).to(block.device)
+        block.mul_(torch.where(draws < keep, 1.0 / keep, 0.0))
+
+
+@merge_method(
+    name="della",
+    title="DELLA-Merging (MagPrune, elect, fuse)",
+    family="task vectors",
+    space="deltas",
+    source="Deep, Bhardwaj, Poria, DELLA-Merging: Reducing Interference in Model Merging through Magnitude-Based "
+    "Sampling, arXiv 2406.11617; code declare-lab/della",
+    variant=(
+        "As the official rank_magnitude_sampling + della: within each row (1-D tensors: the whole tensor) entries "
+        "get keep probabilities rising linearly with their magnitude rank over [1 − p − ε/2, 1 − p + ε/2], "
+        "survivors are rescaled by 1/their keep probability, then TIES's sign election on the weighted vectors and "
+        "the disjoint weighted mean, then λ. Random draws from a generator seeded by (seed, tensor, expert). "
+        "Defaults from the official README example (drop 0.3, window 0.14); λ defaults to 1 (README: 1.1)."
+    ),
+    params=[
+        Param("drop", float, 0.3, "p, the mean drop probability", gt=0, lt=1),
+        Param("window", float, 0.14, "ε, the width of the window of keep probabilities", ge=0, lt=1),
+        Param("scale", float, 1.0, "λ, the scale of the merged task vector", gt=0),
+    ],
+    randomised=True,
+)
+def della(tasks, base, weights, ctx: TensorContext, *, drop, window, scale):
+    """τ̂_t = m_t ⊙ τ_t / p_t, m_t ~ Bernoulli(p_t), p_t from the magnitude rank; γ = sign(Σ w_t τ̂_t);
+    τ_m = Σ_agree w_t τ̂_t / Σ_agree w_t; θ = θ_0 + λ τ_m."""
+    if not 0 < 1 - drop - window / 2 or 1 - drop + window / 2 > 1:
+        raise SpeechmergeError(
+            f"params: della's keep probabilities 1 − drop ± window/2 = {1 - drop - window / 2:g} … "
+            f"{1 - drop + window / 2:g} must lie in (0, 1]; lower `window` or move `drop` away from 0 and 1"
+        )
+    for t in range(tasks.shape[0]):
+        magprune_(tasks[t], drop, window, ctx.generator(t))
+    return sign_elected_mean(tasks, weights).mul_(scale)

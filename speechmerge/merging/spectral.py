@@ -1,0 +1,105 @@
+"""SVD primitives of the subspace merge methods: top singular triplets (exact or randomised),
+orthogonalisation (polar factor by SVD, i.e. orthogonal Procrustes, or Newton–Schulz) and
+spectrum boosting. Everything works on one float32 matrix at a time, on its own device.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Newton–Schulz quintic coefficients (a, b, c) per step: X ← aX + (bA + cA²)X with A = XXᵀ.
+# Muon's constant triple (Jordan et al. 2024, github.com/KellerJordan/Muon) and the 5-step
+# "Polar Express" schedule (Amsel et al. 2025, arXiv 2505.16932; as in modded-nanogpt, whose
+# normalisation divides by 1.02 ‖X‖_F; research/papers.md §2.3).
+NORMALISATION_SAFETY = {"muon": 1.0, "polar_express": 1.02}
+NEWTON_SCHULZ_COEFFICIENTS = {
+    "muon": ((3.4445, -4.7750, 2.0315),),
+    "polar_express": (
+        (8.156554524902461, -22.48329292557795, 15.878769915207462),
+        (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+        (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+        (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+        (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+    ),
+}
+RANDOMISED_OVERSAMPLING = 10  # Halko, Martinsson, Tropp (2011) §4.2: p = 10 extra samples
+RANDOMISED_POWER_ITERATIONS = 2  # torch.svd_lowrank's default subspace iterations
+
+
+def numerical_rank_mask(singular_values: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """1 where σ > σ_max · max(m, n) · ε (numpy.linalg.matrix_rank's tolerance), else 0: the
+    directions of a matrix whose singular vectors are determined rather than arbitrary."""
+    tolerance = singular_values.max() * max(shape[-2:]) * torch.finfo(singular_values.dtype).eps
+    return (singular_values > tolerance).to(singular_values.dtype)
+
+
+def top_singular(
+    matrix: torch.Tensor, k: int, randomised: bool = False, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The k leading singular triplets (U_k [m, k], σ_k [k], V_kᵀ [k, n]) of a matrix, with the
+    numerically null ones zeroed: their singular vectors are arbitrary (LAPACK's completion of
+    the null space, or noise in a randomised range), so no result may depend on them.
+
+    Exact: thin LAPACK SVD. Randomised: Halko et al.'s range finder with p = 10 oversampling
+    and 2 power iterations (torch.svd_lowrank), seeded so that a merge is reproducible.
+    """
+    if randomised and k + RANDOMISED_OVERSAMPLING < min(matrix.shape):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            u, s, v = torch.svd_lowrank(matrix, q=k + RANDOMISED_OVERSAMPLING, niter=RANDOMISED_POWER_ITERATIONS)
+        u, s, vh = u[:, :k], s[:k], v[:, :k].mT
+    else:
+        u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+        u, s, vh = u[:, :k], s[:k], vh[:k]
+    if s.numel() == 0:
+        return u, s, vh
+    kept = numerical_rank_mask(s, matrix.shape)
+    return u * kept, s * kept, vh * kept[:, None]
+
+
+def polar_factor(matrix: torch.Tensor) -> torch.Tensor:
+    """The nearest matrix with orthonormal columns (or rows): P Qᵀ from M = P Σ Qᵀ (orthogonal
+    Procrustes; Schönemann 1966), as in TSV-M's and Iso-CTS's official code.
+
+    Guard for near-collinear inputs: directions beyond the numerical rank are dropped instead
+    of being inflated to unit length, so duplicated subspaces merge instead of adding rounding
+    noise; an all-zero matrix gives zeros. Well-conditioned inputs are unaffected.
+    """
+    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+    return (u * numerical_rank_mask(s, matrix.shape)) @ vh
+
+
+def newton_schulz(matrix: torch.Tensor, steps: int = 5, coefficients: str = "muon") -> torch.Tensor:
+    """Approximate polar factor by the quintic Newton–Schulz iteration (as Muon):
+    X₀ = M / ‖M‖_F (so σ ≤ 1), on the wide orientation; X ← aX + (bA + cA²)X, A = XXᵀ.
+    Only approximately orthogonal (Muon's triple leaves σ in about [0.7, 1.2]); zero
+    directions stay zero, so it never fails on rank-deficient inputs."""
+    schedule = NEWTON_SCHULZ_COEFFICIENTS[coefficients]
+    tall = matrix.shape[0] > matrix.shape[1]
+    x = matrix.mT if tall else matrix
+    x = x / (torch.linalg.matrix_norm(x) * NORMALISATION_SAFETY[coefficients] + 1e-7)
+    for step in range(steps):
+        a, b, c = schedule[min(step, len(schedule) - 1)]
+        gram = x @ x.mT
+        x = a * x + (b * gram + c * (gram @ gram)) @ x
+    return x.mT if tall else x
+
+
+def orthogonalise(matrix: torch.Tensor, how: str, steps: int = 5, coefficients: str = "muon") -> torch.Tensor:
+    """Replace a matrix by its (approximate) polar factor: `svd` (Procrustes) or `newton_schulz`."""
+    if how == "svd":
+        return polar_factor(matrix)
+    return newton_schulz(matrix, steps, coefficients)
+
+
+def boost_floor(singular_values: torch.Tensor, beta: float, energy: str = "sigma") -> torch.Tensor:
+    """Subspace Boosting's floor (Skorobogat et al. 2025, arXiv 2506.16506): the σ_j at the
+    first index j where the cumulative energy ratio Σ_{i≤j} e_i / Σ_i e_i reaches β, with
+    e = σ (`sigma`, as the reference code) or σ² (`sigma_squared`). β = 1 gives the smallest
+    σ, i.e. no boost; an all-zero spectrum gives 0."""
+    values = singular_values if energy == "sigma" else singular_values.square()
+    total = values.sum()
+    if total <= 0:
+        return singular_values.new_zeros(())
+    below = int((torch.cumsum(values, 0) / total < beta).sum())
+    return singular_values[min(below, singular_values.numel() - 1)]
