@@ -1,0 +1,96 @@
+"""Writing a converted model as a complete Hugging Face Whisper directory, and doing it once.
+
+Converters (CTranslate2, openai-whisper) describe the target state dict lazily (name, shape,
+how to load); `write_hf_model` streams it through the project's safetensors writer into a
+temporary directory that replaces the target only when complete. `convert_once` keeps one
+converted copy per source under the model cache, built under a file lock so that parallel
+processes neither convert twice nor see a half-written directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Callable
+
+from speechmerge.errors import SpeechmergeError
+
+DTYPES = ("float32", "float16", "bfloat16")
+SHARD_BYTES = 2 * 1024**3
+# Bump when the conversion output changes, so cached copies are rebuilt.
+CONVERTER_VERSION = "1"
+
+
+def models_dir() -> Path:
+    """Where converted models live: `$SPEECHMERGE_MODEL_CACHE`, else `cache_dir("models")`.
+
+    The separate variable lets tests keep a private cache yet share the (slow to build)
+    converted built-in model with the user's cache."""
+    from speechmerge.cache import cache_dir
+
+    override = os.environ.get("SPEECHMERGE_MODEL_CACHE")
+    if override:
+        path = Path(override)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return cache_dir("models")
+
+
+def torch_dtype(name: str):
+    import torch
+
+    if name not in DTYPES:
+        raise SpeechmergeError(f"dtype {name!r}: expected one of {', '.join(DTYPES)}")
+    return getattr(torch, name)
+
+
+def write_hf_model(target: Path, tensors, shape, tokenizer, facts, dtype: str = "float32", force: bool = False) -> Path:
+    """Write `tensors` (a list of `ct2.HFTensor`-like items) with config, generation config,
+    tokenizer and feature extractor into `target`, atomically."""
+    from rich.console import Console
+    from rich.progress import track
+
+    from speechmerge.checkpoints.processor import whisper_config, write_model_files
+    from speechmerge.checkpoints.writer import StreamingSafetensorsWriter, TensorSlot, atomic_output_dir
+
+    out_dtype = torch_dtype(dtype)
+    config = whisper_config(shape, tokenizer)
+    config.dtype = dtype
+    slots = [TensorSlot(t.name, tuple(t.shape), out_dtype) for t in tensors]
+    with atomic_output_dir(Path(target), force=force) as tmp:
+        writer = StreamingSafetensorsWriter(tmp, slots, SHARD_BYTES, metadata={"converted_by": "speechmerge"})
+        try:
+            progress = track(tensors, description=f"converting to {Path(target).name}", transient=True, console=Console(stderr=True))
+            for item in progress:
+                writer.write(item.name, item.load().to(out_dtype))
+            writer.close()
+        finally:
+            writer.abort()
+        write_model_files(tmp, config, tokenizer, facts)
+    return Path(target)
+
+
+def source_key(*parts: str | Path) -> str:
+    """A short digest naming one conversion: its inputs' identity plus the converter version."""
+    digest = hashlib.sha256(CONVERTER_VERSION.encode())
+    for part in parts:
+        digest.update(b"\0" + str(part).encode())
+    return digest.hexdigest()[:16]
+
+
+def convert_once(name: str, build: Callable[[Path], None]) -> Path:
+    """The cached directory `models_dir()/name`, built by `build(target)` if absent.
+
+    `build` must write `target` atomically (as `write_hf_model` does); the lock makes other
+    processes wait for it instead of converting again."""
+    from filelock import FileLock
+
+    root = models_dir()
+    target = root / name
+    if (target / "config.json").is_file():
+        return target
+    with FileLock(str(root / f".{name}.lock")):
+        if not (target / "config.json").is_file():
+            build(target)
+    return target
