@@ -137,11 +137,15 @@ def scan_manifest(path: Path) -> ManifestScan:
     return scan
 
 
-def write_manifest(path: Path, utterances: Iterable[Utterance]) -> None:
-    """Write utterances as JSONL (or CSV for a `.csv` path), atomically; audio paths relative where possible."""
+def write_manifest(path: Path, utterances: Iterable[Utterance], relative_audio: bool = False) -> None:
+    """Write utterances as JSONL (or CSV for a `.csv` path), atomically.
+
+    Audio paths are written relative to the manifest's folder when the audio lies inside it,
+    absolute otherwise; `relative_audio=True` writes every path relative (with `..` where needed),
+    for a tree of manifests and audio that moves as one."""
     path = Path(path)
     folder = path.parent.resolve()
-    records = [_record(utterance, folder) for utterance in utterances]
+    records = [_record(utterance, folder, relative_audio) for utterance in utterances]
     with atomic_file(path) as tmp:
         if _is_csv(path):
             with open(tmp, "w", newline="", encoding="utf-8") as out:
@@ -154,10 +158,13 @@ def write_manifest(path: Path, utterances: Iterable[Utterance]) -> None:
                     out.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
-def _record(utterance: Utterance, folder: Path) -> dict:
+def _record(utterance: Utterance, folder: Path, relative_audio: bool) -> dict:
     record = utterance.model_dump(mode="json")
     audio = Path(utterance.audio)
-    record["audio"] = str(audio.relative_to(folder)) if audio.is_relative_to(folder) else str(audio)
+    if relative_audio or audio.is_relative_to(folder):
+        record["audio"] = os.path.relpath(audio, folder)
+    else:
+        record["audio"] = str(audio)
     if record["duration"] is not None:
         record["duration"] = round(record["duration"], 4)
     return record
