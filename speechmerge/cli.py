@@ -57,6 +57,33 @@ def methods(
     print_methods(name, markdown=markdown)
 
 
+@app.command()
+def convert(
+    source: str = typer.Argument(
+        ...,
+        help="builtin:whisper-base, a CTranslate2 directory (model.bin), an openai-whisper .pt file, "
+        "or (with --to ct2) a Hugging Face Whisper directory.",
+    ),
+    output: Path = typer.Argument(..., help="Directory to create (refused if it exists, unless --force)."),
+    to: str = typer.Option("hf", "--to", help="Output format: hf (Hugging Face Whisper) or ct2 (CTranslate2, for faster-whisper)."),
+    quantization: str = typer.Option(
+        "float16", help="With --to ct2: float32, float16, bfloat16, int8, int8_float16, int8_float32, int8_bfloat16 or int16."
+    ),
+    dtype: str = typer.Option("float32", help="With --to hf: weight dtype of the output, float32, float16 or bfloat16."),
+    tokenizer: Optional[Path] = typer.Option(
+        None, help="Directory or tokenizer.json to use when the source has none; it is checked before use."
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
+) -> None:
+    """Convert a Whisper model between CTranslate2, openai-whisper and Hugging Face formats."""
+    from rich.console import Console
+
+    from speechmerge.checkpoints.convert import convert_model
+
+    target = convert_model(source, output, to=to, quantization=quantization, dtype=dtype, tokenizer=tokenizer, force=force)
+    Console(stderr=True).print(f"[green]converted[/] {source} -> {target} ({to})", highlight=False)
+
+
 def main() -> None:
     """Entry point: run the app; user errors become one red line and exit status 2."""
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -20,6 +21,15 @@ DTYPES = ("float32", "float16", "bfloat16")
 SHARD_BYTES = 2 * 1024**3
 # Bump when the conversion output changes, so cached copies are rebuilt.
 CONVERTER_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class HFTensor:
+    """One tensor of a converted Hugging Face state dict: its name, shape and how to load it."""
+
+    name: str
+    shape: tuple[int, ...]
+    load: Callable[[], object]
 
 
 def models_dir() -> Path:
@@ -45,9 +55,23 @@ def torch_dtype(name: str):
     return getattr(torch, name)
 
 
-def write_hf_model(target: Path, tensors, shape, tokenizer, facts, dtype: str = "float32", force: bool = False) -> Path:
-    """Write `tensors` (a list of `ct2.HFTensor`-like items) with config, generation config,
-    tokenizer and feature extractor into `target`, atomically."""
+def check_state_names(tensors: list[HFTensor], config, source) -> None:
+    """The converted names must be exactly the parameters of `WhisperForConditionalGeneration`
+    (less the tied `proj_out`), so that the model loads strictly."""
+    from speechmerge.checkpoints.whisper import whisper_layout
+
+    layout = whisper_layout(config.to_dict())
+    expected = set(layout.roles) - set(layout.tied)
+    names = [t.name for t in tensors]
+    missing, unexpected = sorted(expected - set(names)), sorted(set(names) - expected)
+    if missing or unexpected or len(names) != len(set(names)):
+        what = f"no tensor for {missing[0]}" if missing else f"unexpected tensor {unexpected[0]}" if unexpected else "duplicate tensors"
+        raise SpeechmergeError(f"{source}: {what} ({len(missing)} missing, {len(unexpected)} unexpected); the checkpoint is incomplete or not Whisper")
+
+
+def write_hf_model(target: Path, tensors: list[HFTensor], shape, tokenizer, facts, dtype: str = "float32", force: bool = False, source="source") -> Path:
+    """Write `tensors` with config, generation config, tokenizer and feature extractor into
+    `target`, atomically; `source` names the input in errors."""
     from rich.console import Console
     from rich.progress import track
 
@@ -57,6 +81,7 @@ def write_hf_model(target: Path, tensors, shape, tokenizer, facts, dtype: str = 
     out_dtype = torch_dtype(dtype)
     config = whisper_config(shape, tokenizer)
     config.dtype = dtype
+    check_state_names(tensors, config, source)
     slots = [TensorSlot(t.name, tuple(t.shape), out_dtype) for t in tensors]
     with atomic_output_dir(Path(target), force=force) as tmp:
         writer = StreamingSafetensorsWriter(tmp, slots, SHARD_BYTES, metadata={"converted_by": "speechmerge"})

@@ -41,10 +41,9 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
-
 import torch
 
+from speechmerge.checkpoints.converted import HFTensor
 from speechmerge.checkpoints.processor import DecodingFacts, WhisperShape
 from speechmerge.errors import SpeechmergeError
 
@@ -196,15 +195,6 @@ def model_bin_parts(directory: Path) -> list[Path]:
     if not parts:
         raise SpeechmergeError(f"{directory}: no model.bin; expected a CTranslate2 Whisper model directory")
     return parts
-
-
-@dataclass(frozen=True)
-class HFTensor:
-    """One tensor of the converted Hugging Face state dict and how to read it."""
-
-    name: str
-    shape: tuple[int, ...]
-    load: Callable[[], torch.Tensor]
 
 
 def _count_layers(model: Ct2ModelFile, stack: str) -> int:
@@ -379,7 +369,8 @@ def convert_ct2(files: Ct2Files, target: Path, dtype: str = "float32", force: bo
             "the tokenizer belongs to another model, give the right one with --tokenizer"
         )
     check_vocabulary(files.folder, tokenizer, shape.vocab_size)
-    return write_hf_model(target, tensors, shape, tokenizer, decoding_facts(files.folder / "config.json"), dtype, force)
+    facts = decoding_facts(files.folder / "config.json")
+    return write_hf_model(target, tensors, shape, tokenizer, facts, dtype, force, source=model.label)
 
 
 def converted_ct2_dir(directory: Path) -> Path:
