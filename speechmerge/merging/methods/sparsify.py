@@ -44,47 +44,53 @@ def row_blocks(task: torch.Tensor) -> Iterator[torch.Tensor]:
 
 
 class PairStatistics:
-    """Per pair (i, j), i ≤ j, of one tensor: min and max of τ_i ⊙ τ_j (for Norm) and the
-    softmax normaliser Z_ij = Σ exp(s_ij (Norm_ij − 1)) / D, with s_ii = T, s_ij = 1 otherwise."""
+    """PCB's softmax terms over one tensor, one row per term: the inter terms τ_i ⊙ τ_j for every pair
+    i ≤ j (sharpness s = 1), then the intra terms τ_i ⊙ τ_i (s = T). Per row: min and max of the
+    product (for Norm) and the softmax normaliser Z = Σ exp(s (Norm − 1)) / D."""
 
     def __init__(self, tasks: torch.Tensor):
         self.count = tasks.shape[0]
-        self.pairs = torch.triu_indices(self.count, self.count)
-        self.sharpness = torch.where(self.pairs[0] == self.pairs[1], float(self.count), 1.0).to(tasks.device)
+        pairs = torch.triu_indices(self.count, self.count)
+        diagonal = torch.arange(self.count)
+        self.first = torch.cat([pairs[0], diagonal])
+        self.second = torch.cat([pairs[1], diagonal])
+        self.pairs = pairs.shape[1]
+        rows = self.first.numel()
+        self.sharpness = torch.cat([torch.ones(self.pairs), torch.full((self.count,), float(self.count))])
+        self.sharpness = self.sharpness.to(tasks.device)[:, None]
         self.entries = tasks[0].numel()
-        self.low = torch.full((self.pairs.shape[1], 1), torch.inf, device=tasks.device)
-        self.high = torch.full((self.pairs.shape[1], 1), -torch.inf, device=tasks.device)
-        for chunk in entry_chunks(tasks, self.pairs.shape[1]):
+        self.low = torch.full((rows, 1), torch.inf, device=tasks.device)
+        self.high = torch.full((rows, 1), -torch.inf, device=tasks.device)
+        for chunk in entry_chunks(tasks, rows):
             products = self.products(chunk)
             torch.minimum(self.low, products.amin(1, keepdim=True), out=self.low)
             torch.maximum(self.high, products.amax(1, keepdim=True), out=self.high)
-        self.normaliser = torch.zeros(self.pairs.shape[1], 1, device=tasks.device)
-        for chunk in entry_chunks(tasks, self.pairs.shape[1]):
+        self.normaliser = torch.zeros(rows, 1, device=tasks.device)
+        for chunk in entry_chunks(tasks, rows):
             self.normaliser += self.exponentials(self.products(chunk)).sum(1, keepdim=True)
         self.normaliser /= self.entries
 
+    @property
+    def rows(self) -> int:
+        return self.first.numel()
+
     def products(self, chunk: torch.Tensor) -> torch.Tensor:
-        return chunk[self.pairs[0]] * chunk[self.pairs[1]]
+        return chunk[self.first] * chunk[self.second]
 
     def exponentials(self, products: torch.Tensor) -> torch.Tensor:
         """exp(s (Norm − 1)), Norm the min–max normalisation over the tensor (0 where constant)."""
         spread = self.high - self.low
         norm = torch.where(spread > 0, (products - self.low) / torch.where(spread > 0, spread, 1.0), 0.0)
-        return torch.exp(self.sharpness[:, None] * (norm - 1.0))
+        return torch.exp(self.sharpness * (norm - 1.0))
 
     def balance(self, chunk: torch.Tensor) -> torch.Tensor:
         """β_i = intra_i ⊙ inter_i for a chunk, each softmax multiplied by D (a constant)."""
         softmax = self.exponentials(self.products(chunk)) / self.normaliser
-        intra = torch.zeros_like(chunk)
         inter = torch.zeros_like(chunk)
-        for p, (i, j) in enumerate(self.pairs.T.tolist()):
-            if i == j:
-                intra[i] = softmax[p]
-                inter[i] += softmax[p]
-            else:
-                inter[i] += softmax[p]
-                inter[j] += softmax[p]
-        return intra * inter
+        inter.index_add_(0, self.first[: self.pairs].to(chunk.device), softmax[: self.pairs])
+        off_diagonal = self.first[: self.pairs] != self.second[: self.pairs]
+        inter.index_add_(0, self.second[: self.pairs][off_diagonal].to(chunk.device), softmax[: self.pairs][off_diagonal])
+        return softmax[self.pairs:] * inter
 
 
 @merge_method(
@@ -113,19 +119,19 @@ def pcb(tasks, base, weights, ctx: TensorContext, *, density, scale):
     stats = PairStatistics(tasks)
     count = tasks.shape[0]
     selectors = [MagnitudeSelector() for _ in range(count)]
-    for chunk in entry_chunks(tasks, stats.pairs.shape[1]):
+    for chunk in entry_chunks(tasks, stats.rows):
         for selector, row in zip(selectors, stats.balance(chunk)):
             selector.count(row)
     for selector in selectors:
         selector.narrow(kept_count(stats.entries, density))
-    for chunk in entry_chunks(tasks, stats.pairs.shape[1]):
+    for chunk in entry_chunks(tasks, stats.rows):
         for selector, row in zip(selectors, stats.balance(chunk)):
             selector.refine(row)
     thresholds = torch.tensor([s.threshold() for s in selectors], device=tasks.device)[:, None]
     w = weights.to(tasks.device, tasks.dtype)[:, None]
     merged = torch.empty_like(tasks[0]).reshape(-1)
     start = 0
-    for chunk in entry_chunks(tasks, stats.pairs.shape[1]):
+    for chunk in entry_chunks(tasks, stats.rows):
         beta = stats.balance(chunk)
         beta = torch.where(beta >= thresholds, beta, 0.0)
         total = beta.sum(0)

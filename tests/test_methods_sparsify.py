@@ -1,0 +1,163 @@
+"""PCB, SCE, Model Breadcrumbs and DELLA against reference implementations written here from
+their papers (whole-tensor softmaxes and sorts, no chunking), run through the engine on a tiny
+Whisper family; DELLA's randomness is checked by its statistics and its seeding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_merge_methods import deltas, run_merge
+
+from speechmerge.checkpoints.whisper import TensorRole
+from speechmerge.errors import SpeechmergeError
+from speechmerge.merging import linalg
+from speechmerge.merging.context import TensorContext
+from speechmerge.merging.registry import get_method
+
+WEIGHTS = [1.0, 0.5, 2.0]
+
+
+def top_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """1 on the k largest scores of a flat vector."""
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    mask[scores.topk(k).indices] = True
+    return mask
+
+
+def reference_pcb(taus: list[torch.Tensor], weights: list[float], density: float) -> torch.Tensor:
+    """Du et al. (2024) Eqs. 1–4 on one tensor: intra- and inter-balancing softmaxes of min–max
+    normalised products, top-r of β per task, β-weighted mean."""
+    flat = [t.flatten() for t in taus]
+    count, size = len(flat), flat[0].numel()
+
+    def norm(x):
+        return (x - x.min()) / (x.max() - x.min())
+
+    merged_num, merged_den = torch.zeros(size, dtype=flat[0].dtype), torch.zeros(size, dtype=flat[0].dtype)
+    for i in range(count):
+        intra = torch.softmax(count * norm(flat[i] * flat[i]), 0)
+        inter = sum(torch.softmax(norm(flat[i] * flat[j]), 0) for j in range(count))
+        beta = intra * inter
+        beta_hat = beta * top_mask(beta, int(density * size))
+        merged_num += beta_hat * weights[i] * flat[i]
+        merged_den += beta_hat
+    return torch.where(merged_den > 0, merged_num / merged_den, 0.0).reshape(taus[0].shape)
+
+
+def reference_sce(taus: list[torch.Tensor], weights: list[float], topk: float) -> torch.Tensor:
+    """FuseChat's select (top-τ variance), calculate (η ∝ ‖τ̂‖²), erase (sign of the sum)."""
+    stacked = torch.stack([t.flatten() for t in taus])
+    variance = stacked.var(0, unbiased=False)
+    keep = top_mask(variance, int(topk * int((variance != 0).sum())))
+    selected = stacked * keep
+    eta = torch.tensor(weights, dtype=stacked.dtype) * selected.square().sum(1)
+    eta = eta / eta.sum()
+    sign = torch.where(selected.sum(0) >= 0, 1.0, -1.0)
+    agree = (torch.sign(selected) == sign) * eta[:, None]
+    num, den = (agree * selected).sum(0), agree.sum(0)
+    return torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0).reshape(taus[0].shape)
+
+
+def reference_breadcrumbs_mask(tau: torch.Tensor, density: float, gamma: float, scope: str) -> torch.Tensor:
+    """Davari & Belilovsky: sort |τ| descending, drop the first ⌊γn⌋, keep the next ⌊βn⌋."""
+    rows = tau.reshape(1, -1) if scope == "tensor" or tau.dim() == 1 else tau.reshape(tau.shape[0], -1)
+    mask = torch.zeros_like(rows, dtype=torch.bool)
+    n = rows.shape[1]
+    top, keep = int(gamma * n), linalg.kept_count(n, density)
+    order = rows.abs().argsort(dim=1, descending=True)
+    mask.scatter_(1, order[:, top:top + keep], True)
+    return mask.reshape(tau.shape)
+
+
+def mostly_close(actual: torch.Tensor, expected: torch.Tensor, name: str, atol: float = 1e-6) -> None:
+    """Close everywhere but at a few entries: a top-k on float32 scores may swap near-tied entries."""
+    wrong = ~torch.isclose(actual.double(), expected.double(), atol=atol, rtol=1e-4)
+    assert int(wrong.sum()) <= max(2, expected.numel() // 2000), f"{name}: {int(wrong.sum())} of {expected.numel()} differ"
+
+
+def compare(tmp_path, family, method, params, rule, exact=True):
+    base_dir, expert_dirs = family
+    merged, _ = run_merge(tmp_path, base_dir, expert_dirs, method, params, weights=WEIGHTS)
+    base, names, taus = deltas(base_dir, expert_dirs)
+    for name in names:
+        expected = base[name].double() + rule([t[name].double() for t in taus])
+        if exact:
+            torch.testing.assert_close(merged[name].double(), expected, atol=1e-6, rtol=1e-5, msg=name)
+        else:
+            mostly_close(merged[name], expected, name)
+
+
+def test_pcb_matches_the_paper(tmp_path, family):
+    compare(tmp_path, family, "pcb", {"density": 0.2, "scale": 1.1},
+            lambda taus: 1.1 * reference_pcb(taus, WEIGHTS, 0.2), exact=False)
+
+
+def test_sce_matches_fusechat(tmp_path, family):
+    compare(tmp_path, family, "sce", {"select_topk": 0.3}, lambda taus: reference_sce(taus, WEIGHTS, 0.3), exact=False)
+
+
+@pytest.mark.parametrize("scope", ["tensor", "row"])
+@pytest.mark.parametrize("gamma", [0.01, 0.0])
+def test_breadcrumbs_matches_the_paper(tmp_path, family, scope, gamma):
+    def rule(taus):
+        return 0.9 * sum(w * t * reference_breadcrumbs_mask(t, 0.3, gamma, scope) for w, t in zip(WEIGHTS, taus))
+
+    compare(tmp_path, family, "breadcrumbs", {"density": 0.3, "gamma": gamma, "scale": 0.9, "scope": scope}, rule)
+
+
+def test_breadcrumbs_with_gamma_zero_keeps_the_top_magnitudes():
+    """mergekit keeps nothing at γ = 0 (an empty slice); the paper's rule keeps the top ⌊βn⌋."""
+    tau = torch.randn(4, 50, generator=torch.Generator().manual_seed(1))
+    merged = call("breadcrumbs", tau[None], density=0.2, gamma=0.0, scale=1.0)
+    kept = merged != 0
+    assert int(kept.sum()) == 40
+    assert float(tau.abs()[kept].min()) >= float(tau.abs()[~kept].max())  # the 40 largest, outliers included
+
+
+# --- DELLA: random, so its statistics and seeding -----------------------------------------
+
+
+def context(seed: int = 0, name: str = "model.decoder.layers.0.fc1.weight") -> TensorContext:
+    return TensorContext(name, TensorRole(name, "mlp", "decoder", 0), True, seed, torch.device("cpu"))
+
+
+def call(method: str, tasks: torch.Tensor, seed: int = 0, **params) -> torch.Tensor:
+    declared = get_method(method)
+    values = declared.validate(params, "params")
+    return declared.fn(tasks.clone(), None, torch.ones(tasks.shape[0]), context(seed), **values)
+
+
+def test_della_keeps_larger_magnitudes_more_often_and_is_unbiased():
+    tau = torch.randn(1, 400, 500, generator=torch.Generator().manual_seed(2))
+    merged = call("della", tau, drop=0.4, window=0.3)[None]  # one task: the elect/fuse step is the identity
+    kept = merged != 0
+    assert abs(float(kept.float().mean()) - 0.6) < 0.005  # mean keep probability 1 − p
+    order = tau.abs().argsort(dim=2)
+    by_rank = kept.gather(2, order).float().mean(dim=(0, 1))  # keep rate per rank position in a row
+    assert abs(float(by_rank[:50].mean()) - (0.6 - 0.15 + 0.3 * 24.5 / 499)) < 0.03  # lowest ranks: ~0.46
+    assert abs(float(by_rank[-50:].mean()) - (0.6 + 0.15 - 0.3 * 24.5 / 499)) < 0.03  # highest ranks: ~0.74
+    ratio = merged[kept] / tau[kept]
+    assert float(ratio.min()) >= 1 / 0.75 - 1e-5 and float(ratio.max()) <= 1 / 0.45 + 1e-5  # rescaled by 1/p
+    # E[τ̂] = τ: the signed mass is preserved (relative standard deviation here ≈ 0.3%)
+    assert abs(float((merged * tau.sign()).sum() / tau.abs().sum()) - 1) < 0.015
+
+
+def test_della_is_reproducible_from_the_seed():
+    tasks = torch.randn(3, 30, 20, generator=torch.Generator().manual_seed(3))
+    first, again, other = call("della", tasks, seed=5), call("della", tasks, seed=5), call("della", tasks, seed=6)
+    assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+def test_della_with_a_degenerate_window_is_a_one_line_error(tmp_path, family):
+    base_dir, expert_dirs = family
+    with pytest.raises(SpeechmergeError, match="window"):
+        run_merge(tmp_path, base_dir, expert_dirs, "della", {"drop": 0.1, "window": 0.5})
+    assert not (tmp_path / "out-della").exists()
+
+
+@pytest.mark.parametrize("method", ["pcb", "sce", "breadcrumbs", "della"])
+def test_zero_and_identical_task_vectors_stay_finite(method):
+    tau = torch.randn(12, 10, generator=torch.Generator().manual_seed(4))
+    for tasks in [torch.stack([tau, torch.zeros_like(tau), tau]), torch.stack([tau, tau]), torch.zeros(2, 12, 10)]:
+        merged = call(method, tasks)
+        assert torch.isfinite(merged).all(), method
