@@ -158,9 +158,13 @@ class Ct2ModelFile:
             )
 
     # -- tensors ------------------------------------------------------------------------------
+    def resolve(self, name: str) -> str:
+        """The stored variable behind `name` (CTranslate2 stores equal variables once, as aliases)."""
+        return self.aliases.get(name, name)
+
     def raw(self, name: str) -> torch.Tensor:
         """A variable as stored (quantised variables stay integers)."""
-        name = self.aliases.get(name, name)
+        name = self.resolve(name)
         if self._cached is not None and self._cached[0] == name:
             return self._cached[1]
         var = self.variables[name]
@@ -172,7 +176,7 @@ class Ct2ModelFile:
     def weight(self, name: str) -> torch.Tensor:
         """A weight in floating point: quantised variables divided by their `_scale`."""
         tensor = self.raw(name)
-        scale_name = f"{name}_scale"
+        scale_name = f"{self.resolve(name)}_scale"
         if scale_name not in self.variables:
             if not tensor.is_floating_point():
                 raise SpeechmergeError(f"{self.label}: variable {name} is {tensor.dtype} without {scale_name}; cannot dequantise it")
@@ -214,10 +218,11 @@ class _Mapper:
         self.tensors: list[HFTensor] = []
 
     def shape(self, ct2: str) -> tuple[int, ...]:
-        if ct2 not in self.model.variables:
+        stored = self.model.resolve(ct2)
+        if stored not in self.model.variables:
             raise SpeechmergeError(f"{self.model.label}: variable {ct2} is missing; expected a complete Whisper model")
-        self.used.update({ct2, f"{ct2}_scale"})
-        return self.model.variables[ct2].shape
+        self.used.update({stored, f"{stored}_scale"})
+        return self.model.variables[stored].shape
 
     def copy(self, hf: str, ct2: str) -> None:
         shape = self.shape(ct2)
@@ -286,19 +291,19 @@ def hf_tensors(model: Ct2ModelFile) -> tuple[list[HFTensor], WhisperShape]:
         )
     for name in ("encoder/num_heads", "decoder/num_heads"):
         mapper.shape(name)
-    vocab_size, d_model = model.variables["decoder/embeddings/weight"].shape
+    vocab_size, d_model = mapper.shape("decoder/embeddings/weight")
     shape = WhisperShape(
         vocab_size=vocab_size,
-        num_mel_bins=model.variables["encoder/conv1/weight"].shape[1],
+        num_mel_bins=mapper.shape("encoder/conv1/weight")[1],
         d_model=d_model,
         encoder_layers=encoder_layers,
         encoder_attention_heads=model.scalar("encoder/num_heads"),
-        encoder_ffn_dim=model.variables["encoder/layer_0/ffn/linear_0/weight"].shape[0],
+        encoder_ffn_dim=mapper.shape("encoder/layer_0/ffn/linear_0/weight")[0],
         decoder_layers=decoder_layers,
         decoder_attention_heads=model.scalar("decoder/num_heads"),
-        decoder_ffn_dim=model.variables["decoder/layer_0/ffn/linear_0/weight"].shape[0],
-        max_source_positions=model.variables["encoder/position_encodings/encodings"].shape[0],
-        max_target_positions=model.variables["decoder/position_encodings/encodings"].shape[0],
+        decoder_ffn_dim=mapper.shape("decoder/layer_0/ffn/linear_0/weight")[0],
+        max_source_positions=mapper.shape("encoder/position_encodings/encodings")[0],
+        max_target_positions=mapper.shape("decoder/position_encodings/encodings")[0],
     )
     return mapper.tensors, shape
 
