@@ -195,3 +195,36 @@ def test_generation_config_comes_from_the_ct2_config(tiny_ct2, tmp_path):
     assert sorted(generation.lang_to_id.values()) == shipped["lang_ids"]
     assert generation.task_to_id == {"transcribe": 50359, "translate": 50358}
     assert generation.no_timestamps_token_id == 50363 and generation.is_multilingual
+
+
+def test_convert_command_round_trips_through_ctranslate2(tiny_hf, tmp_path, capsys):
+    from conftest import run_cli
+
+    code, _, err = run_cli(["convert", tiny_hf[0], tmp_path / "ct2", "--to", "ct2", "--quantization", "float32"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "ct2" / "model.bin").is_file() and (tmp_path / "ct2" / "tokenizer.json").is_file()
+    code, _, err = run_cli(["convert", tmp_path / "ct2", tmp_path / "hf"], capsys)
+    assert code == 0, err
+    back = _state(tmp_path / "hf")
+    assert all(torch.equal(back[name], tiny_hf[1][name]) for name in back)
+
+
+@pytest.mark.parametrize(
+    "arguments, expected",
+    [
+        (["{hf}", "{out}"], "already a Hugging Face Whisper directory"),
+        (["{hf}", "{out}", "--to", "onnx"], "--to 'onnx': expected one of hf, ct2"),
+        (["{hf}", "{out}", "--to", "ct2", "--quantization", "int4"], "quantization 'int4'"),
+        (["{tmp}/nowhere", "{out}"], "no such file or directory"),
+        (["{hf}/config.json", "{out}"], "not a recognised Whisper model"),
+        (["{ct2}", "{out}", "--dtype", "float64"], "dtype 'float64'"),
+    ],
+    ids=["hf-to-hf", "unknown-format", "unknown-quantization", "missing-source", "not-a-model", "bad-dtype"],
+)
+def test_convert_command_refuses_bad_requests_in_one_line(tiny_hf, tiny_ct2, tmp_path, capsys, arguments, expected):
+    from conftest import run_cli
+
+    values = {"hf": tiny_hf[0], "ct2": tiny_ct2["float16"], "out": tmp_path / "out", "tmp": tmp_path}
+    code, _, err = run_cli(["convert", *(a.format(**values) for a in arguments)], capsys)
+    assert code == 2 and expected in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
