@@ -96,14 +96,9 @@ class LoraExpert:
 
     def _bin(self) -> dict:
         if self._handle is None:
-            import pickle
+            from speechmerge.checkpoints.torch_files import load_tensors_only
 
-            import torch
-
-            try:
-                self._handle = torch.load(self._weights_file, map_location="cpu", weights_only=True, mmap=True)
-            except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
-                raise SpeechmergeError(f"{self._weights_file}: unreadable adapter weights ({error}); re-save the adapter as safetensors") from None
+            self._handle = load_tensors_only(self._weights_file, "re-save the adapter with PEFT's save_pretrained() (safetensors)")
         return self._handle
 
     def _tensor(self, key: str):

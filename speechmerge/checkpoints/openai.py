@@ -25,12 +25,12 @@ model's (the same vocabulary); others need `--tokenizer DIR`.
 
 from __future__ import annotations
 
-import pickle
 import re
 from pathlib import Path
 
 from speechmerge.checkpoints.converted import HFTensor
 from speechmerge.checkpoints.processor import DecodingFacts, WhisperShape
+from speechmerge.checkpoints.torch_files import load_tensors_only
 from speechmerge.errors import SpeechmergeError
 
 DIMS = ("n_mels", "n_vocab", "n_audio_ctx", "n_audio_state", "n_audio_head", "n_audio_layer",
@@ -63,7 +63,7 @@ _MODULES = {"encoder.conv1": "model.encoder.conv1", "encoder.conv2": "model.enco
             "encoder.ln_post": "model.encoder.layer_norm", "decoder.ln": "model.decoder.layer_norm"}
 
 RESAVE_HINT = (
-    "re-save it as a state dict, in a Python where the file is trusted and openai-whisper is importable: "
+    "re-saved as a state dict, in a Python where the file is trusted and openai-whisper is importable: "
     "m = torch.load(PATH, weights_only=False); "
     "torch.save({'dims': vars(m.dims), 'model_state_dict': m.state_dict()}, 'model_state.pt')"
 )
@@ -83,26 +83,13 @@ def hf_name(name: str) -> str | None:
 
 def load_openai_checkpoint(path: Path) -> tuple[dict, dict]:
     """`(dims, state_dict)` of an openai-whisper checkpoint, loaded with weights_only=True."""
-    import torch
-
-    try:
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as error:
-            if "mmap" not in str(error):
-                raise
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise SpeechmergeError(
-            f"{path}: holds a pickled Python object (a whole model saved with torch.save(model), as LoRS-Merging's "
-            f"code does), which speechmerge does not unpickle (weights_only=True); {RESAVE_HINT}"
-        ) from None
-    except (RuntimeError, EOFError, OSError) as error:
-        raise SpeechmergeError(f"{path}: unreadable PyTorch checkpoint ({error}); the file is damaged or truncated") from None
+    checkpoint = load_tensors_only(
+        path, f"a whole model saved with torch.save(model), as LoRS-Merging's code does, must be {RESAVE_HINT}"
+    )
     if not isinstance(checkpoint, dict) or "dims" not in checkpoint or "model_state_dict" not in checkpoint:
         found = sorted(checkpoint)[:5] if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise SpeechmergeError(
-            f"{path}: expected an openai-whisper checkpoint {{'dims': ..., 'model_state_dict': ...}}, found {found}; {RESAVE_HINT}"
+            f"{path}: expected an openai-whisper checkpoint {{'dims': ..., 'model_state_dict': ...}}, found {found}; a checkpoint must be {RESAVE_HINT}"
         )
     dims = dict(checkpoint["dims"])
     missing = [key for key in DIMS if key not in dims]
