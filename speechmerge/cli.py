@@ -84,6 +84,73 @@ def convert(
     Console(stderr=True).print(f"[green]converted[/] {source} -> {target} ({to})", highlight=False)
 
 
+data_app = typer.Typer(
+    help="Speech data: build the built-in espeak-ng corpora, check manifests, import Hugging Face datasets.",
+    no_args_is_help=True,
+)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("build")
+def data_build(
+    corpus: str = typer.Option("both", help="multilingual, multidomain, or both."),
+    size: str = typer.Option("demo", help="tiny (smoke tests), demo (the 20-minute demo) or full (the studies)."),
+    languages: Optional[str] = typer.Option(None, help="Comma-separated languages, e.g. es,de,fr (English is always added). Default: the size's."),
+    domains: Optional[str] = typer.Option(None, help="Comma-separated multidomain domains (default: all ten)."),
+    seed: int = typer.Option(0, help="Seed of voices and noises: same seed, same corpus."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Root folder (default: the speechmerge cache)."),
+    workers: Optional[int] = typer.Option(None, help="espeak-ng processes at once (default: one per CPU core)."),
+) -> None:
+    """Speak the built-in corpora with espeak-ng (once; later builds reuse every clip)."""
+    from speechmerge.data.corpus import build_corpus
+    from speechmerge.data.report import print_corpus
+
+    if corpus not in ("multilingual", "multidomain", "both"):
+        raise SpeechmergeError(f"--corpus {corpus!r}: choose multilingual, multidomain or both")
+    chosen = ("multilingual", "multidomain") if corpus == "both" else (corpus,)
+    for name in chosen:
+        only_domains = _comma_list(domains) if name == "multidomain" else None
+        built = build_corpus(name, size, root=output, seed=seed, languages=_comma_list(languages), domains=only_domains, progress=True, workers=workers)
+        print_corpus(built)
+
+
+def _comma_list(text: Optional[str]) -> Optional[list[str]]:
+    return [item.strip() for item in text.split(",") if item.strip()] if text else None
+
+
+@data_app.command("check")
+def data_check(
+    manifest: Path = typer.Argument(..., help="A JSONL or CSV manifest."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="List bad lines as skipped and exit 0."),
+) -> None:
+    """Check every line of a manifest (audio, text, language, task, length, ids); list the bad ones."""
+    from speechmerge.data.manifest import scan_manifest
+    from speechmerge.data.report import print_scan
+
+    try:
+        print_scan(scan_manifest(manifest))
+    except SpeechmergeError:
+        if not skip_bad:
+            raise
+
+
+@data_app.command("import")
+def data_import(
+    source: Path = typer.Argument(..., help="A Hugging Face dataset saved with save_to_disk, or an audiofolder."),
+    output: Path = typer.Argument(..., help="Folder for the manifests (one per split) and 16 kHz WAV files."),
+    column: list[str] = typer.Option([], "--column", "-c", help="FIELD=COLUMN, e.g. text=sentence (repeatable)."),
+    language: Optional[str] = typer.Option(None, help="Whisper language code for every row (when no column holds it)."),
+    task: Optional[str] = typer.Option(None, help="transcribe or translate for every row (default: a task column, else transcribe)."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave bad rows out and report them, instead of stopping."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
+) -> None:
+    """Turn a Hugging Face speech dataset into speechmerge manifests."""
+    from speechmerge.data.hf_import import import_dataset, parse_columns
+    from speechmerge.data.report import print_imported
+
+    print_imported(import_dataset(source, output, parse_columns(column), language=language, task=task, skip_bad=skip_bad, force=force))
+
+
 def main() -> None:
     """Entry point: run the app; user errors become one red line and exit status 2."""
     try:

@@ -59,19 +59,19 @@ class Domain:
 
 
 DOMAINS = {
-    "health": Domain("health: symptoms, doctors, hospitals", CLEAN),
-    "law": Domain("law: courts, contracts, rights", Condition(telephone=True)),
-    "sport": Domain("sport: matches, training, athletes", Condition(noise="babble", snr_db=10)),
-    "finance": Domain("finance: banks, markets, taxes", Condition(noise="white", snr_db=15)),
-    "cooking": Domain("cooking: recipes, ingredients, kitchens", Condition(rt60=0.5)),
-    "travel": Domain("travel: trains, airports, hotels", Condition(noise="pink", snr_db=10)),
-    "technology": Domain("technology: computers, phones, software", Condition(speed_factor=1.45)),
-    "weather": Domain("weather: forecasts, storms, seasons", Condition(noise="white", snr_db=5)),
-    "politics": Domain("politics: parliament, elections, government", Condition(rt60=1.0)),
+    "health": Domain("symptoms, doctors, hospitals", CLEAN),
+    "law": Domain("courts, contracts, rights", Condition(telephone=True)),
+    "sport": Domain("matches, training, athletes", Condition(noise="babble", snr_db=10)),
+    "finance": Domain("banks, markets, taxes", Condition(noise="white", snr_db=15)),
+    "cooking": Domain("recipes, ingredients, kitchens", Condition(rt60=0.5)),
+    "travel": Domain("trains, airports, hotels", Condition(noise="pink", snr_db=10)),
+    "technology": Domain("computers, phones, software", Condition(speed_factor=1.45)),
+    "weather": Domain("forecasts, storms, seasons", Condition(noise="white", snr_db=5)),
+    "politics": Domain("parliament, elections, government", Condition(rt60=1.0)),
     "stories": Domain("children's stories: animals, forests, kings", Condition(pitch_shift=30, speed_factor=0.85)),
 }
 UNSEEN_DOMAIN = "culture"
-UNSEEN = Domain("arts and culture: museums, music, theatre (never trained on)", Condition(noise="pink", snr_db=15, telephone=True))
+UNSEEN = Domain("arts: museums, music, theatre (never trained on)", Condition(noise="pink", snr_db=15, telephone=True))
 
 
 @dataclass(frozen=True)
