@@ -39,11 +39,16 @@ def merge(
     force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
     shard_size: Optional[str] = typer.Option(None, help="Largest output shard, e.g. 500MB or 2GB (overrides the recipe's)."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda or auto (overrides the recipe's)."),
+    memory_budget: Optional[str] = typer.Option(
+        None, help="Bytes of inputs and work held at once, e.g. 512MB (overrides the recipe's)."
+    ),
 ) -> None:
     """Merge a base Whisper and its fine-tuned experts as a recipe says."""
     from speechmerge.merging.api import merge_from_recipe_file
 
-    merge_from_recipe_file(recipe, output=output, force=force, shard_size=shard_size, device=device)
+    merge_from_recipe_file(
+        recipe, output=output, force=force, shard_size=shard_size, device=device, memory_budget=memory_budget
+    )
 
 
 @app.command()

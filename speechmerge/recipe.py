@@ -17,6 +17,7 @@ compute_dtype: float32              # arithmetic precision
 output_dtype: base                  # base | float32 | float16 | bfloat16
 seed: 0
 shard_size: 2GB
+memory_budget: 1GB                  # large tensors are streamed in row blocks to stay under it
 ```
 """
 
@@ -71,6 +72,7 @@ class MergeRecipe(_Strict):
     output_dtype: Literal["base", "float32", "float16", "bfloat16"] = "base"
     seed: int = 0
     shard_size: str = "2GB"
+    memory_budget: str = Field("1GB", description="bytes of input and work held at once; large tensors of entry-wise methods are streamed in row blocks to stay under it")
     processor_from: Optional[str] = Field(None, description="where tokenizer/processor files come from (default: base)")
     _source: str = PrivateAttr("recipe")
 

@@ -88,6 +88,7 @@ class StreamingSafetensorsWriter:
         )
         self._order = [(shard, slot) for shard, group in enumerate(self.shards) for slot in group]
         self._next = 0
+        self._written = 0  # bytes of the current slot written so far
         self._handle = None
         self._shard = -1
 
@@ -111,9 +112,10 @@ class StreamingSafetensorsWriter:
         self._shard = shard
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
-        """Append the next planned tensor; names, shapes and dtypes must follow the plan."""
+        """Append the next planned tensor, whole or as consecutive row blocks (in order);
+        names, trailing shapes and dtypes must follow the plan."""
         shard, slot = self._order[self._next]
-        if name != slot.name or tuple(tensor.shape) != slot.shape or tensor.dtype != slot.dtype:
+        if name != slot.name or tuple(tensor.shape[1:]) != slot.shape[1:] or tensor.dtype != slot.dtype:
             raise RuntimeError(
                 f"writer expected {slot.name} {slot.shape} {slot.dtype}, got {name} {tuple(tensor.shape)} {tensor.dtype}"
             )
@@ -121,7 +123,12 @@ class StreamingSafetensorsWriter:
             self._open_shard(shard)
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
         self._handle.write(memoryview(data))
-        self._next += 1
+        self._written += data.nbytes
+        if self._written > slot.nbytes:
+            raise RuntimeError(f"writer got {self._written} bytes for {slot.name}, which holds {slot.nbytes}")
+        if self._written == slot.nbytes:
+            self._next += 1
+            self._written = 0
 
     def close(self) -> None:
         """Finish the last shard and write the index (for more than one shard)."""

@@ -48,6 +48,7 @@ def merge(
         raise SpeechmergeError("output: no output directory; set `output:` in the recipe or pass --output")
     refuse_existing(target, force)
     parse_size(recipe.shard_size)
+    budget = parse_size(recipe.memory_budget)
     plan = build_plan(recipe)
     carry_from = resolve_model_dir(recipe.processor_from) if recipe.processor_from else plan.reference.path
     slots = [TensorSlot(e.name, e.shape, e.out_dtype) for e in plan.entries]
@@ -57,7 +58,7 @@ def merge(
             tmp, slots, parse_size(recipe.shard_size), metadata={"speechmerge_method": recipe.method}
         )
         try:
-            report = execute(plan, writer, show_progress=show_progress)
+            report = execute(plan, writer, show_progress=show_progress, memory_budget=budget)
             writer.close()
         finally:
             writer.abort()
@@ -77,12 +78,14 @@ def merge_from_recipe_file(
     force: bool = False,
     shard_size: str | None = None,
     device: str | None = None,
+    memory_budget: str | None = None,
 ) -> Path:
     """`speechmerge merge`: load, override from the command line, merge, print a summary."""
     from rich.console import Console
 
     recipe = load_recipe(path)
-    updates = {k: v for k, v in {"shard_size": shard_size, "device": device}.items() if v is not None}
+    options = {"shard_size": shard_size, "device": device, "memory_budget": memory_budget}
+    updates = {k: v for k, v in options.items() if v is not None}
     if updates:
         recipe = MergeRecipe.model_validate({**recipe.model_dump(), **updates})
     target, report = merge(recipe, output=output, force=force)
@@ -140,8 +143,10 @@ def _run_record(plan: MergePlan, report: MergeReport, inputs: list[dict], resolv
             "peak_anonymous_bytes": report.peak_anonymous_bytes,
             "peak_rss_bytes": report.peak_rss_bytes,
             "largest_tensor_float32_bytes": report.largest_tensor_bytes,
-            "bound_bytes": (len(plan.experts) + 2) * report.largest_tensor_bytes,
+            "budget_bytes": report.budget_bytes,
+            "largest_unit_bytes": (len(plan.experts) + 2) * report.largest_tensor_bytes,
         },
+        "tensors_streamed_in_row_blocks": report.split,
         "tensors": {
             "total": report.tensors,
             "merged": len(report.merged),

@@ -21,7 +21,9 @@ class TensorContext:
     is_matrix: bool  # a 2-D block linear weight that SVD/pruning methods act on
     seed: int
     device: torch.device
-    stats: Any = None  # result of the method's statistics pass, if it declares one
+    stats: Any = None  # result of the method's whole-model statistics pass, if it declares one
+    tensor_stats: Any = None  # result of its per-tensor statistics pass, if it declares one
+    row_offset: int = 0  # first row of this block when a large tensor is streamed in row blocks
 
     def generator(self, stream: int = 0) -> torch.Generator:
         """A CPU generator seeded by (seed, tensor name, stream): reproducible whatever the

@@ -1,18 +1,29 @@
-"""The streaming merge executor: plan -> (statistics passes) -> load -> merge -> write -> free.
+"""The streaming merge executor: plan -> steps -> (load ∥ compute) -> write -> free.
 
-For each output tensor the engine reads that one tensor from the base and every expert into
-a single stacked float32 buffer [T, *shape] on the compute device, subtracts the base for
-task-vector methods, calls the method, adds the base back, casts and appends the result to
-the output shard, then lets everything go. Peak memory is therefore about
-(experts + 2) × the largest tensor — no output shard is buffered (see writer.py) and no model
-is ever loaded whole. Methods that need whole-model statistics get extra streaming passes
-first, with the same bound.
+The plan compiles into a flat sequence of steps. Each step needs one *unit* of input — one
+tensor, or a block of its rows — read from the base and every expert into a single stacked
+float32 buffer [T, *shape] on the compute device (no intermediate copies: inputs are
+memory-mapped views converted straight into the buffer). A background thread loads the next
+step's unit while the current one is computed, so reading overlaps arithmetic.
+
+Steps, in order:
+1. whole-model statistics passes of the methods that declare one (TIES's global top-k), over
+   every unit those methods merge;
+2. per tensor: its per-tensor statistics passes over its blocks (only when a large tensor is
+   split), then the merge of each unit, appended to the output shard as it is produced.
+
+A tensor is split into row blocks when its method is entry-wise for it (given statistics) and
+one unit would exceed half the memory budget; the next unit is read ahead only when both fit in
+the budget. Peak working memory is therefore about min((experts + 2) × largest tensor, budget)
+plus small chunked temporaries — no output shard is buffered (see writer.py) and no model is
+ever loaded whole. Only a tensor whose method cannot split it may exceed the budget.
 """
 
 from __future__ import annotations
 
 import resource
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -37,6 +48,18 @@ def anonymous_memory_bytes() -> int:
     return 0
 
 
+def return_freed_memory_promptly() -> None:
+    """Ask glibc to serve every allocation of 1 MiB or more from its own mapping, returned to
+    the system when freed. By default glibc raises that threshold as large blocks are freed, so
+    the per-chunk temporaries of a long merge pile up in its heap instead of going back."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to tune
+
+
 def peak_rss_bytes() -> int:
     """Peak resident set size of this process so far (includes memory-mapped input pages)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -53,9 +76,11 @@ class MergeReport:
     frozen: list[str] = field(default_factory=list)  # all deltas zero: left as the base's
     kept: list[str] = field(default_factory=list)  # `keep: base` overrides
     skipped_aliases: list[str] = field(default_factory=list)
+    split: list[str] = field(default_factory=list)  # tensors streamed in row blocks
     peak_anonymous_bytes: int = 0
     peak_rss_bytes: int = 0
     largest_tensor_bytes: int = 0
+    budget_bytes: int = 0
     device: str = "cpu"
 
     def summary(self) -> str:
@@ -66,36 +91,83 @@ class MergeReport:
         )
 
 
-class _Loader:
-    """Reads one tensor of every input into float32 buffers on the compute device."""
+@dataclass(frozen=True)
+class Unit:
+    """One tensor, or rows [start, stop) of it, and the float32 bytes it occupies when loaded
+    (base + every expert + the merged result)."""
 
-    def __init__(self, plan: MergePlan):
-        self.plan = plan
+    entry: PlanEntry
+    start: int
+    stop: int
+    whole: bool
+    nbytes: int
 
-    def _checked(self, ckpt: Checkpoint, name: str) -> torch.Tensor:
-        tensor = ckpt.get(name)
-        if not all(torch.isfinite(chunk).all() for chunk in tensor.reshape(-1).split(CHUNK)):
-            raise SpeechmergeError(
-                f"{ckpt.path}: tensor {name} contains NaN or Inf values; this checkpoint ({ckpt.label}) is broken, "
-                "remove it from the recipe or re-export it"
-            )
-        return tensor
 
-    def base(self, name: str) -> torch.Tensor | None:
-        if self.plan.base is None:
-            return None
-        return self._checked(self.plan.base, name).to(self.plan.device, self.plan.compute_dtype)
+@dataclass(frozen=True)
+class Step:
+    """Load `unit`, then: observe it for a statistics pass (`kind` 'model' or 'tensor', with
+    its round), or merge it (`kind` 'merge')."""
 
-    def stack(self, entry: PlanEntry) -> torch.Tensor:
-        stack = torch.empty(
-            (len(self.plan.experts), *entry.shape), dtype=self.plan.compute_dtype, device=self.plan.device
+    unit: Unit
+    kind: str
+    round_index: int = 0
+    method: str = ""
+
+
+@dataclass
+class Loaded:
+    base: torch.Tensor | None
+    stack: torch.Tensor | None
+
+
+def _check_finite(ckpt: Checkpoint, name: str, tensor: torch.Tensor) -> None:
+    if not all(torch.isfinite(chunk).all() for chunk in tensor.reshape(-1).split(CHUNK)):
+        raise SpeechmergeError(
+            f"{ckpt.path}: tensor {name} contains NaN or Inf values; this checkpoint ({ckpt.label}) is broken, "
+            "remove it from the recipe or re-export it"
         )
-        for index, expert in enumerate(self.plan.experts):
-            stack[index].copy_(self._checked(expert, entry.name))
-        return stack
 
 
-def _context(plan: MergePlan, entry: PlanEntry, stats) -> TensorContext:
+def _load(plan: MergePlan, unit: Unit, need_stack: bool) -> Loaded:
+    """Read one unit of the base and of every expert into float32 buffers on the device."""
+    name, rows = unit.entry.name, slice(unit.start, unit.stop)
+    base = None
+    if plan.base is not None:
+        view = plan.base.get(name)
+        view = view if unit.whole else view[rows]
+        _check_finite(plan.base, name, view)
+        base = view.to(plan.device, plan.compute_dtype, copy=True)
+    if not need_stack:
+        return Loaded(base, None)
+    shape = unit.entry.shape if unit.whole else (unit.stop - unit.start, *unit.entry.shape[1:])
+    stack = torch.empty((len(plan.experts), *shape), dtype=plan.compute_dtype, device=plan.device)
+    for index, expert in enumerate(plan.experts):
+        view = expert.get(name)
+        view = view if unit.whole else view[rows]
+        _check_finite(expert, name, view)
+        stack[index].copy_(view)
+    return Loaded(base, stack)
+
+
+def _units(plan: MergePlan, entry: PlanEntry, budget: int) -> list[Unit]:
+    """The tensor whole, or in row blocks when its method is entry-wise and it is too big."""
+    rows = entry.shape[0] if entry.shape else 1
+    row_bytes = 4 * max(1, torch.Size(entry.shape[1:]).numel()) * (len(plan.experts) + 2)
+    splittable = (
+        entry.method is not None
+        and len(entry.shape) >= 1
+        and entry.method.is_blockwise(_context(plan, entry), entry.params)
+    )
+    if not splittable or rows * row_bytes <= budget:
+        return [Unit(entry, 0, rows, True, rows * row_bytes)]
+    per_block = max(1, budget // row_bytes)
+    return [
+        Unit(entry, start, min(rows, start + per_block), False, (min(rows, start + per_block) - start) * row_bytes)
+        for start in range(0, rows, per_block)
+    ]
+
+
+def _context(plan: MergePlan, entry: PlanEntry, stats=None, tensor_stats=None, row_offset: int = 0) -> TensorContext:
     return TensorContext(
         name=entry.name,
         role=entry.role,
@@ -103,86 +175,181 @@ def _context(plan: MergePlan, entry: PlanEntry, stats) -> TensorContext:
         seed=plan.recipe.seed,
         device=plan.device,
         stats=stats,
+        tensor_stats=tensor_stats,
+        row_offset=row_offset,
     )
 
 
-def _statistics(plan: MergePlan, loader: _Loader, progress) -> dict[str, object]:
-    """Run every whole-model statistics pass the plan's methods declare, streaming."""
+def _model_statistics(plan: MergePlan) -> dict[str, tuple[object, list[PlanEntry]]]:
+    """The whole-model statistics passes the plan's methods declare, with their tensors."""
     passes: dict[str, tuple[object, list[PlanEntry]]] = {}
     for entry in plan.entries:
         if entry.method is None or entry.method.statistics is None:
             continue
         stat = entry.method.statistics(len(plan.experts), entry.params)
-        if stat is None:
-            continue
-        passes.setdefault(entry.method.name, (stat, []))[1].append(entry)
-    results = {}
-    for method_name, (stat, entries) in passes.items():
-        for round_index in range(stat.rounds):
-            task = progress.add_task(f"statistics: {method_name} round {round_index + 1}/{stat.rounds}", total=len(entries))
-            for entry in entries:
-                base = loader.base(entry.name)
-                stack = loader.stack(entry)
-                if entry.method.space == "deltas" and base is not None:
-                    stack.sub_(base)
-                stat.observe(round_index, stack, _context(plan, entry, None), entry.params)
-                del stack, base
-                progress.advance(task)
-            stat.end_round(round_index)
-            progress.remove_task(task)
-        results[method_name] = stat.result()
-    return results
+        if stat is not None:
+            passes.setdefault(entry.method.name, (stat, []))[1].append(entry)
+    return passes
 
 
-def _merge_one(plan: MergePlan, entry: PlanEntry, loader: _Loader, stats: dict, report: MergeReport) -> torch.Tensor:
-    base = loader.base(entry.name)
-    if entry.method is None:
-        report.kept.append(entry.name)
-        return base
-    stack = loader.stack(entry)
-    if base is not None and all(torch.equal(stack[i], base) for i in range(stack.shape[0])):
-        report.frozen.append(entry.name)
-        return base
+def _tensor_statistics(plan: MergePlan, entry: PlanEntry):
     method = entry.method
-    if method.space == "deltas":
-        stack.sub_(base)
-    weights = torch.tensor(plan.weights, dtype=plan.compute_dtype)
-    ctx = _context(plan, entry, stats.get(method.name))
-    merged = method.fn(stack, base, weights, ctx, **entry.params)
-    report.peak_anonymous_bytes = max(report.peak_anonymous_bytes, anonymous_memory_bytes())
-    del stack  # free the inputs before adding the base back
-    if method.space == "deltas":
-        merged = merged.add_(base) if merged.data_ptr() != base.data_ptr() else merged + base
-    if not torch.isfinite(merged).all():
-        raise SpeechmergeError(
-            f"method {method.name} produced NaN/Inf for tensor {entry.name}; this is a bug in the method or an "
-            "extreme parameter — please report it with the recipe"
-        )
-    report.merged.append(entry.name)
-    return merged
+    if method is None or method.tensor_statistics is None:
+        return None
+    return method.tensor_statistics(len(plan.experts), _context(plan, entry), entry.params)
 
 
-def execute(plan: MergePlan, writer: StreamingSafetensorsWriter, show_progress: bool = True) -> MergeReport:
-    """Merge every planned tensor in order and stream it to `writer`."""
+def compile_steps(plan: MergePlan, budget: int, model_passes: dict) -> list[Step]:
+    """The plan as a flat sequence of steps (see the module docstring)."""
+    units = {entry.name: _units(plan, entry, budget) for entry in plan.entries}
+    steps: list[Step] = []
+    for method_name, (stat, entries) in model_passes.items():
+        for round_index in range(stat.rounds):
+            steps += [Step(u, "model", round_index, method_name) for e in entries for u in units[e.name]]
+    for entry in plan.entries:
+        pieces = units[entry.name]
+        if len(pieces) > 1:
+            probe = _tensor_statistics(plan, entry)
+            for round_index in range(probe.rounds if probe is not None else 0):
+                steps += [Step(u, "tensor", round_index) for u in pieces]
+        steps += [Step(u, "merge") for u in pieces]
+    return steps
+
+
+class _Executor:
+    """Runs the steps in order, keeping the state that spans steps."""
+
+    def __init__(self, plan: MergePlan, writer: StreamingSafetensorsWriter, report: MergeReport, model_passes: dict):
+        self.plan = plan
+        self.writer = writer
+        self.report = report
+        self.model_passes = model_passes
+        self.model_results: dict[str, object] = {}
+        self.tensor_stat = None  # the running per-tensor pass of a split tensor
+        self.tensor_stat_entry: str | None = None
+        self.frozen_blocks: dict[str, bool] = {}
+        self.weights = torch.tensor(plan.weights, dtype=plan.compute_dtype)
+
+    def run(self, step: Step, loaded: Loaded) -> None:
+        if step.kind == "model":
+            self._observe_model(step, loaded)
+        elif step.kind == "tensor":
+            self._observe_tensor(step, loaded)
+        else:
+            self._merge(step.unit, loaded)
+
+    def _deltas(self, entry: PlanEntry, loaded: Loaded) -> torch.Tensor:
+        if entry.method.space == "deltas" and loaded.base is not None:
+            loaded.stack.sub_(loaded.base)
+        return loaded.stack
+
+    def _observe_model(self, step: Step, loaded: Loaded) -> None:
+        stat, entries = self.model_passes[step.method]
+        entry = step.unit.entry
+        ctx = _context(self.plan, entry, row_offset=step.unit.start)
+        stat.observe(step.round_index, self._deltas(entry, loaded), ctx, entry.params)
+        last_unit = entries[-1].name == entry.name and step.unit.stop == (entry.shape[0] if entry.shape else 1)
+        if last_unit:
+            stat.end_round(step.round_index)
+            if step.round_index == stat.rounds - 1:
+                self.model_results[step.method] = stat.result()
+
+    def _observe_tensor(self, step: Step, loaded: Loaded) -> None:
+        entry = step.unit.entry
+        if self.tensor_stat_entry != entry.name:
+            self.tensor_stat, self.tensor_stat_entry = _tensor_statistics(self.plan, entry), entry.name
+        ctx = _context(self.plan, entry, row_offset=step.unit.start)
+        self.tensor_stat.observe(step.round_index, self._deltas(entry, loaded), ctx, entry.params)
+        if step.unit.stop == entry.shape[0]:
+            self.tensor_stat.end_round(step.round_index)
+
+    def _merge(self, unit: Unit, loaded: Loaded) -> None:
+        entry = unit.entry
+        merged = self._merge_unit(unit, loaded)
+        self.writer.write(entry.name, merged.to(entry.out_dtype))
+        last = unit.whole or unit.stop == entry.shape[0]
+        if last and entry.method is not None:
+            frozen = self.frozen_blocks.pop(entry.name, True)
+            (self.report.frozen if frozen else self.report.merged).append(entry.name)
+            if not unit.whole:
+                self.report.split.append(entry.name)
+            self.tensor_stat, self.tensor_stat_entry = None, None
+
+    def _merge_unit(self, unit: Unit, loaded: Loaded) -> torch.Tensor:
+        entry, base, stack = unit.entry, loaded.base, loaded.stack
+        if entry.method is None:
+            self.report.kept.append(entry.name)
+            return base
+        if base is not None and all(torch.equal(stack[i], base) for i in range(stack.shape[0])):
+            return base  # every expert left this unit as the base's (frozen during fine-tuning)
+        self.frozen_blocks[entry.name] = False
+        method = entry.method
+        tasks = self._deltas(entry, loaded)
+        tensor_stats = None
+        if unit.whole:
+            stat = _tensor_statistics(self.plan, entry)
+            if stat is not None:
+                ctx = _context(self.plan, entry)
+                for round_index in range(stat.rounds):
+                    stat.observe(round_index, tasks, ctx, entry.params)
+                    stat.end_round(round_index)
+                tensor_stats = stat.result()
+        else:
+            tensor_stats = self.tensor_stat.result() if self.tensor_stat is not None else None
+        ctx = _context(self.plan, entry, self.model_results.get(method.name), tensor_stats, row_offset=unit.start)
+        merged = method.fn(tasks, base, self.weights, ctx, **entry.params)
+        self.report.peak_anonymous_bytes = max(self.report.peak_anonymous_bytes, anonymous_memory_bytes())
+        loaded.stack = None  # free the inputs before adding the base back
+        del stack, tasks
+        if method.space == "deltas":
+            merged = merged.add_(base) if merged.data_ptr() != base.data_ptr() else merged + base
+        if not torch.isfinite(merged).all():
+            raise SpeechmergeError(
+                f"method {method.name} produced NaN/Inf for tensor {entry.name}; this is a bug in the method or an "
+                "extreme parameter — please report it with the recipe"
+            )
+        return merged
+
+
+def execute(
+    plan: MergePlan,
+    writer: StreamingSafetensorsWriter,
+    show_progress: bool = True,
+    memory_budget: int = 1 << 30,
+) -> MergeReport:
+    """Merge every planned tensor in order and stream it to `writer`.
+
+    `memory_budget` bounds the float32 bytes in flight: tensors of entry-wise methods are split
+    into row blocks of at most half of it, and the next unit is read ahead only when it fits
+    beside the current one. (A tensor that no method can split is still loaded whole.)"""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    report = MergeReport(
-        tensors=len(plan.entries), skipped_aliases=plan.skipped_aliases, device=str(plan.device)
-    )
-    report.largest_tensor_bytes = max(
-        (torch.Size(e.shape).numel() * 4 for e in plan.entries), default=0
-    )
-    loader = _Loader(plan)
+    return_freed_memory_promptly()
+    report = MergeReport(tensors=len(plan.entries), skipped_aliases=plan.skipped_aliases, device=str(plan.device))
+    report.largest_tensor_bytes = max((torch.Size(e.shape).numel() * 4 for e in plan.entries), default=0)
+    model_passes = _model_statistics(plan)
+    steps = compile_steps(plan, memory_budget // 2, model_passes)
+    report.budget_bytes = memory_budget
+    executor = _Executor(plan, writer, report, model_passes)
     start = time.perf_counter()
+    first_merge = next(i for i, s in enumerate(steps) if s.kind != "model") if steps else 0
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, disable=not show_progress, transient=True) as progress:
-        stats = _statistics(plan, loader, progress)
-        report.statistics_seconds = time.perf_counter() - start
-        task = progress.add_task(f"merging ({plan.recipe.method})", total=len(plan.entries))
-        for entry in plan.entries:
-            merged = _merge_one(plan, entry, loader, stats, report)
-            writer.write(entry.name, merged.to(entry.out_dtype))
-            del merged
+    with Progress(*columns, disable=not show_progress, transient=True) as progress, ThreadPoolExecutor(1) as reader:
+        task = progress.add_task(f"merging ({plan.recipe.method})", total=len(steps))
+
+        def submit(index: int):
+            step = steps[index]
+            return reader.submit(_load, plan, step.unit, step.kind != "merge" or step.unit.entry.method is not None)
+
+        pending = submit(0) if steps else None
+        for index, step in enumerate(steps):
+            loaded = pending.result() if pending is not None else submit(index).result()
+            ahead = index + 1 < len(steps) and step.unit.nbytes + steps[index + 1].unit.nbytes <= memory_budget
+            pending = submit(index + 1) if ahead else None
+            if index == first_merge:
+                report.statistics_seconds = time.perf_counter() - start
+            executor.run(step, loaded)
+            del loaded
             progress.advance(task)
     report.seconds = time.perf_counter() - start
     report.peak_anonymous_bytes = max(report.peak_anonymous_bytes, anonymous_memory_bytes())

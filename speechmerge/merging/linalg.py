@@ -33,6 +33,18 @@ def _magnitude_bits(chunk: torch.Tensor) -> torch.Tensor:
     return chunk.abs().to(torch.float32).view(torch.int32)
 
 
+def _accumulate(histogram: torch.Tensor, bins: torch.Tensor) -> None:
+    """histogram[b] += how often b occurs in `bins` (sparse counting for few values, which is
+    much cheaper than a dense bincount when a tensor is small)."""
+    if bins.numel() == 0:
+        return
+    if bins.numel() < histogram.numel() // 8:
+        values, counts = torch.unique(bins, return_counts=True)
+        histogram.index_add_(0, values.cpu().long(), counts.cpu())
+    else:
+        histogram += torch.bincount(bins, minlength=histogram.numel()).cpu()
+
+
 def _last_reaching(histogram: torch.Tensor, target: int) -> tuple[int, int]:
     """The highest bin b whose count of entries ≥ b reaches `target`, and the count above b."""
     at_or_above = torch.flip(torch.cumsum(torch.flip(histogram, [0]), 0), [0])
@@ -52,16 +64,18 @@ class MagnitudeSelector:
     """
 
     def __init__(self) -> None:
-        self.high = torch.zeros(1 << 15, dtype=torch.int64)
-        self.low = torch.zeros(1 << 16, dtype=torch.int64)
+        self.high: torch.Tensor | None = None  # allocated on first use: selectors are made per tensor
+        self.low: torch.Tensor | None = None
         self.total = 0
         self.high_bin: int | None = None
         self.remaining = 0
         self._threshold: float | None = None
 
     def count(self, x: torch.Tensor) -> None:
+        if self.high is None:
+            self.high = torch.zeros(1 << 15, dtype=torch.int64)
         for chunk in _chunks(x):
-            self.high += torch.bincount(_magnitude_bits(chunk) >> 16, minlength=1 << 15).cpu()
+            _accumulate(self.high, _magnitude_bits(chunk) >> 16)
         self.total += x.numel()
 
     def narrow(self, k: int) -> None:
@@ -80,10 +94,11 @@ class MagnitudeSelector:
     def refine(self, x: torch.Tensor) -> None:
         if not self.needs_refine:
             return
+        if self.low is None:
+            self.low = torch.zeros(1 << 16, dtype=torch.int64)
         for chunk in _chunks(x):
             bits = _magnitude_bits(chunk)
-            inside = bits[(bits >> 16) == self.high_bin]
-            self.low += torch.bincount(inside & 0xFFFF, minlength=1 << 16).cpu()
+            _accumulate(self.low, bits[(bits >> 16) == self.high_bin] & 0xFFFF)
 
     def threshold(self) -> float:
         if self._threshold is None:
@@ -162,20 +177,38 @@ def map_entries(tasks: torch.Tensor, merge_entries) -> torch.Tensor:
     return out.reshape(tasks.shape[1:])
 
 
+def uniform_draws(ctx: TensorContext, stream: int, start: int, count: int) -> torch.Tensor:
+    """U(0, 1) draws for flat entries [start, start + count) of the tensor `ctx` names.
+
+    Entry i's draw is number i % CHUNK of the CPU generator seeded by (seed, tensor, stream,
+    i // CHUNK) — torch's CPU uniform draws are sequential, so a prefix of a longer draw is the
+    shorter draw — hence the same whatever the device and however the tensor is split."""
+    pieces = []
+    first, last = start // CHUNK, (start + count - 1) // CHUNK
+    for chunk in range(first, last + 1):
+        low = max(start - chunk * CHUNK, 0)
+        high = min(start + count - chunk * CHUNK, CHUNK)
+        draws = torch.rand(high, generator=ctx.generator(stream * (1 << 32) + chunk))
+        pieces.append(draws[low:high])
+    return torch.cat(pieces) if len(pieces) > 1 else pieces[0]
+
+
 def random_drop_(x: torch.Tensor, keep: float, ctx: TensorContext, stream: int) -> torch.Tensor:
-    """In place: keep each entry with probability `keep` (Bernoulli draws, chunk by chunk, from
-    the tensor's seeded CPU generator: the same on every device), zero the others."""
-    generator = ctx.generator(stream)
-    for chunk in _chunks(x):
-        chunk.mul_((torch.rand(chunk.numel(), generator=generator) < keep).to(x.device))
+    """In place: keep each entry with probability `keep`, zero the others (Bernoulli draws from
+    `uniform_draws`, chunk by chunk, so temporaries stay small)."""
+    offset = ctx.row_offset * (x[0].numel() if x.dim() > 0 and x.shape[0] else 0)
+    for index, chunk in enumerate(_chunks(x)):
+        draws = uniform_draws(ctx, stream, offset + index * CHUNK, chunk.numel())
+        chunk.mul_((draws < keep).to(x.device))
     return x
 
 
-class GlobalMagnitudeThreshold:
-    """Statistics pass: per task, the exact k-th largest |τ| over the whole model,
-    k = ⌊density · N⌋ with N every entry the method merges — the whole-model top-k of the
-    official TIES code (which flattens every task vector), found without flattening anything.
-    Round 0 counts, round 1 refines (see MagnitudeSelector)."""
+class MagnitudeThresholds:
+    """Statistics pass: per task, the exact k-th largest |τ| over everything observed,
+    k = ⌊density · N⌋. Over every tensor a method merges it is the whole-model top-k of the
+    official TIES code (which flattens every task vector), found without flattening anything;
+    over one tensor (or its row blocks) it is a per-tensor top-k. Round 0 counts, round 1
+    refines (see MagnitudeSelector)."""
 
     rounds = 2
 

@@ -68,8 +68,16 @@ class MergeMethod:
     randomised: bool = False
     min_experts: int = 1
     statistics: Optional[Callable[..., Any]] = None  # factory of a whole-model StatisticsPass
+    tensor_statistics: Optional[Callable[..., Any]] = None  # factory of a per-tensor StatisticsPass
+    blockwise: Callable[..., bool] | bool = False
     doc: str = ""
     _model: Any = field(default=None, compare=False, repr=False)
+
+    def is_blockwise(self, ctx, params: dict) -> bool:
+        """Whether each output entry of this tensor depends only on the same entries of the
+        inputs (and on `ctx.stats` / `ctx.tensor_stats`): then the engine may stream a large
+        tensor in row blocks, running any per-tensor statistics pass over the blocks first."""
+        return self.blockwise(ctx, params) if callable(self.blockwise) else bool(self.blockwise)
 
     def param(self, name: str) -> Param:
         return next(p for p in self.params if p.name == name)
@@ -138,8 +146,17 @@ def merge_method(
     randomised: bool = False,
     min_experts: int = 1,
     statistics: Optional[Callable[..., Any]] = None,
+    tensor_statistics: Optional[Callable[..., Any]] = None,
+    blockwise: Callable[..., bool] | bool = False,
 ):
-    """Register `fn` as a merge method under `name` with its declared parameters."""
+    """Register `fn` as a merge method under `name` with its declared parameters.
+
+    `statistics(num_tasks, params)` may return a whole-model StatisticsPass (run over every
+    tensor the method merges before the merge; result in `ctx.stats`); `tensor_statistics(
+    num_tasks, ctx, params)` a per-tensor one (run over the tensor, or its row blocks, before
+    the method sees it; result in `ctx.tensor_stats`); `blockwise` (a bool or a predicate of
+    (ctx, params)) says the method is entry-wise given those statistics.
+    """
 
     def register(fn: Callable) -> Callable:
         if name in REGISTRY:
@@ -158,6 +175,8 @@ def merge_method(
             randomised=randomised,
             min_experts=min_experts,
             statistics=statistics,
+            tensor_statistics=tensor_statistics,
+            blockwise=blockwise,
             doc=(fn.__doc__ or "").strip(),
             _model=_pydantic_model(name, params_tuple),
         )

@@ -17,6 +17,7 @@ from speechmerge.merging.registry import merge_method
     source="Wortsman et al., Model soups, ICML 2022, arXiv 2203.05482",
     variant="Uniform soup by default; expert weights are normalised to sum to 1.",
     needs_base=False,
+    blockwise=True,
 )
 def soup(tasks: torch.Tensor, base, weights: torch.Tensor, ctx: TensorContext) -> torch.Tensor:
     """θ = Σ_t w_t θ_t / Σ_t w_t."""

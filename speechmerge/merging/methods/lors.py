@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from speechmerge.merging.context import TensorContext
-from speechmerge.merging.linalg import low_rank_part, trim_to_density_, weighted_sum
+from speechmerge.merging.linalg import MagnitudeThresholds, low_rank_part, trim_below_, trim_to_density_, weighted_sum
 from speechmerge.merging.methods.task_vectors import SCALE_1_OVER_T, scale_or_mean
 from speechmerge.merging.registry import Param, merge_method
 
@@ -56,6 +56,7 @@ def _prune_matrices(tasks: torch.Tensor, ctx: TensorContext, prune) -> torch.Ten
         "code's order). Non-matrix tensors enter raw with the same λ."
     ),
     params=[RANK, RANK_FRACTION, DENSITY, SCALE_1_OVER_T],
+    blockwise=lambda ctx, params: not ctx.is_matrix,
 )
 def lors(tasks, base, weights, ctx: TensorContext, *, rank, rank_fraction, density, scale) -> torch.Tensor:
     """τ̂ = L_r(τ) + MP_ρ(τ − L_r(τ)) per block matrix; θ = θ_0 + λ Σ_t w_t τ̂_t."""
@@ -76,6 +77,7 @@ def lors(tasks, base, weights, ctx: TensorContext, *, rank, rank_fraction, densi
     source=SOURCE,
     variant="Per matrix rank-r truncation by exact SVD; non-matrix tensors raw; task arithmetic with λ.",
     params=[RANK, RANK_FRACTION, SCALE_1_OVER_T],
+    blockwise=lambda ctx, params: not ctx.is_matrix,
 )
 def lors_svp(tasks, base, weights, ctx: TensorContext, *, rank, rank_fraction, scale) -> torch.Tensor:
     """τ̂ = L_r(τ) per block matrix; θ = θ_0 + λ Σ_t w_t τ̂_t."""
@@ -94,9 +96,11 @@ def lors_svp(tasks, base, weights, ctx: TensorContext, *, rank, rank_fraction, s
     source=SOURCE,
     variant="Per matrix top-ρ by magnitude of each block matrix's τ; non-matrix tensors raw; task arithmetic with λ.",
     params=[DENSITY, SCALE_1_OVER_T],
+    tensor_statistics=lambda num_tasks, ctx, params: MagnitudeThresholds(num_tasks) if ctx.is_matrix else None,
+    blockwise=True,
 )
 def lors_mp(tasks, base, weights, ctx: TensorContext, *, density, scale) -> torch.Tensor:
     """τ̂ = MP_ρ(τ) per block matrix; θ = θ_0 + λ Σ_t w_t τ̂_t."""
     if ctx.is_matrix:
-        trim_to_density_(tasks, density)
+        trim_below_(tasks, ctx.tensor_stats)
     return weighted_sum(tasks, weights).mul_(scale_or_mean(scale, tasks.shape[0]))

@@ -6,13 +6,12 @@ import torch
 
 from speechmerge.merging.context import TensorContext
 from speechmerge.merging.linalg import (
-    GlobalMagnitudeThreshold,
+    MagnitudeThresholds,
     disjoint_mean,
     elect_sign,
     map_entries,
     random_drop_,
     trim_below_,
-    trim_to_density_,
     weighted_sum,
 )
 from speechmerge.merging.registry import Param, merge_method
@@ -35,15 +34,21 @@ def scale_or_mean(scale: float | None, num_tasks: int) -> float:
     source="Ilharco et al., Editing models with task arithmetic, ICLR 2023, arXiv 2212.04089",
     variant="λ multiplies the weighted sum of task vectors; λ defaults to 1/T (an average), as in LoRS-Merging's code.",
     params=[SCALE_1_OVER_T],
+    blockwise=True,
 )
 def task_arithmetic(tasks: torch.Tensor, base, weights: torch.Tensor, ctx: TensorContext, *, scale) -> torch.Tensor:
     """θ = θ_0 + λ Σ_t w_t τ_t."""
     return weighted_sum(tasks, weights).mul_(scale_or_mean(scale, tasks.shape[0]))
 
 
-def ties_statistics(num_tasks: int, params: dict):
-    """TIES needs a whole-model threshold only in its global (paper) variant."""
-    return GlobalMagnitudeThreshold(num_tasks) if params["topk"] == "global" else None
+def ties_model_statistics(num_tasks: int, params: dict):
+    """The global (paper) variant's per-task threshold over the whole model."""
+    return MagnitudeThresholds(num_tasks) if params["topk"] == "global" else None
+
+
+def ties_tensor_statistics(num_tasks: int, ctx: TensorContext, params: dict):
+    """The per-tensor variant's per-task threshold over this tensor."""
+    return MagnitudeThresholds(num_tasks) if params["topk"] == "per_tensor" else None
 
 
 def sign_elected_mean(trimmed: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -70,11 +75,13 @@ def sign_elected_mean(trimmed: torch.Tensor, weights: torch.Tensor) -> torch.Ten
         Param("topk", str, "global", "where the top-k is taken: over the whole model or per tensor",
               choices=("global", "per_tensor")),
     ],
-    statistics=ties_statistics,
+    statistics=ties_model_statistics,
+    tensor_statistics=ties_tensor_statistics,
+    blockwise=True,
 )
 def ties(tasks: torch.Tensor, base, weights: torch.Tensor, ctx: TensorContext, *, density, scale, topk) -> torch.Tensor:
     """τ̂_t = trim_k(τ_t); γ = sign(Σ_t w_t τ̂_t); τ_m = Σ_{t: sign τ̂_t = γ} w_t τ̂_t / Σ_{…} w_t; θ = θ_0 + λ τ_m."""
-    trimmed = trim_below_(tasks, ctx.stats) if topk == "global" else trim_to_density_(tasks, density)
+    trimmed = trim_below_(tasks, ctx.stats if topk == "global" else ctx.tensor_stats)
     return sign_elected_mean(trimmed, weights).mul_(scale)
 
 
@@ -99,6 +106,7 @@ def ties(tasks: torch.Tensor, base, weights: torch.Tensor, ctx: TensorContext, *
               gt=0, nullable=True),
     ],
     randomised=True,
+    blockwise=True,
 )
 def dare(tasks: torch.Tensor, base, weights: torch.Tensor, ctx: TensorContext, *, drop, combine, scale) -> torch.Tensor:
     """τ̂_t = m_t ⊙ τ_t / (1 − p), m_t ~ Bernoulli(1 − p); then task arithmetic or TIES's sign election."""
