@@ -110,12 +110,13 @@ def reverberate(speech: np.ndarray, rt60: float, rng: np.random.Generator) -> np
 
 
 def telephone_band(speech: np.ndarray, rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Narrow-band telephone channel: resample to 8 kHz, 300-3400 Hz band-pass, back to `rate`."""
+    """Narrow-band telephone channel: resample to 8 kHz, 300-3400 Hz band-pass, back to `rate` (same length)."""
     from scipy.signal import butter, sosfilt
 
     narrow = resample(speech, rate, 8000)
     band = sosfilt(butter(4, [300, 3400], btype="bandpass", fs=8000, output="sos"), narrow)
-    return resample(band.astype(np.float32), 8000, rate)
+    wide = resample(band.astype(np.float32), 8000, rate)[: len(speech)]
+    return np.pad(wide, (0, len(speech) - len(wide)))
 
 
 def apply_condition(speech: np.ndarray, condition: Condition, rng: np.random.Generator, talkers: Sequence[np.ndarray] = ()) -> np.ndarray:
