@@ -33,11 +33,22 @@ def _private_cache(tmp_path_factory):
     """Keep the tests' cache (hashes, corpora, predictions) out of the user's cache.
 
     The converted built-in model is expensive to rebuild, so tests share the user's copy of it
-    through SPEECHMERGE_MODEL_CACHE where the built-in module supports that."""
+    (SPEECHMERGE_MODEL_CACHE, taken before SPEECHMERGE_CACHE is redirected)."""
+    from speechmerge.checkpoints.converted import models_dir
+
+    os.environ.setdefault("SPEECHMERGE_MODEL_CACHE", str(models_dir()))
     os.environ.setdefault("SPEECHMERGE_CACHE", str(tmp_path_factory.mktemp("speechmerge-cache")))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     yield
+
+
+@pytest.fixture(scope="session")
+def builtin_base() -> Path:
+    """The built-in Whisper base as a Hugging Face directory (converted once per machine)."""
+    from speechmerge.checkpoints.builtin import builtin_model_dir
+
+    return builtin_model_dir("whisper-base")
 
 
 def tiny_config(**changes):

@@ -9,11 +9,9 @@ model cache (SPEECHMERGE_MODEL_CACHE), as the architecture allows for the built-
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,17 +29,9 @@ CLIPS = {
 }
 
 
-def _user_model_cache() -> Path:
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "speechmerge" / "models"
-
-
 @pytest.fixture(scope="module")
-def base_dir():
-    from speechmerge.checkpoints.builtin import builtin_model_dir
-
-    os.environ.setdefault("SPEECHMERGE_MODEL_CACHE", str(_user_model_cache()))
-    return builtin_model_dir("whisper-base")
+def base_dir(builtin_base):
+    return builtin_base
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import load_state, make_family
+from conftest import load_state
 
 from speechmerge.merging.api import merge
 from speechmerge.recipe import parse_recipe

@@ -129,24 +129,11 @@ class HFCheckpoint:
 
     def _bin_state(self, file: Path) -> dict:
         if file not in self._bin_cache:
-            import pickle
+            from speechmerge.checkpoints.torch_files import load_tensors_only
 
-            import torch
-
-            try:
-                try:
-                    state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-                except RuntimeError as error:
-                    if "mmap" not in str(error):
-                        raise
-                    state = torch.load(file, map_location="cpu", weights_only=True)
-            except pickle.UnpicklingError:
-                raise SpeechmergeError(
-                    f"{file}: holds pickled Python objects, which speechmerge refuses to unpickle (unsafe); "
-                    "re-save the model with save_pretrained() to get safetensors"
-                ) from None
-            except (RuntimeError, EOFError, OSError) as error:
-                raise SpeechmergeError(f"{file}: unreadable PyTorch checkpoint ({error}); re-save the model") from None
+            state = load_tensors_only(
+                file, "unpickling them is unsafe; re-save the model with save_pretrained() to get safetensors"
+            )
             if not isinstance(state, dict):
                 raise SpeechmergeError(f"{file}: expected a state dict of tensors, found {type(state).__name__}")
             self._bin_cache[file] = state
