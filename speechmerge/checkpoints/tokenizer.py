@@ -166,6 +166,19 @@ def check_tokenizer(source: Path, tokenizer=None) -> None:
         )
 
 
+def check_tokenizer_once(source: Path) -> None:
+    """`check_tokenizer`, remembered per tokenizer.json content (a study merges many models
+    with the same tokenizer; the check takes about a second)."""
+    from speechmerge.cache import cache_dir
+    from speechmerge.checkpoints.reader import files_hash
+
+    path = tokenizer_file(source)
+    marker = cache_dir("tokenizer-checks") / f"{files_hash([path])}.ok"
+    if not marker.is_file():
+        check_tokenizer(path)
+        marker.touch()
+
+
 def language_token_ids(tokenizer) -> list[int]:
     """Ids of the language tokens (`<|en|>`, `<|es|>`, ...), in vocabulary order."""
     ids = []

@@ -20,6 +20,7 @@ import torch
 
 import speechmerge
 from speechmerge.checkpoints.reader import resolve_model_dir
+from speechmerge.checkpoints.tokenizer import check_tokenizer_once
 from speechmerge.checkpoints.whisper import PROCESSOR_FILES
 from speechmerge.checkpoints.writer import (
     StreamingSafetensorsWriter,
@@ -50,7 +51,9 @@ def merge(
     parse_size(recipe.shard_size)
     budget = parse_size(recipe.memory_budget)
     plan = build_plan(recipe)
-    carry_from = resolve_model_dir(recipe.processor_from) if recipe.processor_from else plan.reference.path
+    carry_from = Path(resolve_model_dir(recipe.processor_from) if recipe.processor_from else plan.reference.path)
+    if (carry_from / "tokenizer.json").is_file():
+        check_tokenizer_once(carry_from)
     slots = [TensorSlot(e.name, e.shape, e.out_dtype) for e in plan.entries]
     inputs = _inputs(plan)
     with atomic_output_dir(target, force=force) as tmp:
@@ -63,7 +66,7 @@ def merge(
         finally:
             writer.abort()
         _write_config(plan, tmp)
-        _carry_processor_files(Path(carry_from), tmp)
+        _carry_processor_files(carry_from, tmp)
         resolved = {"method": recipe.method, "params": plan.params, "overrides": [o.model_dump(exclude_none=True) for o in recipe.overrides]}
         (tmp / "speechmerge_recipe.yaml").write_text(recipe_yaml(recipe, plan.params))
         record = _run_record(plan, report, inputs, resolved)
