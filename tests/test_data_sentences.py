@@ -68,9 +68,8 @@ def test_splits_partition_the_ids_one_sixth_each_for_validation_and_test(set_nam
     assert all(split[key] == name for name, keys in ordered.items() for key in keys)
 
 
-def test_splits_are_fixed_and_do_not_follow_file_order():
+def test_splits_are_shuffled_not_taken_in_file_order():
     test_ids = ordered_split("general", "test")
-    assert test_ids == ordered_split("general", "test")
     assert sorted(test_ids) != sorted(read_tsv(TEXT_DIR / "general" / "en.tsv"))[: len(test_ids)]
 
 

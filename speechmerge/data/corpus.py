@@ -215,12 +215,16 @@ def _speak_all(jobs: list[_Job], seed: int, workers: int, progress: bool, on_cli
 
     bar = _progress_bar() if progress else None
     task = bar.add_task("speaking clips (espeak-ng)", total=len(jobs)) if bar else None
-    with bar if bar else nullcontext(), ThreadPoolExecutor(max_workers=workers) as pool:
-        for done, _ in enumerate(pool.map(render, jobs), start=1):
-            if bar:
-                bar.update(task, completed=done)
-            if on_clip:
-                on_clip(done, len(jobs))
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        with bar if bar else nullcontext():
+            for done, _ in enumerate(pool.map(render, jobs), start=1):
+                if bar:
+                    bar.update(task, completed=done)
+                if on_clip:
+                    on_clip(done, len(jobs))
+    finally:  # on an error or Ctrl-C, clips not yet started are dropped (finished ones are kept)
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _BabbleTalkers:
