@@ -26,19 +26,30 @@ RANDOMISED_OVERSAMPLING = 10  # Halko, Martinsson, Tropp (2011) §4.2: p = 10 ex
 RANDOMISED_POWER_ITERATIONS = 2  # torch.svd_lowrank's default subspace iterations
 
 
-def numerical_rank_mask(singular_values: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """1 where σ > σ_max · max(m, n) · ε (numpy.linalg.matrix_rank's tolerance), else 0: the
-    directions of a matrix whose singular vectors are determined rather than arbitrary."""
-    tolerance = singular_values.max() * max(shape[-2:]) * torch.finfo(singular_values.dtype).eps
-    return (singular_values > tolerance).to(singular_values.dtype)
+def singular_mask(singular_values: torch.Tensor, relative_tolerance: float) -> torch.Tensor:
+    """1 where σ > σ_max · relative_tolerance, else 0 (all 0 for an all-zero spectrum)."""
+    return (singular_values > singular_values.max() * relative_tolerance).to(singular_values.dtype)
+
+
+def rounding_tolerance(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> float:
+    """√max(m, n) · ε: the rounding level of an SVD. Singular values below it are numerically zero
+    and their singular vectors arbitrary (LAPACK's completion of a null space, or noise in a
+    randomised range); genuine small ones of noise-like task matrices (σ_min/σ_max ≈ 1e-4 for a
+    768 × 768 update) stay well above it."""
+    return max(shape[-2:]) ** 0.5 * torch.finfo(dtype).eps
+
+
+def rank_tolerance(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> float:
+    """max(m, n) · ε, numpy.linalg.matrix_rank's tolerance: the numerical rank of a matrix."""
+    return max(shape[-2:]) * torch.finfo(dtype).eps
 
 
 def top_singular(
     matrix: torch.Tensor, k: int, randomised: bool = False, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The k leading singular triplets (U_k [m, k], σ_k [k], V_kᵀ [k, n]) of a matrix, with the
-    numerically null ones zeroed: their singular vectors are arbitrary (LAPACK's completion of
-    the null space, or noise in a randomised range), so no result may depend on them.
+    numerically null ones (below `rounding_tolerance`) zeroed: their singular vectors are
+    arbitrary, so no result may depend on them.
 
     Exact: thin LAPACK SVD. Randomised: Halko et al.'s range finder with p = 10 oversampling
     and 2 power iterations (torch.svd_lowrank), seeded so that a merge is reproducible.
@@ -53,7 +64,7 @@ def top_singular(
         u, s, vh = u[:, :k], s[:k], vh[:k]
     if s.numel() == 0:
         return u, s, vh
-    kept = numerical_rank_mask(s, matrix.shape)
+    kept = singular_mask(s, rounding_tolerance(matrix.shape, matrix.dtype))
     return u * kept, s * kept, vh * kept[:, None]
 
 
@@ -61,12 +72,14 @@ def polar_factor(matrix: torch.Tensor) -> torch.Tensor:
     """The nearest matrix with orthonormal columns (or rows): P Qᵀ from M = P Σ Qᵀ (orthogonal
     Procrustes; Schönemann 1966), as in TSV-M's and Iso-CTS's official code.
 
-    Guard for near-collinear inputs: directions beyond the numerical rank are dropped instead
-    of being inflated to unit length, so duplicated subspaces merge instead of adding rounding
-    noise; an all-zero matrix gives zeros. Well-conditioned inputs are unaffected.
+    Guard for near-collinear inputs: directions beyond the numerical rank (σ ≤ σ_max · max(m, n)
+    · ε) are dropped instead of being inflated to unit length, so duplicated subspaces merge
+    instead of adding rounding noise; an all-zero matrix gives zeros. Concatenated orthonormal
+    blocks only have such small singular values when two tasks' subspaces coincide to within
+    about 1e-4 rad, so well-conditioned inputs are unaffected.
     """
     u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
-    return (u * numerical_rank_mask(s, matrix.shape)) @ vh
+    return (u * singular_mask(s, rank_tolerance(matrix.shape, matrix.dtype))) @ vh
 
 
 def newton_schulz(matrix: torch.Tensor, steps: int = 5, coefficients: str = "muon") -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 from speechmerge.merging.context import TensorContext
 from speechmerge.merging.linalg import weighted_sum
 from speechmerge.merging.registry import Param, merge_method
-from speechmerge.merging.spectral import boost_floor, numerical_rank_mask, orthogonalise, top_singular
+from speechmerge.merging.spectral import boost_floor, orthogonalise, rounding_tolerance, singular_mask, top_singular
 
 TSV_SOURCE = (
     "Gargiulo et al., Task Singular Vectors: Reducing Task Interference in Model Merging, CVPR 2025, "
@@ -154,8 +154,8 @@ def boosted_tsv_m(tasks, base, weights, ctx: TensorContext, *, scale, beta, ener
     variant=(
         "Per block matrix: SVD of the task-arithmetic sum Σ_t w_t τ_t, every singular value replaced by their "
         "mean over all min(m,n) values (the official iso_c); non-matrix tensors averaged; α on everything. "
-        "Guard: directions beyond the numerical rank of the sum (arbitrary null-space completions in the "
-        "official code) are left out."
+        "Guard: numerically null directions of the sum (σ at the SVD's rounding level, whose singular vectors "
+        "are arbitrary null-space completions in the official code) are left out."
     ),
     params=[SCALE],
 )
@@ -165,7 +165,7 @@ def iso_c(tasks, base, weights, ctx: TensorContext, *, scale):
         return mean_task_vector(tasks, weights, scale)
     total = weighted_sum(tasks, weights)
     u, s, vh = torch.linalg.svd(total, full_matrices=False)
-    return ((u * numerical_rank_mask(s, total.shape)) @ vh).mul_(s.mean() * scale)
+    return ((u * singular_mask(s, rounding_tolerance(total.shape))) @ vh).mul_(s.mean() * scale)
 
 
 def common_dimension(rank: int, tasks: int, fraction: float) -> int:
