@@ -1,0 +1,96 @@
+"""What a decoding backend does, and what both backends share.
+
+A backend turns a batch of clips into encoder outputs, detects each clip's language from
+them (Whisper's language-token argmax after `<|startoftranscript|>`, as openai-whisper's
+`detect_language`) and decodes text from the prompt
+
+    <|startoftranscript|> <|language|> <|task|> <|notimestamps|>
+
+greedily (beam 1) or by beam search, with the model's suppressed tokens, at most
+`max_new_tokens` tokens. `transformers` is the reference; `ctranslate2` decodes the same model
+exported to CTranslate2. Both read audio the same way (log-mel features from the model's own
+`WhisperFeatureExtractor`) and turn tokens into text with the model's own tokenizer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Protocol, Sequence
+
+from speechmerge.evaluation.model import EvalModel
+
+PROMPT_LENGTH = 4  # <|startoftranscript|> <|language|> <|task|> <|notimestamps|>
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """The decoding choices a backend needs for one call."""
+
+    beam_size: int
+    max_new_tokens: int
+
+
+class Backend(Protocol):
+    """Batch decoding of clips by one model."""
+
+    name: str
+    encoder_calls: int  # batches the encoder actually ran on (cache hits excluded)
+
+    def encode(self, audio: Sequence[Path]) -> Any: ...
+
+    def detect_languages(self, encoded: Any) -> list[str]: ...
+
+    def decode(self, encoded: Any, languages: Sequence[str], task: str, settings: DecodeSettings) -> list[str]: ...
+
+
+def max_new_tokens(model: EvalModel, requested: Optional[int]) -> int:
+    """Half the decoder's context by default (openai-whisper's `sample_len`, CTranslate2's rule);
+    at most the context less the prompt."""
+    limit = model.max_target_positions - PROMPT_LENGTH
+    return min(model.max_target_positions // 2, limit) if requested is None else max(1, min(requested, limit))
+
+
+class LogMel:
+    """Audio files -> the model's log-mel features [n, mels, 3000] (float32 numpy)."""
+
+    def __init__(self, model: EvalModel):
+        from transformers import WhisperFeatureExtractor
+
+        if (model.directory / "preprocessor_config.json").is_file():
+            self.extractor = WhisperFeatureExtractor.from_pretrained(model.directory)
+        else:
+            self.extractor = WhisperFeatureExtractor(feature_size=model.num_mel_bins)
+
+    @property
+    def settings(self) -> str:
+        return self.extractor.to_json_string()
+
+    def __call__(self, audio: Sequence[Path]):
+        from speechmerge.data.audio import SAMPLE_RATE, load_audio
+
+        clips = [load_audio(path) for path in audio]
+        return self.extractor(clips, sampling_rate=SAMPLE_RATE, return_tensors="np").input_features
+
+
+def load_tokenizer(model: EvalModel):
+    """The model's own Whisper tokenizer (fast)."""
+    from transformers import WhisperTokenizerFast
+
+    return WhisperTokenizerFast.from_pretrained(model.directory)
+
+
+def language_code(token: str) -> str:
+    """`<|es|>` -> `es`."""
+    return token.strip("<|>")
+
+
+def make_backend(model: EvalModel, name: str, quantization: str, threads: int, encoder_cache: bool) -> Backend:
+    """The backend called `name` for `model`."""
+    if name == "transformers":
+        from speechmerge.evaluation.hf_backend import TransformersBackend
+
+        return TransformersBackend(model, threads=threads, encoder_cache=encoder_cache)
+    from speechmerge.evaluation.ct2_backend import Ct2Backend
+
+    return Ct2Backend(model, quantization=quantization, threads=threads)

@@ -1,0 +1,118 @@
+"""Batched decoding of utterances by one model, through the prediction cache.
+
+Clips are grouped by (task, language) — one prompt per batch, as Whisper decodes best —
+sorted by duration within a group (similar lengths finish together, so fewer padded steps),
+and decoded `batch_size` at a time. Only clips missing from the prediction cache are decoded;
+the backend (model loading) is created only if there is one.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from itertools import groupby
+from typing import Callable, Optional, Sequence
+
+from speechmerge.data.manifest import Utterance
+from speechmerge.evaluation.backend import Backend, DecodeSettings, make_backend, max_new_tokens
+from speechmerge.evaluation.model import EvalModel
+from speechmerge.evaluation.options import DecodeOptions
+from speechmerge.evaluation.prediction_cache import CachedDecode, PredictionCache, entry_key
+
+
+@dataclass
+class DecodeStats:
+    """Where predictions came from and what decoding cost."""
+
+    decoded: int = 0
+    from_cache: int = 0
+    load_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    encoder_batches: int = 0
+
+    @property
+    def seconds_per_clip(self) -> float:
+        return self.decode_seconds / self.decoded if self.decoded else float("nan")
+
+
+def plan_batches(utterances: Sequence[Utterance], indices: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped by (task, language), by duration within a group, cut into batches."""
+    def order(i: int):
+        u = utterances[i]
+        return (u.task, u.language, u.duration or 0.0, u.id)
+
+    batches = []
+    for _, group in groupby(sorted(indices, key=order), key=lambda i: (utterances[i].task, utterances[i].language)):
+        members = list(group)
+        batches += [members[start : start + batch_size] for start in range(0, len(members), batch_size)]
+    return batches
+
+
+def decode_utterances(
+    model: EvalModel,
+    utterances: Sequence[Utterance],
+    options: DecodeOptions,
+    use_cache: bool = True,
+    progress: bool = False,
+    backend_factory: Callable[..., Backend] = make_backend,
+) -> tuple[list[CachedDecode], DecodeStats]:
+    """One `CachedDecode` per utterance, in order, and how it was obtained."""
+    import torch
+
+    from speechmerge.evaluation.encoder_cache import clip_key
+
+    stats = DecodeStats()
+    cache = PredictionCache(model.key, options.prediction_key()) if use_cache else None
+    keys = [entry_key(clip_key(u.audio), u.language if options.language == "manifest" else None, u.task) for u in utterances]
+    results: list[Optional[CachedDecode]] = [cache.get(key) if cache else None for key in keys]
+    todo = [i for i, result in enumerate(results) if result is None]
+    stats.from_cache = len(utterances) - len(todo)
+    if not todo:
+        return results, stats
+    start = time.perf_counter()
+    threads = options.threads or torch.get_num_threads()
+    backend = backend_factory(model, options.backend, options.quantization, threads, options.encoder_cache)
+    stats.load_seconds = time.perf_counter() - start
+    settings = DecodeSettings(beam_size=options.beam_size, max_new_tokens=max_new_tokens(model, options.max_new_tokens))
+    start = time.perf_counter()
+    with _progress_bar(progress, f"decoding {model.label} ({options.describe()})", len(todo)) as advance:
+        for batch in plan_batches(utterances, todo, options.batch_size):
+            members = [utterances[i] for i in batch]
+            encoded = backend.encode([u.audio for u in members])
+            detected = backend.detect_languages(encoded) if model.multilingual else [None] * len(members)
+            languages = [u.language for u in members] if options.language == "manifest" else detected
+            texts = backend.decode(encoded, languages, members[0].task, settings)
+            for index, text, language, found in zip(batch, texts, languages, detected):
+                results[index] = CachedDecode(text=text, language=language or "en", detected_language=found)
+                if cache:
+                    cache.put(keys[index], results[index])
+            advance(len(batch))
+    stats.decode_seconds = time.perf_counter() - start
+    stats.decoded = len(todo)
+    stats.encoder_batches = backend.encoder_calls
+    return results, stats
+
+
+class _progress_bar:
+    """A rich progress bar on stderr (or nothing), advanced by the number of clips done."""
+
+    def __init__(self, show: bool, description: str, total: int):
+        self.show, self.description, self.total = show, description, total
+
+    def __enter__(self) -> Callable[[int], None]:
+        if not self.show:
+            return lambda done: None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.bar = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=Console(stderr=True), transient=True,
+        )
+        self.bar.__enter__()
+        task = self.bar.add_task(self.description, total=self.total)
+        return lambda done: self.bar.advance(task, done)
+
+    def __exit__(self, *exc) -> None:
+        if self.show:
+            self.bar.__exit__(*exc)

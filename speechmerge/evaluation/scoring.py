@@ -1,0 +1,168 @@
+"""From decoded text to the numbers a paper reports.
+
+Per utterance: the normalised reference and hypothesis and their word/character edit counts
+(transcription), or the raw texts (translation). Per group of utterances sharing language,
+task, domain and split: corpus-level WER (CER for languages without spaces, or on request)
+for `transcribe`, sacrebleu BLEU and chrF for `translate`, and the share of clips whose
+detected language is the manifest's. Macro averages: the unweighted mean of a metric over the
+groups that have it, per split and over all groups.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Optional, Sequence
+
+from pydantic import BaseModel
+
+from speechmerge.data.manifest import Utterance
+from speechmerge.evaluation.metrics import EditCounts, bleu, char_edits, chrf, total, word_edits
+from speechmerge.evaluation.normalizers import normalise, normaliser_name, uses_spaces
+from speechmerge.evaluation.prediction_cache import CachedDecode
+
+METRICS = ("wer", "cer", "bleu", "chrf")
+ALL_SPLITS = "all"
+
+
+class Prediction(BaseModel):
+    """One utterance's prediction and everything scored from it (a line of predictions.jsonl)."""
+
+    id: str
+    manifest: str
+    audio: str
+    language: str
+    task: str
+    domain: Optional[str] = None
+    split: Optional[str] = None
+    speaker: Optional[str] = None
+    reference: str
+    hypothesis: str
+    decoded_language: str
+    detected_language: Optional[str] = None
+    normaliser: Optional[str] = None
+    reference_normalised: Optional[str] = None
+    hypothesis_normalised: Optional[str] = None
+    word_edits: Optional[EditCounts] = None
+    char_edits: Optional[EditCounts] = None
+
+    @property
+    def group(self) -> tuple[str, str, str, str]:
+        return (self.language, self.task, self.domain or "-", self.split or "-")
+
+
+class GroupScore(BaseModel):
+    """Metrics of the utterances sharing (language, task, domain, split); None = not applicable."""
+
+    language: str
+    task: str
+    domain: str
+    split: str
+    utterances: int
+    normaliser: Optional[str] = None
+    wer: Optional[float] = None
+    cer: Optional[float] = None
+    bleu: Optional[float] = None
+    chrf: Optional[float] = None
+    language_id: Optional[float] = None
+
+    def metric(self, name: str) -> Optional[float]:
+        return getattr(self, name)
+
+
+class MacroScore(BaseModel):
+    """Unweighted means over groups, for one split (or all)."""
+
+    split: str
+    groups: int
+    wer: Optional[float] = None
+    cer: Optional[float] = None
+    bleu: Optional[float] = None
+    chrf: Optional[float] = None
+    language_id: Optional[float] = None
+
+
+def score_prediction(utterance: Utterance, manifest: str, decoded: CachedDecode, cer: bool) -> Prediction:
+    """Normalise and count edits for a transcription; keep raw texts for a translation."""
+    fields = dict(
+        id=utterance.id,
+        manifest=manifest,
+        audio=str(utterance.audio),
+        language=utterance.language,
+        task=utterance.task,
+        domain=utterance.domain,
+        split=utterance.split,
+        speaker=utterance.speaker,
+        reference=utterance.reference,
+        hypothesis=decoded.text,
+        decoded_language=decoded.language,
+        detected_language=decoded.detected_language,
+    )
+    if utterance.task == "transcribe":
+        reference, hypothesis = normalise(utterance.reference, utterance.language), normalise(decoded.text, utterance.language)
+        spaced = uses_spaces(utterance.language)
+        fields.update(
+            normaliser=normaliser_name(utterance.language),
+            reference_normalised=reference,
+            hypothesis_normalised=hypothesis,
+            word_edits=word_edits(reference, hypothesis) if spaced else None,
+            char_edits=char_edits(reference, hypothesis) if (cer or not spaced) else None,
+        )
+    return Prediction(**fields)
+
+
+def _rate(counts: list[Optional[EditCounts]]) -> Optional[float]:
+    present = [c for c in counts if c is not None]
+    return total(present).rate if present else None
+
+
+def group_scores(predictions: Sequence[Prediction]) -> tuple[list[GroupScore], dict[str, str]]:
+    """One `GroupScore` per (language, task, domain, split), sorted by those labels, and the
+    sacrebleu signature of each metric used (`{"bleu": ..., "chrf": ...}`, empty without translations)."""
+    groups: dict[tuple[str, str, str, str], list[Prediction]] = defaultdict(list)
+    for prediction in predictions:
+        groups[prediction.group].append(prediction)
+    scores, signatures = [], {}
+    for (language, task, domain, split), members in sorted(groups.items()):
+        detected = [p.detected_language for p in members if p.detected_language is not None]
+        score = GroupScore(
+            language=language,
+            task=task,
+            domain=domain,
+            split=split,
+            utterances=len(members),
+            language_id=sum(found == language for found in detected) / len(detected) if detected else None,
+        )
+        if task == "transcribe":
+            score.normaliser = members[0].normaliser
+            score.wer = _rate([p.word_edits for p in members])
+            score.cer = _rate([p.char_edits for p in members])
+        else:
+            hypotheses, references = [p.hypothesis for p in members], [p.reference for p in members]
+            for name, metric in (("bleu", bleu), ("chrf", chrf)):
+                result = metric(hypotheses, references)
+                setattr(score, name, result.score)
+                signatures[name] = result.signature
+        scores.append(score)
+    return scores, signatures
+
+
+def _mean(values: list[Optional[float]]) -> Optional[float]:
+    kept = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else None
+
+
+def macro_scores(groups: Sequence[GroupScore]) -> list[MacroScore]:
+    """Macro averages per split, then over all groups (when there is more than one split)."""
+    splits = sorted({g.split for g in groups})
+    selections = [(split, [g for g in groups if g.split == split]) for split in splits]
+    if len(splits) > 1:
+        selections.append((ALL_SPLITS, list(groups)))
+    return [
+        MacroScore(
+            split=split,
+            groups=len(members),
+            **{name: _mean([g.metric(name) for g in members]) for name in (*METRICS, "language_id")},
+        )
+        for split, members in selections
+    ]
