@@ -89,6 +89,40 @@ def convert(
     Console(stderr=True).print(f"[green]converted[/] {source} -> {target} ({to})", highlight=False)
 
 
+@app.command("eval")
+def eval_command(
+    model: str = typer.Argument(..., help="Model to evaluate: a Hugging Face Whisper directory, builtin:whisper-base, a CTranslate2 directory, a .pt file or a hub id."),
+    data: list[Path] = typer.Argument(..., help="Manifests (.jsonl/.csv) and/or built corpus folders (every manifest of the corpus that matches the filters)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for predictions.jsonl and summary.{md,csv,json} (default: ./eval-<model name>)."),
+    backend: str = typer.Option("transformers", help="transformers (the reference) or ctranslate2 (the model exported to CTranslate2, faster on CPU)."),
+    quantization: str = typer.Option("int8", help="With --backend ctranslate2: int8, float32, int8_float32 or int16."),
+    beam_size: int = typer.Option(1, help="1 = greedy search; more = beam search with that many beams."),
+    batch_size: Optional[int] = typer.Option(None, help="Clips decoded together (default: the fastest measured on CPU, 8)."),
+    detect_language: bool = typer.Option(False, "--detect-language", help="Decode in the language Whisper detects instead of the manifest's."),
+    max_new_tokens: Optional[int] = typer.Option(None, help="Token budget per clip (default: half the decoder's context, 224 for Whisper)."),
+    cer: bool = typer.Option(False, "--cer", help="Also report CER for languages written with spaces (always reported for the others)."),
+    language: Optional[str] = typer.Option(None, "--language", "-l", help="Comma-separated languages to keep, e.g. es,de (default: all)."),
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="transcribe, translate or both comma-separated (default: all)."),
+    domain: Optional[str] = typer.Option(None, help="Comma-separated domains to keep (default: all)."),
+    split: Optional[str] = typer.Option(None, help="Comma-separated splits to keep, e.g. test (default: all)."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip (and report) bad manifest lines instead of stopping."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Decode again even when cached predictions exist (they are refreshed)."),
+    encoder_cache: bool = typer.Option(True, "--encoder-cache/--no-encoder-cache", help="Reuse encoder outputs across models that share the encoder (transformers backend; 3 MB per clip for whisper-base)."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads (default: torch's default)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
+) -> None:
+    """Decode a model on manifests and report WER/CER (transcribe) and BLEU/chrF (translate) per language, task, domain and split."""
+    from speechmerge.evaluation.api import LabelFilter
+    from speechmerge.evaluation.command import build_options, run_eval_command
+
+    options = build_options(
+        cer, no_cache, backend=backend, quantization=quantization, beam_size=beam_size, batch_size=batch_size,
+        language="detect" if detect_language else "manifest", max_new_tokens=max_new_tokens, encoder_cache=encoder_cache, threads=threads,
+    )
+    labels = LabelFilter(*(tuple(_comma_list(value)) if value else None for value in (language, task, domain, split)))
+    run_eval_command(model, data, output, options, labels, skip_bad=skip_bad, force=force)
+
+
 data_app = typer.Typer(
     help="Speech data: build the built-in espeak-ng corpora, check manifests, import Hugging Face datasets.",
     no_args_is_help=True,

@@ -25,15 +25,16 @@ DataSource = Union[str, Path, Sequence[Utterance]]
 
 @dataclass(frozen=True)
 class LabelFilter:
-    """Keep utterances whose labels match (None matches anything)."""
+    """Keep utterances whose labels are among the given values (None keeps every value)."""
 
-    language: Optional[str] = None
-    task: Optional[str] = None
-    domain: Optional[str] = None
-    split: Optional[str] = None
+    language: Optional[tuple[str, ...]] = None
+    task: Optional[tuple[str, ...]] = None
+    domain: Optional[tuple[str, ...]] = None
+    split: Optional[tuple[str, ...]] = None
 
-    def keeps(self, utterance: Utterance) -> bool:
-        return all(value is None or getattr(utterance, name) == value for name, value in vars(self).items())
+    def keeps(self, labelled) -> bool:
+        """True if `labelled` (an `Utterance` or a corpus `ManifestInfo`) matches every label given."""
+        return all(values is None or getattr(labelled, name) in values for name, values in vars(self).items())
 
 
 class Timing(BaseModel):
@@ -93,7 +94,7 @@ def load_data(data: Iterable[DataSource], skip_bad: bool = False, labels: LabelF
             path = Path(source)
             if path.is_dir():
                 corpus = open_corpus(path)
-                manifests = [corpus.path(info) for info in corpus.select(labels.language, labels.task, labels.domain, labels.split)]
+                manifests = [corpus.path(info) for info in corpus.select() if labels.keeps(info)]
                 if not manifests:
                     raise SpeechmergeError(f"{path}: no manifest of this corpus matches the label filters; relax them")
             else:

@@ -56,15 +56,18 @@ def decode_utterances(
     progress: bool = False,
     backend_factory: Callable[..., Backend] = make_backend,
 ) -> tuple[list[CachedDecode], DecodeStats]:
-    """One `CachedDecode` per utterance, in order, and how it was obtained."""
+    """One `CachedDecode` per utterance, in order, and how it was obtained.
+
+    Cached predictions are read only with `use_cache`; new ones are always stored (so
+    `use_cache=False` refreshes the cache)."""
     import torch
 
     from speechmerge.evaluation.encoder_cache import clip_key
 
     stats = DecodeStats()
-    cache = PredictionCache(model.key, options.prediction_key()) if use_cache else None
+    cache = PredictionCache(model.key, options.prediction_key())
     keys = [entry_key(clip_key(u.audio), u.language if options.language == "manifest" else None, u.task) for u in utterances]
-    results: list[Optional[CachedDecode]] = [cache.get(key) if cache else None for key in keys]
+    results: list[Optional[CachedDecode]] = [cache.get(key) if use_cache else None for key in keys]
     todo = [i for i, result in enumerate(results) if result is None]
     stats.from_cache = len(utterances) - len(todo)
     if not todo:
@@ -84,8 +87,7 @@ def decode_utterances(
             texts = backend.decode(encoded, languages, members[0].task, settings)
             for index, text, language, found in zip(batch, texts, languages, detected):
                 results[index] = CachedDecode(text=text, language=language or "en", detected_language=found)
-                if cache:
-                    cache.put(keys[index], results[index])
+                cache.put(keys[index], results[index])
             advance(len(batch))
     stats.decode_seconds = time.perf_counter() - start
     stats.decoded = len(todo)
