@@ -190,6 +190,56 @@ def data_import(
     print_imported(import_dataset(source, output, parse_columns(column), language=language, task=task, skip_bad=skip_bad, force=force))
 
 
+@app.command()
+def finetune(
+    base: str = typer.Argument(..., help="Model to start from: builtin:whisper-base, a Hugging Face Whisper directory or hub id, a CTranslate2 directory or an openai-whisper .pt."),
+    output: Path = typer.Argument(..., help="Expert directory to create; until it is complete the run lives in OUTPUT.partial, and rerunning the same command resumes it."),
+    data: list[Path] = typer.Option(..., "--data", "-d", help="A manifest, a folder of manifests or a built corpus (repeatable). split=train trains, split=validation validates."),
+    language: Optional[str] = typer.Option(None, "--language", "-l", help="Comma-separated languages to keep, e.g. es or es,de (default: all)."),
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="transcribe, translate or both comma-separated (default: all)."),
+    domain: Optional[str] = typer.Option(None, help="Comma-separated domains to keep (default: all)."),
+    baseline: Optional[str] = typer.Option(
+        None, help="Make a baseline instead of one expert: joint (one run on the union of the experts' data, experts x --steps steps) "
+        "or sequential (one stage of --steps per expert, in the order of --language/--task/--domain). An expert is a (language, task, domain) group."
+    ),
+    mode: str = typer.Option("full", help="full (every weight), decoder (encoder frozen, its outputs computed once: ~10x cheaper on CPU) or lora (PEFT adapters)."),
+    steps: int = typer.Option(60, help="Optimiser steps (per expert for --baseline); early stopping may end sooner."),
+    lr: float = typer.Option(1e-5, "--lr", help="Peak learning rate (AdamW)."),
+    batch_size: int = typer.Option(8, help="Utterances per micro-batch."),
+    gradient_accumulation: int = typer.Option(1, help="Micro-batches per optimiser step."),
+    warmup_ratio: float = typer.Option(0.1, help="Fraction of the steps of linear warm-up from 0."),
+    schedule: str = typer.Option("linear", help="Decay after warm-up: linear, cosine or constant_with_warmup."),
+    weight_decay: float = typer.Option(0.0, help="AdamW weight decay."),
+    eval_every: int = typer.Option(10, help="Steps between validations; each saves a resumable checkpoint."),
+    patience: int = typer.Option(3, help="Stop after this many validations without a lower validation loss (0: never)."),
+    validation_fraction: float = typer.Option(0.1, help="Held out of the training data when the selection has no validation split."),
+    seed: int = typer.Option(0, help="Seed of the data order and of LoRA's initialisation."),
+    device: str = typer.Option("auto", help="auto (cuda when available), cpu or cuda."),
+    precision: str = typer.Option("auto", help="auto (fp32 on CPU; bf16, else fp16, on GPU), fp32, bf16 or fp16."),
+    spec_augment: bool = typer.Option(False, "--spec-augment", help="Mask time and frequency bands of the encoder input (SpecAugment); needs the encoder to train."),
+    lora_rank: int = typer.Option(16, help="LoRA rank r."),
+    lora_alpha: float = typer.Option(32.0, help="LoRA alpha (update = B·A·alpha/r)."),
+    lora_modules: str = typer.Option("q_proj,k_proj,v_proj,out_proj,fc1,fc2", help="Comma-separated block layers that get adapters."),
+    lora_encoder: bool = typer.Option(True, "--lora-encoder/--no-lora-encoder", help="Adapters in the encoder too (off: the encoder is frozen and its outputs computed once)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with loss and ETA."),
+) -> None:
+    """Fine-tune a Whisper base into an expert (or a joint / sequential baseline) that `merge` accepts."""
+    from rich.console import Console
+
+    from speechmerge.training.command import run_finetune_command
+
+    settings = dict(
+        mode=mode, steps=steps, learning_rate=lr, batch_size=batch_size, gradient_accumulation=gradient_accumulation,
+        warmup_ratio=warmup_ratio, schedule=schedule, weight_decay=weight_decay, eval_every=eval_every, patience=patience,
+        validation_fraction=validation_fraction, seed=seed, device=device, precision=precision, spec_augment=spec_augment,
+        lora_rank=lora_rank, lora_alpha=lora_alpha, lora_modules=tuple(_comma_list(lora_modules) or ()), lora_encoder=lora_encoder,
+    )
+    filters = dict(languages=_comma_list(language) or [], tasks=_comma_list(task) or [], domains=_comma_list(domain) or [])
+    made = run_finetune_command(base, output, data, filters, settings, baseline=baseline, force=force, progress=progress)
+    Console(stderr=True).print(f"[green]trained[/] {made}", highlight=False)
+
+
 def main() -> None:
     """Entry point: run the app; user errors become one red line and exit status 2."""
     try:
