@@ -10,13 +10,11 @@ import shutil
 import pytest
 import torch
 from conftest import load_state
+from method_calls import call_method, tensor_context
 from safetensors.torch import save_file
 from test_merge_methods import TIED, run_merge
 
-from speechmerge.checkpoints.whisper import TensorRole
 from speechmerge.errors import SpeechmergeError
-from speechmerge.merging.context import TensorContext
-from speechmerge.merging.registry import get_method
 
 
 def reference_model_stock(base: torch.Tensor, experts: list[torch.Tensor]) -> torch.Tensor:
@@ -142,18 +140,14 @@ def test_model_stock_needs_two_experts(tmp_path, family):
 # --- degenerate inputs, directly on the method functions --------------------------------------
 
 
-def call(method: str, tasks: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
-    declared = get_method(method)
-    name = "model.decoder.layers.0.fc1.bias"
-    ctx = TensorContext(name, TensorRole(name, "bias", "decoder", 0), False, 0, torch.device("cpu"))
-    return declared.fn(tasks.clone(), base, torch.ones(tasks.shape[0]), ctx, **declared.defaults())
+def call(method: str, tasks: torch.Tensor) -> torch.Tensor:
+    return call_method(method, tasks, ctx=tensor_context("model.decoder.layers.0.fc1.bias", "bias", False))
 
 
 def test_model_stock_of_diverging_experts_falls_back_to_the_base():
-    base = torch.randn(50, generator=torch.Generator().manual_seed(3))
     direction = torch.randn(50, generator=torch.Generator().manual_seed(4))
-    merged = call("model_stock", torch.stack([base + direction, base - direction]), base)
-    torch.testing.assert_close(merged, base)  # cos θ = −1 would make t = N cos θ/(1 + (N−1) cos θ) infinite
+    merged_delta = call("model_stock", torch.stack([direction, -direction]))  # task vectors τ_t = θ_t − θ_0
+    assert torch.equal(merged_delta, torch.zeros(50))  # cos θ = −1 would make t = N cos θ/(1 + (N−1) cos θ) infinite
 
 
 def test_spherical_means_of_antipodal_or_zero_tensors_stay_finite():

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from method_calls import call_method, tensor_context
 from test_merge_methods import deltas, run_merge
 
-from speechmerge.checkpoints.whisper import TensorRole
 from speechmerge.errors import SpeechmergeError
 from speechmerge.merging import linalg
-from speechmerge.merging.context import TensorContext
-from speechmerge.merging.registry import get_method
 
 WEIGHTS = [1.0, 0.5, 2.0]
 
@@ -117,14 +115,8 @@ def test_breadcrumbs_with_gamma_zero_keeps_the_top_magnitudes():
 # --- DELLA: random, so its statistics and seeding -----------------------------------------
 
 
-def context(seed: int = 0, name: str = "model.decoder.layers.0.fc1.weight") -> TensorContext:
-    return TensorContext(name, TensorRole(name, "mlp", "decoder", 0), True, seed, torch.device("cpu"))
-
-
 def call(method: str, tasks: torch.Tensor, seed: int = 0, **params) -> torch.Tensor:
-    declared = get_method(method)
-    values = declared.validate(params, "params")
-    return declared.fn(tasks.clone(), None, torch.ones(tasks.shape[0]), context(seed), **values)
+    return call_method(method, tasks, ctx=tensor_context("model.decoder.layers.0.fc1.weight", seed=seed), **params)
 
 
 def test_della_keeps_larger_magnitudes_more_often_and_is_unbiased():

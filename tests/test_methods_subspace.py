@@ -8,13 +8,11 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import load_state
+from method_calls import call_method
 from test_merge_methods import TIED, deltas, run_merge
 from test_spectral import reference_floor, whitened
 
-from speechmerge.checkpoints.whisper import TensorRole
 from speechmerge.errors import SpeechmergeError
-from speechmerge.merging.context import TensorContext
-from speechmerge.merging.registry import get_method
 
 WEIGHTS = [1.0, 0.5, 2.0]
 
@@ -132,15 +130,8 @@ def test_newton_schulz_and_procrustes_tsv_m_agree(tmp_path, family, coefficients
 # --- ill-conditioned inputs, directly on the method functions --------------------------------
 
 
-def matrix_context(seed: int = 0) -> TensorContext:
-    name = "model.encoder.layers.0.fc1.weight"
-    return TensorContext(name, TensorRole(name, "mlp", "encoder", 0), True, seed, torch.device("cpu"))
-
-
 def call(method: str, tasks: torch.Tensor, **params) -> torch.Tensor:
-    declared = get_method(method)
-    values = declared.validate(params, "params")
-    return declared.fn(tasks.clone(), None, torch.ones(tasks.shape[0]), matrix_context(), **values)
+    return call_method(method, tasks, **params)
 
 
 SUBSPACE = [("tsv_m", {}), ("tsv_m", {"orthogonaliser": "newton_schulz"}), ("tsv_m", {"svd": "randomised"}),

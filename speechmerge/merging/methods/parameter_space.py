@@ -1,9 +1,9 @@
 """Parameter-space methods on the geometry of whole weights: Model Stock, Karcher mean and
 Multi-SLERP (soup is in averaging.py).
 
-Each needs only inner products between the T expert tensors, so everything is computed from
-their T × T Gram matrix and the result is one weighted sum of the inputs: no temporary larger
-than the output tensor, whatever T.
+Each needs only inner products between the T expert tensors: their T × T Gram matrix is a
+per-tensor statistics pass, after which the result is one weighted sum of the inputs — an
+entry-wise merge the engine may stream in row blocks, with no temporary larger than the output.
 """
 
 from __future__ import annotations
@@ -17,10 +17,23 @@ from speechmerge.merging.linalg import weighted_sum
 from speechmerge.merging.registry import Param, merge_method
 
 
-def gram(tasks: torch.Tensor) -> torch.Tensor:
-    """G_ij = ⟨x_i, x_j⟩ over whole tensors, in float64 (a T × T matrix)."""
-    flat = tasks.reshape(tasks.shape[0], -1)
-    return (flat @ flat.mT).double()
+class GramPass:
+    """Per-tensor statistics pass: G_ij = ⟨x_i, x_j⟩ over the whole tensor, in float64 (T × T)."""
+
+    rounds = 1
+
+    def __init__(self, num_tasks: int, ctx: TensorContext, params: dict):
+        self.gram = torch.zeros(num_tasks, num_tasks, dtype=torch.float64)
+
+    def observe(self, round_index: int, tasks: torch.Tensor, ctx: TensorContext, params: dict) -> None:
+        flat = tasks.reshape(tasks.shape[0], -1)
+        self.gram += (flat @ flat.mT).double().cpu()
+
+    def end_round(self, round_index: int) -> None:
+        pass
+
+    def result(self) -> torch.Tensor:
+        return self.gram
 
 
 def cosines(g: torch.Tensor) -> torch.Tensor:
@@ -44,7 +57,7 @@ def model_stock_ratio(cos: float, count: int) -> float:
     name="model_stock",
     title="Model Stock",
     family="parameter space",
-    space="weights",
+    space="deltas",
     source="Jang, Yun, Han, Model Stock: All we need is just a few fine-tuned models, ECCV 2024, arXiv 2403.19522",
     variant=(
         "Per tensor (every tensor), as mergekit: cos θ is the mean pairwise cosine between the experts' offsets "
@@ -53,17 +66,18 @@ def model_stock_ratio(cos: float, count: int) -> float:
         "(diverging experts, where t would be negative or infinite) is clamped to 0, giving θ_0."
     ),
     min_experts=2,
+    tensor_statistics=GramPass,
+    blockwise=True,
 )
 def model_stock(tasks, base, weights, ctx: TensorContext):
-    """cos θ = mean_{i<j} cos(θ_i − θ_0, θ_j − θ_0); t = T cos θ / (1 + (T − 1) cos θ);
-    θ = θ_0 + t Σ_t w_t (θ_t − θ_0) / Σ_t w_t."""
+    """cos θ = mean_{i<j} cos(τ_i, τ_j) with τ_t = θ_t − θ_0; t = T cos θ / (1 + (T − 1) cos θ);
+    θ = θ_0 + t Σ_t w_t τ_t / Σ_t w_t."""
     count = tasks.shape[0]
-    offsets = tasks.sub_(base)
-    cos = cosines(gram(offsets))
+    cos = cosines(ctx.tensor_stats)
     pairs = torch.triu_indices(count, count, offset=1)
     mean_cos = max(0.0, float(cos[pairs[0], pairs[1]].mean()))
     ratio = model_stock_ratio(mean_cos, count)
-    return weighted_sum(offsets, (normalised(weights) * ratio).float()).add_(base)
+    return weighted_sum(tasks, (normalised(weights) * ratio).float())
 
 
 @merge_method(
@@ -84,12 +98,14 @@ def model_stock(tasks, base, weights, ctx: TensorContext):
         Param("tol", float, 1e-5, "stop when the tangent step is shorter than this; also the negligible norm", gt=0),
     ],
     needs_base=False,
+    tensor_statistics=GramPass,
+    blockwise=True,
 )
 def karcher(tasks, base, weights, ctx: TensorContext, *, max_iter, tol):
     """u_t = θ_t/‖θ_t‖; m = argmin_m Σ_t a_t d(m, u_t)², d the great-circle distance, a = w/Σw;
     θ = (Σ_t a_t ‖θ_t‖) m. Iteration: v = Σ_t a_t (φ_t / sin φ_t)(u_t − cos φ_t m), cos φ_t = ⟨m, u_t⟩;
     m ← cos‖v‖ m + sin‖v‖ v/‖v‖."""
-    g = gram(tasks)
+    g = ctx.tensor_stats
     norms = g.diagonal().clamp(min=0).sqrt()
     valid = norms > tol
     a = normalised(weights)
@@ -136,10 +152,12 @@ def karcher(tasks, base, weights, ctx: TensorContext, *, max_iter, tol):
         "weighted Euclidean mean is returned (mergekit does that for two inputs and raises otherwise)."
     ),
     needs_base=False,
+    tensor_statistics=GramPass,
+    blockwise=True,
 )
 def multislerp(tasks, base, weights, ctx: TensorContext):
     """u_t = θ_t/‖θ_t‖; m = Σ_t w_t u_t / ‖Σ_t w_t u_t‖ (w normalised); θ = (Σ_t w_t ‖θ_t‖) m."""
-    g = gram(tasks)
+    g = ctx.tensor_stats
     norms = g.diagonal().clamp(min=0).sqrt()
     w = normalised(weights)
     units = torch.where(norms > 0, w / torch.where(norms > 0, norms, 1.0), 0.0)  # Σ w_t u_t = Σ units_t θ_t

@@ -1,8 +1,10 @@
 """Task-vector sparsification methods beyond TIES and DARE: PCB, SCE, Model Breadcrumbs, DELLA.
 
 Every tensor is sparsified (as TIES and DARE here, mergekit and the official codes, which
-flatten the whole model); a recipe override can exempt tensors. Whole-tensor statistics
-(min/max, softmax normalisers, k-th largest values) are gathered over chunks of entries, so
+flatten the whole model); a recipe override can exempt tensors. Whole-tensor quantities
+(min/max, softmax normalisers, k-th largest values, per-task energies) are per-tensor
+statistics passes over chunks of entries, after which each method is entry-wise (row-wise for
+DELLA and row-scoped Breadcrumbs): the engine may stream a large tensor in row blocks, and
 temporaries stay at chunk size whatever the tensor.
 """
 
@@ -20,7 +22,8 @@ from speechmerge.merging.linalg import (
     disjoint_mean,
     elect_sign,
     kept_count,
-    kth_largest_magnitude,
+    map_entries,
+    uniform_draws,
     weighted_sum,
 )
 from speechmerge.merging.methods.task_vectors import sign_elected_mean
@@ -43,36 +46,33 @@ def row_blocks(task: torch.Tensor) -> Iterator[torch.Tensor]:
 # --- PCB ---------------------------------------------------------------------------------
 
 
-class PairStatistics:
-    """PCB's softmax terms over one tensor, one row per term: the inter terms τ_i ⊙ τ_j for every pair
-    i ≤ j (sharpness s = 1), then the intra terms τ_i ⊙ τ_i (s = T). Per row: min and max of the
-    product (for Norm) and the softmax normaliser Z = Σ exp(s (Norm − 1)) / D."""
+class BalancingPass:
+    """PCB's per-tensor statistics, one row per softmax term: the inter terms τ_i ⊙ τ_j for every
+    pair i ≤ j (sharpness s = 1), then the intra terms τ_i ⊙ τ_i (s = T). Round 0: min and max of
+    each product (for Norm); round 1: softmax normalisers Z = Σ exp(s (Norm − 1)) / D; rounds 2–3:
+    each task's exact top-⌊r·D⌋ threshold of β (count, refine)."""
 
-    def __init__(self, tasks: torch.Tensor):
-        self.count = tasks.shape[0]
-        pairs = torch.triu_indices(self.count, self.count)
-        diagonal = torch.arange(self.count)
-        self.first = torch.cat([pairs[0], diagonal])
-        self.second = torch.cat([pairs[1], diagonal])
+    rounds = 4
+
+    def __init__(self, num_tasks: int, ctx: TensorContext, params: dict):
+        self.count, self.density = num_tasks, params["density"]
+        pairs, diagonal = torch.triu_indices(num_tasks, num_tasks), torch.arange(num_tasks)
         self.pairs = pairs.shape[1]
-        rows = self.first.numel()
-        self.sharpness = torch.cat([torch.ones(self.pairs), torch.full((self.count,), float(self.count))])
-        self.sharpness = self.sharpness.to(tasks.device)[:, None]
-        self.entries = tasks[0].numel()
-        self.low = torch.full((rows, 1), torch.inf, device=tasks.device)
-        self.high = torch.full((rows, 1), -torch.inf, device=tasks.device)
-        for chunk in entry_chunks(tasks, rows):
-            products = self.products(chunk)
-            torch.minimum(self.low, products.amin(1, keepdim=True), out=self.low)
-            torch.maximum(self.high, products.amax(1, keepdim=True), out=self.high)
-        self.normaliser = torch.zeros(rows, 1, device=tasks.device)
-        for chunk in entry_chunks(tasks, rows):
-            self.normaliser += self.exponentials(self.products(chunk)).sum(1, keepdim=True)
-        self.normaliser /= self.entries
+        self.first, self.second = torch.cat([pairs[0], diagonal]), torch.cat([pairs[1], diagonal])
+        self.sharpness = torch.cat([torch.ones(self.pairs), torch.full((num_tasks,), float(num_tasks))])[:, None]
+        self.low = torch.full((self.rows, 1), torch.inf)
+        self.high = torch.full((self.rows, 1), -torch.inf)
+        self.normaliser = torch.zeros(self.rows, 1)
+        self.entries = 0
+        self.selectors = [MagnitudeSelector() for _ in range(num_tasks)]
 
     @property
     def rows(self) -> int:
         return self.first.numel()
+
+    def _to(self, device: torch.device) -> None:
+        for name in ("first", "second", "sharpness", "low", "high", "normaliser"):
+            setattr(self, name, getattr(self, name).to(device))
 
     def products(self, chunk: torch.Tensor) -> torch.Tensor:
         return chunk[self.first] * chunk[self.second]
@@ -84,13 +84,37 @@ class PairStatistics:
         return torch.exp(self.sharpness * (norm - 1.0))
 
     def balance(self, chunk: torch.Tensor) -> torch.Tensor:
-        """β_i = intra_i ⊙ inter_i for a chunk, each softmax multiplied by D (a constant)."""
+        """β_i = intra_i ⊙ inter_i on a chunk [T, c], each softmax multiplied by D (a constant)."""
         softmax = self.exponentials(self.products(chunk)) / self.normaliser
-        inter = torch.zeros_like(chunk)
-        inter.index_add_(0, self.first[: self.pairs].to(chunk.device), softmax[: self.pairs])
+        inter = torch.zeros_like(chunk).index_add_(0, self.first[: self.pairs], softmax[: self.pairs])
         off_diagonal = self.first[: self.pairs] != self.second[: self.pairs]
-        inter.index_add_(0, self.second[: self.pairs][off_diagonal].to(chunk.device), softmax[: self.pairs][off_diagonal])
+        inter.index_add_(0, self.second[: self.pairs][off_diagonal], softmax[: self.pairs][off_diagonal])
         return softmax[self.pairs:] * inter
+
+    def observe(self, round_index: int, tasks: torch.Tensor, ctx: TensorContext, params: dict) -> None:
+        self._to(tasks.device)
+        for chunk in entry_chunks(tasks, self.rows):
+            if round_index == 0:
+                products = self.products(chunk)
+                torch.minimum(self.low, products.amin(1, keepdim=True), out=self.low)
+                torch.maximum(self.high, products.amax(1, keepdim=True), out=self.high)
+                self.entries += chunk.shape[1]
+            elif round_index == 1:
+                self.normaliser += self.exponentials(self.products(chunk)).sum(1, keepdim=True)
+            else:
+                for selector, row in zip(self.selectors, self.balance(chunk)):
+                    selector.count(row) if round_index == 2 else selector.refine(row)
+
+    def end_round(self, round_index: int) -> None:
+        if round_index == 1:
+            self.normaliser /= self.entries
+        elif round_index == 2:
+            for selector in self.selectors:
+                selector.narrow(kept_count(self.entries, self.density))
+
+    def result(self) -> "BalancingPass":
+        self.thresholds = torch.tensor([s.threshold() for s in self.selectors], device=self.low.device)[:, None]
+        return self
 
 
 @merge_method(
@@ -112,56 +136,64 @@ class PairStatistics:
               gt=0, le=1),
         Param("scale", float, 1.0, "λ, the scale of the merged task vector (the official search starts at 1.0)", gt=0),
     ],
+    tensor_statistics=BalancingPass,
+    blockwise=True,
 )
 def pcb(tasks, base, weights, ctx: TensorContext, *, density, scale):
     """β_intra,t = softmax(T·Norm(τ_t ⊙ τ_t)); β_inter,t = Σ_j softmax(Norm(τ_t ⊙ τ_j)); β_t = β_intra,t ⊙ β_inter,t;
     β̂_t = β_t ⊙ 1[β_t ≥ top-r threshold]; τ_m = Σ_t β̂_t w_t τ_t / Σ_t β̂_t; θ = θ_0 + λ τ_m."""
-    stats = PairStatistics(tasks)
-    count = tasks.shape[0]
-    selectors = [MagnitudeSelector() for _ in range(count)]
-    for chunk in entry_chunks(tasks, stats.rows):
-        for selector, row in zip(selectors, stats.balance(chunk)):
-            selector.count(row)
-    for selector in selectors:
-        selector.narrow(kept_count(stats.entries, density))
-    for chunk in entry_chunks(tasks, stats.rows):
-        for selector, row in zip(selectors, stats.balance(chunk)):
-            selector.refine(row)
-    thresholds = torch.tensor([s.threshold() for s in selectors], device=tasks.device)[:, None]
+    stats: BalancingPass = ctx.tensor_stats
     w = weights.to(tasks.device, tasks.dtype)[:, None]
-    merged = torch.empty_like(tasks[0]).reshape(-1)
-    start = 0
-    for chunk in entry_chunks(tasks, stats.rows):
+
+    def merge(chunk: torch.Tensor) -> torch.Tensor:
         beta = stats.balance(chunk)
-        beta = torch.where(beta >= thresholds, beta, 0.0)
+        beta = torch.where(beta >= stats.thresholds, beta, 0.0)
         total = beta.sum(0)
-        mixed = (beta * w * chunk).sum(0)
-        merged[start:start + chunk.shape[1]] = torch.where(total > 0, mixed / torch.where(total > 0, total, 1.0), 0.0)
-        start += chunk.shape[1]
-    return merged.reshape(tasks.shape[1:]).mul_(scale)
+        return torch.where(total > 0, (beta * w * chunk).sum(0) / torch.where(total > 0, total, 1.0), 0.0)
+
+    return map_entries(tasks, merge).mul_(scale)
 
 
 # --- SCE ---------------------------------------------------------------------------------
 
 
-def select_by_variance_(tasks: torch.Tensor, fraction: float) -> torch.Tensor:
-    """SCE's Select, in place: keep the entries whose variance across tasks is among the top
-    ⌊fraction · #(entries with non-zero variance)⌋ (mergekit's rule), zero the rest in every task."""
-    if fraction >= 1:
-        return tasks
-    selector = MagnitudeSelector()
-    nonzero = 0
-    for chunk in entry_chunks(tasks):
-        variance = chunk.var(0, unbiased=False)
-        selector.count(variance)
-        nonzero += int(torch.count_nonzero(variance))
-    selector.narrow(int(fraction * nonzero))
-    for chunk in entry_chunks(tasks):
-        selector.refine(chunk.var(0, unbiased=False))
-    threshold = selector.threshold()
-    for chunk in entry_chunks(tasks):
-        chunk.mul_(chunk.var(0, unbiased=False) >= threshold)
-    return tasks
+class VarianceSelection:
+    """SCE's per-tensor statistics: rounds 0–1 find the variance threshold of Select (mergekit's
+    rule: the top ⌊τ · #(entries with non-zero variance)⌋ cross-task variances; τ = 1 keeps all),
+    round 2 sums each task's squared selected entries for Calculate."""
+
+    rounds = 3
+
+    def __init__(self, num_tasks: int, ctx: TensorContext, params: dict):
+        self.fraction = params["select_topk"]
+        self.selector = MagnitudeSelector()
+        self.nonzero = 0
+        self.threshold = 0.0  # every variance is ≥ 0: keep all unless selecting
+        self.energy = torch.zeros(num_tasks, dtype=torch.float64)
+
+    def observe(self, round_index: int, tasks: torch.Tensor, ctx: TensorContext, params: dict) -> None:
+        if self.fraction >= 1 and round_index < 2:
+            return
+        for chunk in entry_chunks(tasks):
+            variance = chunk.var(0, unbiased=False)
+            if round_index == 0:
+                self.selector.count(variance)
+                self.nonzero += int(torch.count_nonzero(variance))
+            elif round_index == 1:
+                self.selector.refine(variance)
+            else:
+                self.energy += (chunk * (variance >= self.threshold)).square().sum(1).double().cpu()
+
+    def end_round(self, round_index: int) -> None:
+        if self.fraction >= 1:
+            return
+        if round_index == 0:
+            self.selector.narrow(int(self.fraction * self.nonzero))
+        elif round_index == 1:
+            self.threshold = self.selector.threshold()
+
+    def result(self) -> "VarianceSelection":
+        return self
 
 
 @merge_method(
@@ -182,15 +214,22 @@ def select_by_variance_(tasks: torch.Tensor, fraction: float) -> torch.Tensor:
               gt=0, le=1),
         Param("scale", float, 1.0, "λ, the scale of the merged task vector (SCE itself has none: 1)", gt=0),
     ],
+    tensor_statistics=VarianceSelection,
+    blockwise=True,
 )
 def sce(tasks, base, weights, ctx: TensorContext, *, select_topk, scale):
     """τ̂_t = τ_t ⊙ 1[Var_t τ ≥ top-τ threshold]; η_t = w_t ‖τ̂_t‖² / Σ_s w_s ‖τ̂_s‖²; γ = sign(Σ_t τ̂_t);
     τ_m = Σ_{t: sign τ̂_t = γ} η_t τ̂_t / Σ_{…} η_t; θ = θ_0 + λ τ_m."""
-    selected = select_by_variance_(tasks, select_topk)
-    energy = torch.stack([row.square().sum() for row in selected]) * weights.to(tasks.device, tasks.dtype)
-    eta = energy / energy.sum() if energy.sum() > 0 else torch.full_like(energy, 1.0 / len(energy))
+    stats: VarianceSelection = ctx.tensor_stats
+    energy = stats.energy * weights.double()
+    eta = (energy / energy.sum() if energy.sum() > 0 else torch.full_like(energy, 1.0 / len(energy))).float()
     ones = torch.ones_like(eta)
-    return disjoint_mean(selected, elect_sign(selected, ones), eta).mul_(scale)
+
+    def merge(chunk: torch.Tensor) -> torch.Tensor:
+        selected = chunk * (chunk.var(0, unbiased=False) >= stats.threshold)
+        return disjoint_mean(selected, elect_sign(selected, ones), eta)
+
+    return map_entries(tasks, merge).mul_(scale)
 
 
 # --- Model Breadcrumbs -------------------------------------------------------------------
@@ -212,24 +251,46 @@ def row_kth(magnitudes: torch.Tensor, k: int) -> torch.Tensor:
     return magnitudes.kthvalue(n - k + 1, dim=1, keepdim=True).values
 
 
-def breadcrumbs_mask_(task: torch.Tensor, density: float, gamma: float, scope: str) -> None:
-    """In place: drop the top ⌊γn⌋ magnitudes (outliers) and keep the next ⌊density·n⌋, n counting
-    the tensor's entries (scope=tensor) or each row's (scope=row)."""
-    if scope == "tensor":
-        n = task.numel()
-        k_top, k_low = int(gamma * n), min(n, int(gamma * n) + kept_count(n, density))
-        high = kth_largest_magnitude(task, k_top) if k_top > 0 else torch.inf
-        low = kth_largest_magnitude(task, k_low)
-        for block in row_blocks(task):
-            band_(block, high, low)
-        return
-    for block in row_blocks(task):
-        n = block.shape[1]
-        k_top = int(gamma * n)
-        magnitude = block.abs()
-        high, low = row_kth(magnitude, k_top), row_kth(magnitude, min(n, k_top + kept_count(n, density)))
-        del magnitude
-        band_(block, high, low)
+def band_counts(n: int, density: float, gamma: float) -> tuple[int, int]:
+    """(⌊γn⌋, ⌊γn⌋ + ⌊density·n⌋): the ranks (by |x|, descending) that bound the kept band."""
+    top = int(gamma * n)
+    return top, min(n, top + kept_count(n, density))
+
+
+class BandThresholds:
+    """Breadcrumbs' per-tensor statistics (scope=tensor): per task, the exact ⌊γn⌋-th and
+    (⌊γn⌋ + ⌊βn⌋)-th largest |τ| over the tensor, in two rounds (count, refine)."""
+
+    rounds = 2
+
+    def __init__(self, num_tasks: int, params: dict):
+        self.density, self.gamma = params["density"], params["gamma"]
+        self.high = [MagnitudeSelector() for _ in range(num_tasks)]
+        self.low = [MagnitudeSelector() for _ in range(num_tasks)]
+
+    def observe(self, round_index: int, tasks: torch.Tensor, ctx: TensorContext, params: dict) -> None:
+        for high, low, row in zip(self.high, self.low, tasks):
+            for selector in (high, low):
+                selector.count(row) if round_index == 0 else selector.refine(row)
+
+    def end_round(self, round_index: int) -> None:
+        if round_index == 0:
+            for high, low in zip(self.high, self.low):
+                top, bottom = band_counts(high.total, self.density, self.gamma)
+                high.narrow(top)
+                low.narrow(bottom)
+
+    def result(self) -> list[tuple[float, float]]:
+        return [(high.threshold(), low.threshold()) for high, low in zip(self.high, self.low)]
+
+
+def breadcrumbs_statistics(num_tasks: int, ctx: TensorContext, params: dict):
+    return BandThresholds(num_tasks, params) if params["scope"] == "tensor" else None
+
+
+def row_wise(ctx: TensorContext, params: dict) -> bool:
+    """A tensor may be streamed in row blocks when each row is whole in a block (not 1-D ones)."""
+    return ctx.role.role not in ("norm", "bias")
 
 
 @merge_method(
@@ -251,27 +312,41 @@ def breadcrumbs_mask_(task: torch.Tensor, density: float, gamma: float, scope: s
         Param("scale", float, 1.0, "λ (α in the paper), the scale of the summed task vectors (issue #7: 1)", gt=0),
         Param("scope", str, "tensor", "where the ranking is taken: per tensor or per row", choices=("tensor", "row")),
     ],
+    tensor_statistics=breadcrumbs_statistics,
+    blockwise=lambda ctx, params: params["scope"] == "tensor" or row_wise(ctx, params),
 )
 def breadcrumbs(tasks, base, weights, ctx: TensorContext, *, density, gamma, scale, scope):
     """τ̂_t = τ_t ⊙ 1[rank_t in (⌊γn⌋, ⌊γn⌋ + ⌊βn⌋]] (ranks by |τ_t| descending); θ = θ_0 + λ Σ_t w_t τ̂_t."""
     for t in range(tasks.shape[0]):
-        breadcrumbs_mask_(tasks[t], density, gamma, scope)
+        for block in row_blocks(tasks[t]):
+            if scope == "tensor":
+                band_(block, *ctx.tensor_stats[t])
+                continue
+            magnitude = block.abs()
+            top, bottom = band_counts(block.shape[1], density, gamma)
+            high, low = row_kth(magnitude, top), row_kth(magnitude, bottom)
+            del magnitude
+            band_(block, high, low)
     return weighted_sum(tasks, weights).mul_(scale)
 
 
 # --- DELLA -------------------------------------------------------------------------------
 
 
-def magprune_(task: torch.Tensor, drop: float, window: float, generator: torch.Generator) -> None:
+def magprune_(task: torch.Tensor, drop: float, window: float, ctx: TensorContext, stream: int) -> None:
     """DELLA's MagPrune, in place: per row, entries ranked by |x| (ascending, r = 0..n−1) are kept
-    with probability p = (1 − drop) − ε/2 + ε r/(n − 1) (p = 1 − drop for n = 1) and rescaled by 1/p."""
+    with probability p = (1 − drop) − ε/2 + ε r/(n − 1) (p = 1 − drop for n = 1) and rescaled by 1/p.
+    Draws come from `uniform_draws` at the rows' places in the whole tensor (ctx.row_offset), so the
+    result does not depend on how the tensor is split."""
+    first_row = ctx.row_offset
     for block in row_blocks(task):
         n = block.shape[1]
         ranks = block.abs().argsort(dim=1).argsort(dim=1).to(block.dtype)
         position = ranks / (n - 1) if n > 1 else torch.full_like(ranks, 0.5)
         keep = (1.0 - drop) - window / 2 + window * position
-        draws = torch.rand(block.shape, generator=generator).to(block.device)
+        draws = uniform_draws(ctx, stream, first_row * n, block.numel()).reshape(block.shape).to(block.device)
         block.mul_(torch.where(draws < keep, 1.0 / keep, 0.0))
+        first_row += block.shape[0]
 
 
 @merge_method(
@@ -286,7 +361,8 @@ def magprune_(task: torch.Tensor, drop: float, window: float, generator: torch.G
         "get keep probabilities rising linearly with their magnitude rank over [1 − p − ε/2, 1 − p + ε/2], "
         "survivors are rescaled by 1/their keep probability, then TIES's sign election on the weighted vectors and "
         "the disjoint weighted mean, then λ. Random draws from a generator seeded by (seed, tensor, expert). "
-        "Defaults from the official README example (drop 0.3, window 0.14); λ defaults to 1 (README: 1.1)."
+        "Defaults from the official README example (drop 0.3, window 0.14); λ defaults to 1 (README: 1.1). "
+        "1-D tensors are one row."
     ),
     params=[
         Param("drop", float, 0.3, "p, the mean drop probability", gt=0, lt=1),
@@ -294,6 +370,7 @@ def magprune_(task: torch.Tensor, drop: float, window: float, generator: torch.G
         Param("scale", float, 1.0, "λ, the scale of the merged task vector", gt=0),
     ],
     randomised=True,
+    blockwise=row_wise,
 )
 def della(tasks, base, weights, ctx: TensorContext, *, drop, window, scale):
     """τ̂_t = m_t ⊙ τ_t / p_t, m_t ~ Bernoulli(p_t), p_t from the magnitude rank; γ = sign(Σ w_t τ̂_t);
@@ -304,5 +381,5 @@ def della(tasks, base, weights, ctx: TensorContext, *, drop, window, scale):
             f"{1 - drop + window / 2:g} must lie in (0, 1]; lower `window` or move `drop` away from 0 and 1"
         )
     for t in range(tasks.shape[0]):
-        magprune_(tasks[t], drop, window, ctx.generator(t))
+        magprune_(tasks[t], drop, window, ctx, stream=t)
     return sign_elected_mean(tasks, weights).mul_(scale)

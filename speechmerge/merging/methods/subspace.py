@@ -48,6 +48,11 @@ def orthogonaliser_param(default: str) -> Param:
     )
 
 
+def non_matrix(ctx: TensorContext, params: dict) -> bool:
+    """Non-matrix tensors are averaged, an entry-wise rule: the engine may stream them in blocks."""
+    return not ctx.is_matrix
+
+
 def scaled_tasks_(tasks: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """In place: Δ_t = w_t τ_t."""
     return tasks.mul_(weights.to(tasks.device, tasks.dtype).reshape(-1, *([1] * (tasks.dim() - 1))))
@@ -94,6 +99,7 @@ def task_singular_vectors(tasks: torch.Tensor, ctx: TensorContext, svd: str, boo
         "of rounding noise."
     ),
     params=[SCALE, orthogonaliser_param("svd"), SVD, NS_STEPS, NS_COEFFICIENTS],
+    blockwise=non_matrix,
 )
 def tsv_m(tasks, base, weights, ctx: TensorContext, *, scale, orthogonaliser, svd, ns_steps, ns_coefficients):
     """Δ = U⊥ Σ V⊥ᵀ with U = [U_1,k … U_T,k], Σ = diag(σ_1,k … σ_T,k), V = [V_1,k … V_T,k], k = ⌊min(m,n)/T⌋,
@@ -130,6 +136,7 @@ def tsv_m(tasks, base, weights, ctx: TensorContext, *, scale, orthogonaliser, sv
         NS_STEPS,
         NS_COEFFICIENTS,
     ],
+    blockwise=non_matrix,
 )
 def boosted_tsv_m(tasks, base, weights, ctx: TensorContext, *, scale, beta, energy, spectrum, orthogonaliser, svd,
                   ns_steps, ns_coefficients):
@@ -158,6 +165,7 @@ def boosted_tsv_m(tasks, base, weights, ctx: TensorContext, *, scale, beta, ener
         "are arbitrary null-space completions in the official code) are left out."
     ),
     params=[SCALE],
+    blockwise=non_matrix,
 )
 def iso_c(tasks, base, weights, ctx: TensorContext, *, scale):
     """Δ_TA = Σ_t w_t τ_t = U Σ Vᵀ; Δ = σ̄ U Vᵀ with σ̄ = mean(σ); θ = θ_0 + α Δ."""
@@ -194,6 +202,7 @@ def common_dimension(rank: int, tasks: int, fraction: float) -> int:
         NS_STEPS,
         NS_COEFFICIENTS,
     ],
+    blockwise=non_matrix,
 )
 def iso_cts(tasks, base, weights, ctx: TensorContext, *, scale, common_fraction, orthogonaliser, svd, ns_steps,
             ns_coefficients):
