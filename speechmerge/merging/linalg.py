@@ -14,6 +14,7 @@ import math
 import torch
 
 from speechmerge.merging.context import TensorContext
+from speechmerge.merging.spectral import top_singular
 
 
 CHUNK = 1 << 20  # values per chunk when scanning a tensor: bounds every temporary to 4 MiB
@@ -235,9 +236,10 @@ class MagnitudeThresholds:
         return [selector.threshold() for selector in self.selectors]
 
 
-def low_rank_part(matrix: torch.Tensor, rank: int) -> torch.Tensor:
-    """The best rank-r approximation U_r diag(σ_r) V_r^T of a matrix (Eckart–Young), by exact SVD."""
+def low_rank_part(matrix: torch.Tensor, rank: int, randomised: bool = False, seed: int = 0) -> torch.Tensor:
+    """The best rank-r approximation U_r diag(σ_r) V_r^T of a matrix (Eckart–Young), by exact SVD
+    or by a seeded randomised SVD (spectral.top_singular)."""
     if rank >= min(matrix.shape):
         return matrix.clone()
-    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
-    return (u[:, :rank] * s[:rank]) @ vh[:rank]
+    u, s, vh = top_singular(matrix, rank, randomised, seed)
+    return (u * s) @ vh

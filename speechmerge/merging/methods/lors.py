@@ -18,6 +18,7 @@ import torch
 
 from speechmerge.merging.context import TensorContext
 from speechmerge.merging.linalg import MagnitudeThresholds, low_rank_part, trim_below_, trim_to_density_, weighted_sum
+from speechmerge.merging.methods.subspace import SVD
 from speechmerge.merging.methods.task_vectors import SCALE_1_OVER_T, scale_or_mean
 from speechmerge.merging.registry import Param, merge_method
 
@@ -38,11 +39,16 @@ def lors_rank(matrix: torch.Tensor, rank: int | None, rank_fraction: float) -> i
 
 
 def _prune_matrices(tasks: torch.Tensor, ctx: TensorContext, prune) -> torch.Tensor:
-    """Apply `prune` to each task's matrix when the tensor is a block matrix; raw τ otherwise."""
+    """Apply `prune(task, t)` to each task's matrix when the tensor is a block matrix; raw τ otherwise."""
     if ctx.is_matrix:
         for t in range(tasks.shape[0]):
-            tasks[t] = prune(tasks[t])
+            tasks[t] = prune(tasks[t], t)
     return tasks
+
+
+def _low_rank(task: torch.Tensor, t: int, ctx: TensorContext, rank, rank_fraction, svd: str) -> torch.Tensor:
+    """L_r(τ_t), by exact or randomised SVD (seeded by tensor and expert)."""
+    return low_rank_part(task, lors_rank(task, rank, rank_fraction), svd == "randomised", ctx.generator(t).initial_seed())
 
 
 @merge_method(
@@ -52,17 +58,18 @@ def _prune_matrices(tasks: torch.Tensor, ctx: TensorContext, prune) -> torch.Ten
     space="deltas",
     source=SOURCE,
     variant=(
-        "Per matrix (not global): exact SVD for L, magnitude top-ρ of the residual τ − L (exactly the official "
-        "code's order). Non-matrix tensors enter raw with the same λ."
+        "Per matrix (not global): exact SVD for L (svd=randomised: a seeded randomised SVD of the top r), "
+        "magnitude top-ρ of the residual τ − L (exactly the official code's order). Non-matrix tensors enter raw "
+        "with the same λ."
     ),
-    params=[RANK, RANK_FRACTION, DENSITY, SCALE_1_OVER_T],
+    params=[RANK, RANK_FRACTION, DENSITY, SCALE_1_OVER_T, SVD],
     blockwise=lambda ctx, params: not ctx.is_matrix,
 )
-def lors(tasks, base, weights, ctx: TensorContext, *, rank, rank_fraction, density, scale) -> torch.Tensor:
+def lors(tasks, base, weights, ctx: TensorContext, *, rank, rank_fraction, density, scale, svd) -> torch.Tensor:
     """τ̂ = L_r(τ) + MP_ρ(τ − L_r(τ)) per block matrix; θ = θ_0 + λ Σ_t w_t τ̂_t."""
 
-    def prune(task: torch.Tensor) -> torch.Tensor:
-        low = low_rank_part(task, lors_rank(task, rank, rank_fraction))
+    def prune(task: torch.Tensor, t: int) -> torch.Tensor:
+        low = _low_rank(task, t, ctx, rank, rank_fraction, svd)
         residual = task - low
         return low + trim_to_density_(residual.unsqueeze(0), density)[0]
 
@@ -75,15 +82,16 @@ def lors(tasks, base, weights, ctx: TensorContext, *, rank, rank_fraction, densi
     family="task-vector subspace",
     space="deltas",
     source=SOURCE,
-    variant="Per matrix rank-r truncation by exact SVD; non-matrix tensors raw; task arithmetic with λ.",
-    params=[RANK, RANK_FRACTION, SCALE_1_OVER_T],
+    variant="Per matrix rank-r truncation by exact (or seeded randomised) SVD; non-matrix tensors raw; task "
+    "arithmetic with λ.",
+    params=[RANK, RANK_FRACTION, SCALE_1_OVER_T, SVD],
     blockwise=lambda ctx, params: not ctx.is_matrix,
 )
-def lors_svp(tasks, base, weights, ctx: TensorContext, *, rank, rank_fraction, scale) -> torch.Tensor:
+def lors_svp(tasks, base, weights, ctx: TensorContext, *, rank, rank_fraction, scale, svd) -> torch.Tensor:
     """τ̂ = L_r(τ) per block matrix; θ = θ_0 + λ Σ_t w_t τ̂_t."""
 
-    def prune(task: torch.Tensor) -> torch.Tensor:
-        return low_rank_part(task, lors_rank(task, rank, rank_fraction))
+    def prune(task: torch.Tensor, t: int) -> torch.Tensor:
+        return _low_rank(task, t, ctx, rank, rank_fraction, svd)
 
     return weighted_sum(_prune_matrices(tasks, ctx, prune), weights).mul_(scale_or_mean(scale, tasks.shape[0]))
 
