@@ -11,10 +11,15 @@ def _default_text(value) -> str:
     return "null" if value is None else str(value)
 
 
+def _cell(text: str) -> str:
+    """Text for a Markdown table cell: a literal | would end the cell."""
+    return text.replace("|", "\\|")
+
+
 def method_markdown(method: MergeMethod) -> str:
     """One method's section of docs/methods.md."""
     rows = "\n".join(
-        f"| `{p.name}` | {p.type.__name__} | `{_default_text(p.default)}` | {p.range_text()} | {p.doc} |"
+        f"| `{p.name}` | {p.type.__name__} | `{_default_text(p.default)}` | {_cell(p.range_text())} | {_cell(p.doc)} |"
         for p in method.params
     )
     table = (
