@@ -46,7 +46,9 @@ def test_exact_top_singular_is_the_eckart_young_truncation(shape):
 def test_randomised_top_singular_error_against_exact_on_a_decaying_spectrum():
     values = 0.7 ** torch.arange(60, dtype=torch.float64)
     a = with_spectrum(300, 200, values, seed=2).float()
+    global_state = torch.random.get_rng_state()
     u, s, vh = spectral.top_singular(a, 8, randomised=True, seed=3)
+    assert torch.equal(torch.random.get_rng_state(), global_state)  # the seeded draws leave the global RNG alone
     torch.testing.assert_close(s.double(), values[:8], rtol=1e-4, atol=1e-6)
     # Halko et al. Thm 10.6 with 2 power iterations: error within a small factor of σ_{k+1}
     error = torch.linalg.matrix_norm((a - (u * s) @ vh).double(), ord=2)

@@ -55,8 +55,8 @@ def top_singular(
     and 2 power iterations (torch.svd_lowrank), seeded so that a merge is reproducible.
     """
     if randomised and k + RANDOMISED_OVERSAMPLING < min(matrix.shape):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with torch.random.fork_rng(devices=[matrix.device] if matrix.is_cuda else []):
+            torch.manual_seed(seed)  # seeds the CPU and CUDA generators inside the fork only
             u, s, v = torch.svd_lowrank(matrix, q=k + RANDOMISED_OVERSAMPLING, niter=RANDOMISED_POWER_ITERATIONS)
         u, s, vh = u[:, :k], s[:k], v[:, :k].mT
     else:
