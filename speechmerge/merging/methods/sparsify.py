@@ -10,7 +10,7 @@ temporaries stay at chunk size whatever the tensor.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -112,7 +112,7 @@ class BalancingPass:
             for selector in self.selectors:
                 selector.narrow(kept_count(self.entries, self.density))
 
-    def result(self) -> "BalancingPass":
+    def result(self) -> BalancingPass:
         self.thresholds = torch.tensor([s.threshold() for s in self.selectors], device=self.low.device)[:, None]
         return self
 
@@ -192,7 +192,7 @@ class VarianceSelection:
         elif round_index == 1:
             self.threshold = self.selector.threshold()
 
-    def result(self) -> "VarianceSelection":
+    def result(self) -> VarianceSelection:
         return self
 
 

@@ -13,7 +13,13 @@ import torch
 from speechmerge.merging.context import TensorContext
 from speechmerge.merging.linalg import weighted_sum
 from speechmerge.merging.registry import Param, merge_method
-from speechmerge.merging.spectral import boost_floor, orthogonalise, rounding_tolerance, singular_mask, top_singular
+from speechmerge.merging.spectral import (
+    boost_floor,
+    orthogonalise,
+    rounding_tolerance,
+    singular_mask,
+    top_singular,
+)
 
 TSV_SOURCE = (
     "Gargiulo et al., Task Singular Vectors: Reducing Task Interference in Model Merging, CVPR 2025, "
