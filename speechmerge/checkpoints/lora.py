@@ -199,6 +199,10 @@ class LoraExpert:
             return tensor.to(self.dtype(name))
         return (tensor.float() + update).to(self.dtype(name))
 
+    def read_into(self, name: str, out, rows: tuple[int, int] | None = None) -> None:
+        tensor = self.get(name)
+        out.copy_(tensor if rows is None else tensor[rows[0] : rows[1]])
+
     def content_hash(self) -> str:
         import hashlib
 

@@ -21,6 +21,7 @@ for non-matrix tensors.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -106,8 +107,7 @@ def _role_of(module_type: str, module_path: str, param: str) -> str:
     raise ValueError(f"unexpected Whisper module {module_path} of type {module_type}")
 
 
-@lru_cache(maxsize=16)
-def _layout_for(config_items: tuple) -> WhisperLayout:
+def _derive_layout(config_items: tuple) -> WhisperLayout:
     import torch
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
@@ -130,6 +130,30 @@ def _layout_for(config_items: tuple) -> WhisperLayout:
     if getattr(config, "tie_word_embeddings", True):
         tied["proj_out.weight"] = "model.decoder.embed_tokens.weight"
     return WhisperLayout(roles=roles, tied=tied)
+
+
+@lru_cache(maxsize=16)
+def _layout_for(config_items: tuple) -> WhisperLayout:
+    """The derived layout, remembered on disk per architecture and transformers version:
+    deriving it imports transformers' Whisper modelling code, seconds a process would
+    otherwise spend on every merge."""
+    import hashlib
+    import json
+    from importlib.metadata import version
+
+    from speechmerge.cache import cache_dir
+
+    key = hashlib.sha256(json.dumps([version("transformers"), config_items]).encode()).hexdigest()[:32]
+    memo = cache_dir("layouts") / f"{key}.json"
+    if memo.is_file():
+        data = json.loads(memo.read_text())
+        return WhisperLayout(roles={r["name"]: TensorRole(**r) for r in data["roles"]}, tied=data["tied"])
+    layout = _derive_layout(config_items)
+    data = {"roles": [vars(r) for r in layout.roles.values()], "tied": layout.tied}
+    tmp = memo.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(memo)
+    return layout
 
 
 def whisper_layout(config: dict) -> WhisperLayout:
