@@ -173,6 +173,19 @@ def data_check(
             raise
 
 
+@data_app.command("stats")
+def data_stats(
+    corpus: Path = typer.Argument(..., help="A built corpus folder (its corpus.json), e.g. ~/.cache/speechmerge/corpus/multilingual-full-seed0."),
+) -> None:
+    """Sizes of a built corpus and the vocabulary overlap of its evaluation sets with its training text."""
+    from speechmerge.data.corpus import open_corpus
+    from speechmerge.data.report import print_corpus, print_overlaps
+
+    built = open_corpus(corpus)
+    print_corpus(built)
+    print_overlaps(built)
+
+
 @data_app.command("import")
 def data_import(
     source: Path = typer.Argument(..., help="A Hugging Face dataset saved with save_to_disk, or an audiofolder."),

@@ -216,3 +216,19 @@ def test_cli_build_prints_the_manifests(tmp_path, capsys):
     assert index["languages"] == ["en", "es"] and index["size"] == "tiny"
     code, _, err = run_cli(["data", "build", "--corpus", "everything", "--output", tmp_path], capsys)
     assert code == 2 and "--corpus 'everything'" in err
+
+
+def test_vocabulary_overlap_rows_follow_the_training_text(multilingual, multidomain, capsys):
+    from speechmerge.data.stats import corpus_overlaps, overlap, words
+
+    rows = {(r.language, r.domain, r.split): r for r in corpus_overlaps(multilingual)}
+    assert set(rows) == {(language, domain, split) for language in ("de", "en", "es") for domain, split in (("general", "test"), ("general", "validation"), ("heldout", "test"))}
+    train = {w for u in read_manifest(multilingual.manifest("es", "transcribe", "general", "train")) for w in words(u.text)}
+    test = list(dict.fromkeys(u.text for u in read_manifest(multilingual.manifest("es", "transcribe", "general", "test"))))
+    assert rows[("es", "general", "test")].all_training == overlap(train, test) == rows[("es", "general", "test")].own_domain
+    assert rows[("es", "heldout", "test")].own_domain is None
+    domain_rows = {(r.domain, r.split): r for r in corpus_overlaps(multidomain) if r.language == "pt"}
+    assert domain_rows[("culture", "test")].own_domain is None and domain_rows[("law", "test")].own_domain is not None
+    assert not any(r.language in ("fr", "en") for r in corpus_overlaps(multidomain))  # no training text there
+    code, out, _ = run_cli(["data", "stats", multidomain.directory], capsys)
+    assert code == 0 and "vocabulary overlap" in out

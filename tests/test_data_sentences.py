@@ -80,3 +80,12 @@ def test_missing_language_and_malformed_file_are_clear_errors(tmp_path):
     bad.write_text("g001\tfine.\ng002 no tab here\n", encoding="utf-8")
     with pytest.raises(SpeechmergeError, match="line 2: expected 'id<TAB>sentence'"):
         read_tsv(bad)
+
+
+def test_vocabulary_overlap_by_hand():
+    from speechmerge.data.stats import overlap, words
+
+    assert words("L'any passat, el Pré-Aqueça és ÀRID!") == ["l'any", "passat", "el", "pré-aqueça", "és", "àrid"]
+    result = overlap({"the", "cat", "sat"}, ["The cat ran.", "A cat sat."])
+    # tokens: the cat ran a cat sat -> 4 of 6 covered; words: the cat ran a sat -> ran, a new (2 of 5)
+    assert (result.tokens, result.token_coverage, result.new_words) == (6, pytest.approx(4 / 6), pytest.approx(2 / 5))

@@ -45,6 +45,26 @@ def print_scan(scan: ManifestScan, console: Console | None = None) -> None:
         raise SpeechmergeError(f"{scan.path}: {len(scan.bad)} bad lines (listed above); fix them or read with --skip-bad to leave them out")
 
 
+def print_overlaps(corpus: Corpus, console: Console | None = None) -> None:
+    """Vocabulary overlap of each evaluation manifest with the training text (speechmerge.data.stats)."""
+    from speechmerge.data.stats import corpus_overlaps
+
+    console = console or Console()
+    table = Table(title=f"vocabulary overlap with training text: {corpus.directory}", title_justify="left")
+    columns = ("language", "domain", "split", "sentences", "tokens", "coverage own domain", "new words own domain", "coverage all train", "new words all train")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("language", "domain", "split") else "right")
+    for row in corpus_overlaps(corpus):
+        own = (_percent(row.own_domain.token_coverage), _percent(row.own_domain.new_words)) if row.own_domain else ("-", "-")
+        every = (_percent(row.all_training.token_coverage), _percent(row.all_training.new_words))
+        table.add_row(row.language, row.domain, row.split, str(row.sentences), str(row.all_training.tokens), *own, *every)
+    console.print(table)
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
 def print_imported(manifests: dict[str, Path], console: Console | None = None) -> None:
     """Where each imported split's manifest was written."""
     console = console or Console()
