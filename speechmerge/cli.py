@@ -99,6 +99,7 @@ def eval_command(
     beam_size: int = typer.Option(1, help="1 = greedy search; more = beam search with that many beams."),
     batch_size: Optional[int] = typer.Option(None, help="Clips decoded together (default: the fastest measured on CPU, 8)."),
     detect_language: bool = typer.Option(False, "--detect-language", help="Decode in the language Whisper detects instead of the manifest's."),
+    language_id: bool = typer.Option(False, "--language-id", help="Also detect each clip's language and report LID accuracy (one more decoder pass per clip)."),
     max_new_tokens: Optional[int] = typer.Option(None, help="Token budget per clip (default: half the decoder's context, 224 for Whisper)."),
     cer: bool = typer.Option(False, "--cer", help="Also report CER for languages written with spaces (always reported for the others)."),
     language: Optional[str] = typer.Option(None, "--language", "-l", help="Comma-separated languages to keep, e.g. es,de (default: all)."),
@@ -117,7 +118,7 @@ def eval_command(
 
     options = build_options(
         cer, no_cache, backend=backend, quantization=quantization, beam_size=beam_size, batch_size=batch_size,
-        language="detect" if detect_language else "manifest", max_new_tokens=max_new_tokens, encoder_cache=encoder_cache, threads=threads,
+        language="detect" if detect_language else "manifest", language_id=language_id, max_new_tokens=max_new_tokens, encoder_cache=encoder_cache, threads=threads,
     )
     labels = LabelFilter(*(tuple(_comma_list(value)) if value else None for value in (language, task, domain, split)))
     run_eval_command(model, data, output, options, labels, skip_bad=skip_bad, force=force)

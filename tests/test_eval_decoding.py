@@ -107,8 +107,8 @@ def test_encoder_cache_is_exact_and_shared_by_a_frozen_encoder_expert(models, tm
 def test_ctranslate2_float32_agrees_with_transformers(models, data):
     pytest.importorskip("ctranslate2")
     sources = [data["transcribe"], data["translate"]]
-    reference = evaluate(models["base"], sources, options())
-    exported = evaluate(models["base"], sources, options(backend="ctranslate2", quantization="float32"))
+    reference = evaluate(models["base"], sources, options(language_id=True))
+    exported = evaluate(models["base"], sources, options(backend="ctranslate2", quantization="float32", language_id=True))
     assert hypotheses(exported) == hypotheses(reference)
     assert [p.detected_language for p in exported.predictions] == [p.detected_language for p in reference.predictions]
     quantised = evaluate(models["base"], sources, options(backend="ctranslate2", quantization="int8"))
@@ -148,6 +148,12 @@ def test_prediction_cache_hit_avoids_decoding(models, data, monkeypatch, tmp_pat
     assert len(calls) == 4  # other decoding options: decoded again
     evaluate(models["expert"], [data["transcribe"]], EvalOptions(decode=DecodeOptions(batch_size=2), prediction_cache=False))
     assert len(calls) == 6  # the cache was not read
+    assert all(p.detected_language is None for p in again.predictions)
+    identified = evaluate(models["expert"], [data["transcribe"]], EvalOptions(decode=DecodeOptions(batch_size=2, language_id=True)))
+    assert len(calls) == 8 and all(p.detected_language for p in identified.predictions)  # entries lacked the language
+    assert hypotheses(identified) == hypotheses(first)
+    evaluate(models["expert"], [data["transcribe"]], cached)
+    assert len(calls) == 8  # an entry with a detected language serves a run without identification
 
 
 def test_batches_group_by_task_and_language_sorted_by_duration(tmp_path):

@@ -1,8 +1,10 @@
 """What a decoding backend does, and what both backends share.
 
 A backend turns a batch of clips into encoder outputs, detects each clip's language from
-them (Whisper's language-token argmax after `<|startoftranscript|>`, as openai-whisper's
-`detect_language`) and decodes text from the prompt
+them when asked (Whisper's language-token argmax after `<|startoftranscript|>`, as
+openai-whisper's `detect_language`: one more decoder pass, whose cross-attention over the
+1500 encoder frames costs about as much as the first decoding step) and decodes text from the
+prompt
 
     <|startoftranscript|> <|language|> <|task|> <|notimestamps|>
 

