@@ -232,3 +232,19 @@ def test_vocabulary_overlap_rows_follow_the_training_text(multilingual, multidom
     assert not any(r.language in ("fr", "en") for r in corpus_overlaps(multidomain))  # no training text there
     code, out, _ = run_cli(["data", "stats", multidomain.directory], capsys)
     assert code == 0 and "vocabulary overlap" in out
+
+
+def test_a_custom_size_speaks_each_domain_evaluation_sentence_in_several_unseen_voices(tmp_path):
+    from dataclasses import replace
+
+    size = replace(TINY, domain_eval_voices=2, eval_speakers=3)
+    corpus = build_corpus("multidomain", size, root=tmp_path, domains=["cooking"], languages=["es"])
+    assert corpus.directory.name.startswith("multidomain-custom-seed0-") and corpus.index.size == "custom"
+    test = read_manifest(corpus.manifest("pt", "transcribe", "cooking", "test"))
+    voices = defaultdict(set)
+    for utterance in test:
+        voices[utterance.text].add(utterance.speaker)
+    assert len(voices) == TINY.test and all(len(speakers) == 2 for speakers in voices.values())
+    train_speakers = {u.speaker for u in read_manifest(corpus.manifest("pt", "transcribe", "cooking", "train"))}
+    assert not train_speakers & set().union(*voices.values())
+    assert len(read_manifest(corpus.manifest("pt", "transcribe", "general", "test"))) == TINY.test  # one voice out of domain

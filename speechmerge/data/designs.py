@@ -12,7 +12,8 @@ domain (`culture`), European Portuguese general sentences (`general`), Brazilian
 (espeak `pt-br`, domain `general-br`), English and other languages (`general`).
 
 Each training sentence is spoken by `voices_per_sentence` training speakers; validation and test
-sentences by speakers never heard in training. A size caps the sentences per split.
+sentences by speakers never heard in training (in the multidomain domains, by
+`domain_eval_voices` of them: the domain sets are small). A size caps the sentences per split.
 """
 
 from __future__ import annotations
@@ -39,14 +40,24 @@ class CorpusSize:
     train_speakers: int
     eval_speakers: int
     voices_per_sentence: int
+    domain_eval_voices: int
     multilingual_languages: tuple[str, ...]
     multidomain_languages: tuple[str, ...]
 
 
 SIZES = {
-    "tiny": CorpusSize(4, 2, 3, 2, 2, 1, 1, ("es",), ("es",)),
-    "demo": CorpusSize(48, 8, 16, 8, 4, 2, 1, ("es", "de", "fr"), ("es",)),
-    "full": CorpusSize(200, 50, 50, 40, 12, 4, 2, STUDY_LANGUAGES, tuple(x for x in STUDY_LANGUAGES if x != "pt")),
+    "tiny": CorpusSize(
+        train=4, validation=2, test=3, heldout=2, train_speakers=2, eval_speakers=1, voices_per_sentence=1,
+        domain_eval_voices=1, multilingual_languages=("es",), multidomain_languages=("es",),
+    ),
+    "demo": CorpusSize(
+        train=48, validation=8, test=16, heldout=8, train_speakers=4, eval_speakers=2, voices_per_sentence=1,
+        domain_eval_voices=1, multilingual_languages=("es", "de", "fr"), multidomain_languages=("es",),
+    ),
+    "full": CorpusSize(
+        train=200, validation=50, test=50, heldout=40, train_speakers=12, eval_speakers=4, voices_per_sentence=2,
+        domain_eval_voices=2, multilingual_languages=STUDY_LANGUAGES, multidomain_languages=tuple(x for x in STUDY_LANGUAGES if x != "pt"),
+    ),
 }
 
 
@@ -129,7 +140,7 @@ def _plan_multilingual(size: CorpusSize, languages: list[str]) -> list[ClipPlan]
     plans = []
     for language in [*languages, "en"]:
         tasks = ("transcribe",) if language == "en" else ("transcribe", "translate")
-        plans += _plan_trainable(size, "general", language, language, "general", language, CLEAN, tasks)
+        plans += _plan_trainable(size, "general", language, language, "general", language, CLEAN, tasks, eval_voices=1)
         plans += _plan_test_only(size, sentences("heldout", language), language, language, "heldout", language, CLEAN, tasks, size.heldout)
     return plans
 
@@ -138,7 +149,7 @@ def _plan_multidomain(size: CorpusSize, languages: list[str], domains: tuple[str
     asr = ("transcribe",)
     plans = []
     for domain in domains:
-        plans += _plan_trainable(size, domain, "pt", "pt", domain, f"pt-{domain}", DOMAINS[domain].condition, asr)
+        plans += _plan_trainable(size, domain, "pt", "pt", domain, f"pt-{domain}", DOMAINS[domain].condition, asr, size.domain_eval_voices)
     unseen = sentences(UNSEEN_DOMAIN, "pt")
     plans += _plan_test_only(size, unseen, "pt", "pt", UNSEEN_DOMAIN, f"pt-{UNSEEN_DOMAIN}", UNSEEN.condition, asr, size.heldout)
     plans += _plan_test_only(size, _test_split("general", "pt"), "pt", "pt", "general", "pt", CLEAN, asr, size.test)
@@ -148,8 +159,8 @@ def _plan_multidomain(size: CorpusSize, languages: list[str], domains: tuple[str
     return plans
 
 
-def _plan_trainable(size, set_name, language, voice_language, domain, pool, condition, tasks) -> list[ClipPlan]:
-    """Train, validation and test clips of a set: training voices for train, unseen voices for the rest."""
+def _plan_trainable(size, set_name, language, voice_language, domain, pool, condition, tasks, eval_voices) -> list[ClipPlan]:
+    """Train, validation and test clips of a set: training voices for train, `eval_voices` unseen voices for the rest."""
     by_id = {sentence.id: sentence for sentence in sentences(set_name, voice_language)}
     plans = []
     for rank, key in enumerate(ordered_split(set_name, "train")[: size.train]):
@@ -158,8 +169,9 @@ def _plan_trainable(size, set_name, language, voice_language, domain, pool, cond
             plans.append(_clip(language, voice_language, by_id[key], domain, "train", pool, speaker, condition, tasks))
     for split in ("validation", "test"):
         for rank, key in enumerate(ordered_split(set_name, split)[: getattr(size, split)]):
-            speaker = size.train_speakers + rank % size.eval_speakers
-            plans.append(_clip(language, voice_language, by_id[key], domain, split, pool, speaker, condition, tasks))
+            for voice in range(eval_voices):
+                speaker = size.train_speakers + (rank * eval_voices + voice) % size.eval_speakers
+                plans.append(_clip(language, voice_language, by_id[key], domain, split, pool, speaker, condition, tasks))
     return plans
 
 
