@@ -248,3 +248,27 @@ def test_a_custom_size_speaks_each_domain_evaluation_sentence_in_several_unseen_
     train_speakers = {u.speaker for u in read_manifest(corpus.manifest("pt", "transcribe", "cooking", "train"))}
     assert not train_speakers & set().union(*voices.values())
     assert len(read_manifest(corpus.manifest("pt", "transcribe", "general", "test"))) == TINY.test  # one voice out of domain
+
+
+def test_naming_the_default_languages_is_the_default_build(tmp_path):
+    from speechmerge.data.corpus import chosen_options, corpus_folder_name
+
+    demo = SIZES["demo"]
+    assert chosen_options("multilingual", demo, ["fr", "en", "es", "de"], None) == (None, None)
+    assert chosen_options("multidomain", SIZES["full"], None, ["law", "health"]) == (None, ("health", "law"))
+    assert chosen_options("multilingual", demo, ["en"], None) == ((), None)  # English only
+    assert corpus_folder_name("multilingual", "demo", 0, None, None) == "multilingual-demo-seed0"
+    assert corpus_folder_name("multilingual", "demo", 0, (), None) != "multilingual-demo-seed0"
+    english_only = build_corpus("multilingual", "tiny", root=tmp_path, languages=["en"])
+    assert english_only.languages == ["en"]
+
+
+def test_an_index_from_another_design_is_rewritten_without_speaking(tmp_path):
+    corpus = build_corpus("multilingual", "tiny", root=tmp_path, languages=["es"])
+    index_path = corpus.directory / "corpus.json"
+    stale = json.loads(index_path.read_text())
+    stale["plan"], stale["manifests"] = "0" * 16, stale["manifests"][:1]
+    index_path.write_text(json.dumps(stale))
+    spoken = []
+    rebuilt = build_corpus("multilingual", "tiny", root=tmp_path, languages=["es"], on_clip=lambda done, total: spoken.append(done))
+    assert spoken == [] and rebuilt.index == corpus.index and open_corpus(corpus.directory).index == corpus.index

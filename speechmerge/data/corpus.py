@@ -22,7 +22,7 @@ import threading
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
@@ -69,6 +69,7 @@ class CorpusIndex(BaseModel):
     """What `corpus.json` records about a build."""
 
     version: int
+    plan: str  # digest of every clip and its labels: a changed design is rebuilt
     name: str
     size: str
     seed: int
@@ -134,12 +135,12 @@ def corpus_folder_name(name: str, size: str | CorpusSize, seed: int, languages: 
     """`<name>-<size>-seed<seed>`, plus a short hash of any non-default choice of size, languages or domains."""
     label = size if isinstance(size, str) else "custom"
     options = {
-        "size": None if isinstance(size, str) else corpus_size(size).__dict__,
-        "languages": sorted(languages) if languages else None,
-        "domains": sorted(domains) if domains else None,
+        "size": None if isinstance(size, str) else asdict(corpus_size(size)),
+        "languages": sorted(languages) if languages is not None else None,
+        "domains": sorted(domains) if domains is not None else None,
     }
     base = f"{name}-{label}-seed{seed}"
-    if not any(options.values()):
+    if all(value is None for value in options.values()):
         return base
     return f"{base}-{hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]}"
 
@@ -170,29 +171,48 @@ def build_corpus(
     `on_clip(done, total)` is called after each clip is spoken; `progress` shows a rich bar."""
     from speechmerge.cache import cache_dir
 
-    languages = tuple(languages) if languages else None
-    domains = tuple(domains) if domains else None
     spec = corpus_size(size)
+    languages, domains = chosen_options(name, spec, languages, domains)
     plans = plan_corpus(name, spec, seed, languages, domains)
     root = Path(root) if root is not None else cache_dir("corpus")
     directory = root / corpus_folder_name(name, size, seed, languages, domains)
     jobs = [_job(plan, seed, root) for plan in plans]
+    digest = _plan_digest(jobs)
     missing = [job for job in jobs if not job.path.is_file()]
-    if not missing and _is_current(directory):
+    if not missing and _is_current(directory, digest):
         return open_corpus(directory)
     if missing:
         espeak_binary()
         _speak_all(missing, seed, workers or max(1, os.cpu_count() or 1), progress, on_clip)
-    chosen = languages or default_languages(name, spec)
-    index = _write_build(directory, name, size, seed, sorted({*chosen, "en"}), domains, jobs)
+    chosen = languages if languages is not None else default_languages(name, spec)
+    index = _write_build(directory, name, size, seed, sorted({*chosen, "en"}), domains, jobs, digest)
     return Corpus(directory, index)
 
 
-def _is_current(directory: Path) -> bool:
+def chosen_options(name: str, size: CorpusSize, languages: Optional[Iterable[str]], domains: Optional[Iterable[str]]) -> tuple:
+    """Languages and domains as given, or None where they are the corpus's defaults (English and,
+    for multidomain, Portuguese are always in), so that equal choices share one build folder."""
+    implied = {"en"} if name == "multilingual" else {"en", "pt"}
+    languages = tuple(sorted(set(languages) - implied)) if languages else None
+    if languages is not None and languages == tuple(sorted(set(default_languages(name, size)) - implied)):
+        languages = None
+    domains = tuple(sorted(set(domains))) if domains else None
+    if domains is not None and set(domains) == set(DOMAINS):
+        domains = None
+    return languages, domains
+
+
+def _plan_digest(jobs: list[_Job]) -> str:
+    labels = [(job.key, job.plan.id, job.plan.language, job.plan.domain, job.plan.split, job.plan.tasks) for job in jobs]
+    return hashlib.sha256(json.dumps(labels).encode()).hexdigest()[:16]
+
+
+def _is_current(directory: Path, digest: str) -> bool:
     try:
-        return open_corpus(directory).index.version == CORPUS_VERSION
+        index = open_corpus(directory).index
     except SpeechmergeError:
         return False
+    return index.version == CORPUS_VERSION and index.plan == digest
 
 
 def _job(plan: ClipPlan, seed: int, root: Path) -> _Job:
@@ -252,7 +272,7 @@ class _BabbleTalkers:
         return talkers
 
 
-def _write_build(directory: Path, name: str, size, seed: int, languages: list[str], domains, jobs: list[_Job]) -> CorpusIndex:
+def _write_build(directory: Path, name: str, size, seed: int, languages: list[str], domains, jobs: list[_Job], digest: str) -> CorpusIndex:
     """Write every manifest and the index into a temporary folder, then rename it into place."""
     groups: dict[tuple[str, str, str, str], list[Utterance]] = defaultdict(list)
     for job in jobs:
@@ -282,6 +302,7 @@ def _write_build(directory: Path, name: str, size, seed: int, languages: list[st
             infos.append(ManifestInfo(language=language, task=task, domain=domain, split=split, path=relative, utterances=len(utterances), seconds=seconds))
         index = CorpusIndex(
             version=CORPUS_VERSION,
+            plan=digest,
             name=name,
             size=size if isinstance(size, str) else "custom",
             seed=seed,

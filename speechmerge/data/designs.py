@@ -123,7 +123,7 @@ def plan_corpus(name: str, size: CorpusSize, seed: int, languages: Optional[tupl
     """Every clip of a corpus, in a deterministic order."""
     if name not in CORPORA:
         raise SpeechmergeError(f"corpus {name!r}: unknown; choose one of {', '.join(CORPORA)}")
-    chosen = tuple(languages) if languages else default_languages(name, size)
+    chosen = tuple(languages) if languages is not None else default_languages(name, size)
     unknown = [code for code in chosen if code not in STUDY_LANGUAGES and code != "en"]
     if unknown:
         raise SpeechmergeError(f"languages {unknown}: the built-in corpus speaks {', '.join(STUDY_LANGUAGES)} and en; choose among them")
