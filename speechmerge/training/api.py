@@ -119,6 +119,7 @@ def run_finetuning(base: Base, selections: list[DataSelection], load_data, outpu
             "encoder_outputs_seconds": round(encoder_seconds, 2),
             "train_step_seconds_total": round(sum(state.step_seconds), 2),
             "median_step_seconds": state.median_step_seconds,
+            "median_step_cpu_seconds": state.median_step_cpu_seconds,
         },
         environment=_environment(accelerator, precision),
         baseline=baseline,

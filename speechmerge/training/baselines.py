@@ -86,7 +86,7 @@ def train_sequential(base: str | Path, stages: list[DataSelection], output: Path
         "data": stages,
         "data_summary": [summary for r in records for summary in r.data_summary],
         "result": {**last.result, "stages": [{"data": s.describe(), **r.result} for s, r in zip(stages, records)]},
-        "timing": {key: round(sum(r.timing.get(key) or 0.0 for r in records), 2) for key in last.timing if key != "median_step_seconds"},
+        "timing": {key: round(sum(r.timing.get(key) or 0.0 for r in records), 2) for key in last.timing if not key.startswith("median")},
         "baseline": {"kind": "sequential", "order": [s.describe() for s in stages], "steps_per_stage": config.steps, "total_steps": config.steps * len(stages)},
     })
     with atomic_directory(output) as tmp:

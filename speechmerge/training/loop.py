@@ -58,7 +58,8 @@ class RunState(BaseModel):
     best_validation_loss: Optional[float] = None
     validations_since_best: int = 0
     stopped_early: bool = False
-    step_seconds: list[float] = []
+    step_seconds: list[float] = []  # wall clock
+    step_cpu_seconds: list[float] = []  # CPU time of the process (all threads): less sensitive to a busy machine
     history: list[Validation] = []
 
     @property
@@ -68,6 +69,10 @@ class RunState(BaseModel):
     @property
     def median_step_seconds(self) -> Optional[float]:
         return statistics.median(self.step_seconds) if self.step_seconds else None
+
+    @property
+    def median_step_cpu_seconds(self) -> Optional[float]:
+        return statistics.median(self.step_cpu_seconds) if self.step_cpu_seconds else None
 
 
 @dataclass(frozen=True)
@@ -148,14 +153,17 @@ def train(model, data: RunData, config: TrainingConfig, accelerator, workdir: Pa
             if old.name != state.best_file:
                 old.unlink()
 
-    bar = _progress_bar(label, config.steps, state.step) if progress else nullcontext()
+    bar = _StepProgress(label, config.steps, state.step) if progress else nullcontext()
     recent: list[float] = []
-    with bar as (update):
+    with bar as show:
         while state.step < config.steps and not state.stopped_early:
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.process_time()
             recent.append(_step(model, optimizer, scheduler, accelerator, data, config, state.step, parameters))
             state.step += 1
             state.step_seconds.append(time.perf_counter() - started)
+            state.step_cpu_seconds.append(time.process_time() - started_cpu)
+            if show:
+                show(state, statistics.fmean(recent))
             if state.step % config.eval_every == 0 or state.step == config.steps:
                 _validate(model, data, config, accelerator, state, recent, scheduler.get_last_lr()[0])
                 if state.best_step == state.step:
@@ -163,8 +171,6 @@ def train(model, data: RunData, config: TrainingConfig, accelerator, workdir: Pa
                         save_file(trainable_weights(), str(tmp))
                 recent = []
                 checkpoint()
-            if update:
-                update(state, recent)
     if state.best_file:
         best = load_file(str(workdir / state.best_file))
         unwrapped = accelerator.unwrap_model(model)
@@ -220,8 +226,8 @@ def _validate(model, data: RunData, config: TrainingConfig, accelerator, state: 
         state.stopped_early = 0 < config.patience <= state.validations_since_best
 
 
-class _progress_bar:
-    """A rich progress bar: steps, ETA, the running training loss and the last validation loss."""
+class _StepProgress:
+    """A rich progress bar: steps, ETA, the training loss since the last validation, the last validation loss."""
 
     def __init__(self, label: str, total: int, done: int):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -229,18 +235,16 @@ class _progress_bar:
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
             TextColumn("val {task.fields[val]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-            transient=False,
         )
         self.task = self.progress.add_task(label, total=total, completed=done, loss="-", val="-")
 
     def __enter__(self):
         self.progress.__enter__()
-        return self.update
+        return self.show
 
     def __exit__(self, *exc):
         return self.progress.__exit__(*exc)
 
-    def update(self, state: RunState, recent: list[float]) -> None:
-        loss = f"{statistics.fmean(recent):.3f}" if recent else "-"
+    def show(self, state: RunState, loss: float) -> None:
         val = f"{state.history[-1].validation_loss:.3f}" if state.history else "-"
-        self.progress.update(self.task, completed=state.step, loss=loss, val=val)
+        self.progress.update(self.task, completed=state.step, loss=f"{loss:.3f}", val=val)
