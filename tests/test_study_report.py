@@ -64,9 +64,8 @@ def study_rows(validation=True, test=True, baseline=True, ood=True, retention=Tr
     if test:
         for method, (setting, values) in MERGES.items():
             rows += in_domain("merge", f"{method}-chosen", "test", values, method=method, setting=setting)
-        merge_labels = {m: dict(kind="merge", method=m, setting=MERGES[m][0]) for m in MERGES}
-        for name, labels in {"base": dict(kind="base", model="whisper-base"), **{m: dict(model=f"{m}-chosen", **merge_labels[m]) for m in MERGES}}.items():
-            kind, model = labels.pop("kind"), labels.pop("model")
+        models = {"base": ("base", "whisper-base", {}), **{m: ("merge", f"{m}-chosen", {"method": m, "setting": MERGES[m][0]}) for m in MERGES}}
+        for name, (kind, model, labels) in models.items():
             if ood:
                 rows.append(score(kind, model, "test", "out_of_domain", "es", "transcribe", "wer", OOD[name], evaluation="es.heldout", **labels))
             if retention:
@@ -76,13 +75,13 @@ def study_rows(validation=True, test=True, baseline=True, ood=True, retention=Tr
 
 
 def facts(**changes) -> StudyFacts:
-    values = dict(
-        name="synthetic", recipe={"methods": {"ties": {"scale": [0.3, 0.5]}}}, recipe_path="recipes/synthetic.yaml",
-        command="speechmerge study recipes/synthetic.yaml", hardware="2-core CPU (test)", executor="local",
-        started="2026-11-23T10:00:00+00:00", finished="2026-11-23T11:02:05+00:00", wall_seconds=3725.0,
-        job_seconds={"evaluate": 3000.0, "merge": 600.0, "train_expert": 125.0}, versions={"speechmerge": "0.1.0", "torch": "2.13.0"},
-        hyperparameters={"task_arithmetic": ["scale"], "ties": ["scale"]},
-    )
+    values = {
+        "name": "synthetic", "recipe": {"methods": {"ties": {"scale": [0.3, 0.5]}}}, "recipe_path": "recipes/synthetic.yaml",
+        "command": "speechmerge study recipes/synthetic.yaml", "hardware": "2-core CPU (test)", "executor": "local",
+        "started": "2026-11-23T10:00:00+00:00", "finished": "2026-11-23T11:02:05+00:00", "wall_seconds": 3725.0,
+        "job_seconds": {"evaluate": 3000.0, "merge": 600.0, "train_expert": 125.0}, "versions": {"speechmerge": "0.1.0", "torch": "2.13.0"},
+        "hyperparameters": {"task_arithmetic": ["scale"], "ties": ["scale"]},
+    }
     return StudyFacts(**{**values, **changes})
 
 
