@@ -1,0 +1,149 @@
+"""Where a stage's jobs run: in this process, in a local process pool, or as Ray tasks.
+
+Every executor takes a list of `(key, task, spec)` calls and yields `(key, outcome)` as jobs
+finish (in any order); the outcome is `speechmerge.study.tasks.run_task`'s dict. Only the driver
+writes to the store, so results from any executor land in one place.
+
+Sizing: one whisper-base evaluation or decoder-mode training holds ~1-2 GB, and torch uses every
+core it is given; `default_workers()` takes min(cores // 2, available memory / 2 GB), at least 1,
+and each worker gets cores // workers torch threads.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator, Optional, Protocol
+
+from speechmerge.errors import SpeechmergeError
+from speechmerge.study.tasks import run_task
+
+Call = tuple[str, str, dict]
+GIB = 2**30
+MEMORY_PER_WORKER = 2 * GIB
+
+
+class Executor(Protocol):
+    name: str
+
+    def submit_all(self, calls: list[Call]) -> Iterator[tuple[str, dict]]: ...
+
+    def close(self) -> None: ...
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def available_memory() -> int:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 * GIB
+
+
+def default_workers() -> int:
+    return max(1, min(cpu_count() // 2, available_memory() // MEMORY_PER_WORKER))
+
+
+class LocalExecutor:
+    """Jobs one after another in this process (torch keeps its default threads)."""
+
+    name = "local"
+
+    def submit_all(self, calls: list[Call]) -> Iterator[tuple[str, dict]]:
+        for key, task, spec in calls:
+            yield key, run_task(task, spec)
+
+    def close(self) -> None:
+        pass
+
+
+class PoolExecutor:
+    """Jobs in a pool of `workers` fresh processes (spawned: torch and fork do not mix)."""
+
+    def __init__(self, workers: int):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.name = f"local pool ({workers} workers)"
+        self.threads = max(1, cpu_count() // workers)
+        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def submit_all(self, calls: list[Call]) -> Iterator[tuple[str, dict]]:
+        from concurrent.futures import as_completed
+
+        futures = {self.pool.submit(run_task, task, spec, self.threads): key for key, task, spec in calls}
+        try:
+            for future in as_completed(futures):
+                yield futures[future], _outcome(future.result)
+        finally:
+            for future in futures:
+                future.cancel()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class RayExecutor:
+    """Jobs as Ray tasks on a cluster (`address`) or a local Ray instance; outcomes come back here."""
+
+    def __init__(self, address: Optional[str], workers: Optional[int], cpus_per_job: Optional[int] = None):
+        try:
+            import ray
+        except ImportError:
+            raise SpeechmergeError("--executor ray: Ray is not installed; pip install 'speechmerge[ray]' (or use --executor local)") from None
+        self.ray = ray
+        self.started_here = not ray.is_initialized()
+        if self.started_here:
+            options = {"address": address} if address else {"num_cpus": workers or cpu_count()}
+            try:
+                ray.init(**options, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            except ConnectionError as error:
+                raise SpeechmergeError(f"--address {address}: cannot reach a Ray cluster ({error}); start one with `ray start --head` or leave --address out for a local instance") from None
+        total = int(ray.cluster_resources().get("CPU", 1))
+        self.cpus = cpus_per_job or max(1, total // (workers or max(1, total // 2)))
+        self.name = f"ray ({address or 'local instance'}, {total} CPUs, {self.cpus} per job)"
+        self.remote = ray.remote(run_task)
+
+    def submit_all(self, calls: list[Call]) -> Iterator[tuple[str, dict]]:
+        refs = {self.remote.options(num_cpus=self.cpus).remote(task, spec, self.cpus): key for key, task, spec in calls}
+        pending = list(refs)
+        try:
+            while pending:
+                done, pending = self.ray.wait(pending, num_returns=1)
+                for ref in done:
+                    yield refs[ref], _outcome(lambda: self.ray.get(ref))
+        finally:
+            for ref in pending:
+                self.ray.cancel(ref, force=True)
+
+    def close(self) -> None:
+        if self.started_here:
+            self.ray.shutdown()
+
+
+def _outcome(get) -> dict:
+    """The job's outcome, or a failed one when its worker died (out of memory, killed)."""
+    try:
+        return get()
+    except Exception as error:  # noqa: BLE001 - a lost worker fails its job, not the study
+        return {"ok": False, "error": f"worker lost: {type(error).__name__}: {error}", "seconds": 0.0, "cpu_seconds": 0.0, "worker": "?"}
+
+
+def make_executor(kind: str, workers: Optional[int], address: Optional[str]) -> Executor:
+    """The executor a `speechmerge study` invocation asked for."""
+    if workers is not None and workers < 1:
+        raise SpeechmergeError(f"--workers {workers}: give at least 1")
+    if kind == "local":
+        count = workers if workers is not None else default_workers()
+        return LocalExecutor() if count == 1 else PoolExecutor(count)
+    if kind == "ray":
+        return RayExecutor(address, workers)
+    raise SpeechmergeError(f"--executor {kind!r}: choose local or ray")

@@ -1,0 +1,230 @@
+"""Study recipes: which base, data, experts, baselines and merge grid a study compares.
+
+```yaml
+name: demo
+base: builtin:whisper-base
+corpus: {builtin: multilingual, size: demo, languages: [es, de], seed: 0}
+#   or: {manifests: {train: [a.jsonl], validation: [...], test: [...], out_of_domain: [...], retention: [...]}}
+experts:
+  per: [language, task]             # one expert per distinct (language, task) of the training data
+  languages: [es, de]               # filters on the training data (default: every non-English language)
+  tasks: [transcribe, translate]
+  training: {mode: decoder, steps: 30, learning_rate: 3.0e-5}
+  given:                            # experts that exist already: path + what they were trained on
+    - {name: it-asr, path: models/it, languages: [it], tasks: [transcribe]}
+baselines: {joint: true, sequential: false}
+all_methods: true                   # every registered method at its defaults, plus the grids below
+methods:
+  task_arithmetic: {scale: [0.3, 0.5, 1.0]}   # a list is a grid axis
+  ties: {density: [0.1, 0.2], scale: 1.0}
+evaluation: {batch_size: 8, validation_utterances: 8, test_utterances: 16}
+merge: {output_dtype: float16}
+keep_models: selected               # selected | all: merged models of validation points are deleted after scoring
+output: runs/demo                   # relative to the current directory
+```
+
+Every key is checked (unknown keys and bad values name the key and the file); every grid
+point is validated against its method's declared parameters before any work starts.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from speechmerge.errors import SpeechmergeError
+from speechmerge.training.config import TrainingConfig
+
+Label = Literal["language", "task", "domain"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _checked_training(settings: dict) -> dict:
+    """Training settings as TrainingConfig accepts them; a bad one is named (its key, what is wrong)."""
+    try:
+        TrainingConfig(**settings)
+    except ValidationError as error:
+        first = error.errors()[0]
+        key = ".".join(str(part) for part in first["loc"]) or "(settings)"
+        message = "unknown training setting" if first["type"] == "extra_forbidden" else first["msg"]
+        raise ValueError(f"{key}: {message}") from None
+    return settings
+
+
+class ManifestSets(_Strict):
+    train: list[str] = Field(min_length=1, description="manifests the experts train on (split train; split validation validates)")
+    validation: list[str] = Field(min_length=1, description="manifests the grid search is scored on")
+    test: list[str] = Field(min_length=1, description="in-domain test manifests")
+    out_of_domain: list[str] = Field(default_factory=list, description="test manifests of the experts' languages/tasks in another style, accent or domain")
+    retention: list[str] = Field(default_factory=list, description="test manifests of what no expert trained for (English, other languages)")
+
+
+class CorpusSpec(_Strict):
+    builtin: Optional[Literal["multilingual", "multidomain"]] = Field(None, description="a built-in espeak-ng corpus")
+    size: Literal["tiny", "demo", "full"] = Field("demo", description="built-in corpus size (docs/data.md)")
+    seed: int = Field(0, description="seed of voices and noises")
+    languages: Optional[list[str]] = Field(None, description="multilingual: the X languages; multidomain: other languages measured out of domain")
+    domains: Optional[list[str]] = Field(None, description="multidomain: a subset of the ten domains")
+    manifests: Optional[ManifestSets] = Field(None, description="your own manifests instead of a built-in corpus")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "CorpusSpec":
+        if (self.builtin is None) == (self.manifests is None):
+            raise ValueError("give either `builtin` (multilingual or multidomain) or `manifests`, not both or neither")
+        return self
+
+
+class GivenExpert(_Strict):
+    name: str = Field(description="label in reports")
+    path: str = Field(description="model reference: directory, hub id, builtin:..., .pt, CTranslate2 or LoRA directory")
+    languages: list[str] = Field(default_factory=list, description="what it was fine-tuned on (empty: any)")
+    tasks: list[str] = Field(default_factory=list)
+    domains: list[str] = Field(default_factory=list)
+
+
+class ExpertsSpec(_Strict):
+    per: list[Label] = Field(default_factory=lambda: ["language", "task"], min_length=1, description="labels whose distinct values make one expert each")
+    languages: Optional[list[str]] = Field(None, description="training languages (default: every one but English)")
+    tasks: Optional[list[str]] = None
+    domains: Optional[list[str]] = None
+    training: dict[str, Any] = Field(default_factory=dict, description="TrainingConfig settings (speechmerge finetune --help)")
+    given: list[GivenExpert] = Field(default_factory=list, description="experts that exist already")
+    train: bool = Field(True, description="train the experts of the training data (false: only `given`)")
+
+    @field_validator("training")
+    @classmethod
+    def _training_settings(cls, value: dict) -> dict:
+        return _checked_training(value)
+
+    def config(self) -> TrainingConfig:
+        return TrainingConfig(**self.training)
+
+
+class BaselinesSpec(_Strict):
+    joint: bool = Field(False, description="one model on the union of the experts' data, experts x steps steps")
+    sequential: bool = Field(False, description="one stage per expert's data, each continuing from the last")
+    training: Optional[dict[str, Any]] = Field(None, description="TrainingConfig settings (default: the experts')")
+
+    @field_validator("training")
+    @classmethod
+    def _training_settings(cls, value: Optional[dict]) -> Optional[dict]:
+        return None if value is None else _checked_training(value)
+
+
+class EvaluationSpec(_Strict):
+    backend: Literal["transformers", "ctranslate2"] = "transformers"
+    beam_size: int = Field(1, ge=1, le=16)
+    batch_size: int = Field(8, ge=1, le=256)
+    max_new_tokens: Optional[int] = Field(None, ge=4)
+    cer: bool = False
+    validation_utterances: Optional[int] = Field(None, ge=1, description="first N utterances of each validation manifest (default: all)")
+    test_utterances: Optional[int] = Field(None, ge=1, description="first N utterances of each test manifest (default: all)")
+    select_by: Literal["vs_expert", "gain_kept"] = Field("vs_expert", description="validation score that picks each method's setting (mean over in-domain groups)")
+
+
+class MergeOptions(_Strict):
+    output_dtype: Literal["base", "float32", "float16", "bfloat16"] = "float16"
+    device: Literal["cpu", "cuda", "auto"] = "auto"
+    memory_budget: str = "1GB"
+    seed: int = 0
+
+
+class StudyRecipe(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="study name (folder-safe)")
+    base: str = Field(description="the pre-trained model the experts start from")
+    corpus: CorpusSpec
+    experts: ExpertsSpec = Field(default_factory=ExpertsSpec)
+    baselines: BaselinesSpec = Field(default_factory=BaselinesSpec)
+    all_methods: bool = Field(False, description="add every registered method at its defaults")
+    methods: dict[str, dict[str, Any]] = Field(default_factory=dict, description="method -> parameters; a list is a grid axis")
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    merge: MergeOptions = Field(default_factory=MergeOptions)
+    keep_models: Literal["selected", "all"] = "selected"
+    output: Optional[str] = Field(None, description="study folder (default: runs/<name>)")
+    _source: str = PrivateAttr("recipe")
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _empty_params(cls, value):
+        if isinstance(value, dict):
+            return {name: ({} if params is None else params) for name, params in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _something_to_merge(self) -> "StudyRecipe":
+        if not self.methods and not self.all_methods:
+            raise ValueError("no merge method: list some under `methods` or set `all_methods: true`")
+        if not self.experts.train and not self.experts.given:
+            raise ValueError("experts: `train: false` and no `given` experts: nothing to merge")
+        return self
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    def folder(self) -> Path:
+        return Path(self.output or f"runs/{self.name}")
+
+
+GridPoint = dict[str, Any]
+
+
+def method_grid(recipe: StudyRecipe) -> dict[str, list[GridPoint]]:
+    """Every (method, resolved parameters) the study merges, each validated against the method's
+    declared parameters: a typo or an out-of-range value fails here, before any work starts."""
+    from speechmerge.merging.registry import all_methods, get_method
+
+    chosen = dict.fromkeys(m.name for m in all_methods()) if recipe.all_methods else {}
+    chosen = {**{name: {} for name in chosen}, **recipe.methods}
+    grid: dict[str, list[GridPoint]] = {}
+    for name, params in chosen.items():
+        method = get_method(name, where=f"{recipe.source}: methods.{name}")
+        axes = {key: value if isinstance(value, list) else [value] for key, value in params.items()}
+        for key, values in axes.items():
+            if not values:
+                raise SpeechmergeError(f"{recipe.source}: methods.{name}.{key}: an empty list; give at least one value")
+        points = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+        resolved = [method.validate(point, recipe.source, prefix=f"methods.{name}.") for point in points]
+        grid[name] = list({_canonical(p): p for p in resolved}.values())
+    return grid
+
+
+def _canonical(point: GridPoint) -> str:
+    import json
+
+    return json.dumps(point, sort_keys=True)
+
+
+def parse_study(data: Any, where: str) -> StudyRecipe:
+    """Validate a study given as a dict; one line naming the key on error."""
+    from speechmerge.merging.registry import describe_validation_error
+
+    if not isinstance(data, dict):
+        raise SpeechmergeError(f"{where}: expected a mapping of study keys, found {type(data).__name__}")
+    try:
+        recipe = StudyRecipe.model_validate(data)
+    except ValidationError as error:
+        raise SpeechmergeError(describe_validation_error(error, where)) from None
+    recipe._source = where
+    return recipe
+
+
+def load_study(path: Path) -> StudyRecipe:
+    """Read and validate a study YAML file, and validate its whole method grid."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpeechmergeError(f"{path}: no such study recipe file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise SpeechmergeError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    recipe = parse_study(data, str(path))
+    method_grid(recipe)
+    return recipe

@@ -1,0 +1,124 @@
+"""From the store to `ScoreRow`s (the report's input) and to `speechmerge results` tables.
+
+A merge's row is `selected` when its setting is the one its method chose on validation (the
+store's `selections`); rows of base, experts and baselines are always selected.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Optional
+
+from speechmerge.errors import SpeechmergeError
+from speechmerge.study.rows import ScoreRow
+from speechmerge.study.store import Store, store_path
+
+FORMATS = ("table", "csv", "json")
+STAGES = ("validation", "test")
+
+
+def score_rows(store: Store, planned_only: bool = True) -> list[ScoreRow]:
+    """Every finished score of the study as the report's rows."""
+    chosen = store.selections()
+    rows = []
+    for r in store.scores(planned_only):
+        selected = True
+        if r["model_kind"] == "merge":
+            pick = chosen.get(r["method"])
+            selected = pick is not None and json.dumps(pick["setting"], sort_keys=True) == json.dumps(r["setting"], sort_keys=True)
+        rows.append(ScoreRow(
+            job=r["job"], model_kind=r["model_kind"], model=r["model"], method=r["method"], setting=r["setting"] or {},
+            stage=r["stage"], selected=selected, scope=r["scope"], evaluation=r["evaluation"], language=r["language"],
+            task=r["task"], domain=r["domain"], metric=r["metric"], value=r["value"], utterances=r["utterances"],
+        ))
+    return rows
+
+
+def filter_rows(rows: list[ScoreRow], methods: Optional[list[str]], stage: Optional[str], metrics: Optional[list[str]], kinds: Optional[list[str]]) -> list[ScoreRow]:
+    def keep(row: ScoreRow) -> bool:
+        return (
+            (not methods or row.method in methods or row.model in methods)
+            and (stage is None or row.stage == stage)
+            and (not metrics or row.metric in metrics)
+            and (not kinds or row.model_kind in kinds)
+        )
+
+    return [row for row in rows if keep(row)]
+
+
+COLUMNS = ("model_kind", "model", "stage", "scope", "language", "task", "domain", "metric", "value", "utterances", "selected", "setting", "job")
+
+
+def render(rows: list[ScoreRow], fmt: str) -> str:
+    """Rows as CSV or JSON text (the table format is printed by `print_results`)."""
+    if fmt == "json":
+        return json.dumps([row.model_dump(mode="json") for row in rows], indent=1)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for row in rows:
+        data = row.model_dump(mode="json")
+        writer.writerow([json.dumps(data[c], sort_keys=True) if c == "setting" else data[c] for c in COLUMNS])
+    return buffer.getvalue()
+
+
+def open_store(target: Path) -> Store:
+    path = store_path(target)
+    if not path.is_file():
+        raise SpeechmergeError(f"{target}: no study store ({path.name}) here; give a study folder or its .sqlite file")
+    return Store(path, create=False)
+
+
+def print_results(
+    target: Path, methods: Optional[list[str]], stage: Optional[str], metrics: Optional[list[str]], kinds: Optional[list[str]],
+    fmt: str, jobs: bool, every_job: bool,
+) -> None:
+    """`speechmerge results`: scores (or jobs) of a study, filtered, as a table, CSV or JSON."""
+    from rich.console import Console
+    from rich.table import Table
+
+    if fmt not in FORMATS:
+        raise SpeechmergeError(f"--format {fmt!r}: choose {', '.join(FORMATS)}")
+    if stage is not None and stage not in STAGES:
+        raise SpeechmergeError(f"--stage {stage!r}: choose validation or test")
+    store = open_store(target)
+    console = Console()
+    if jobs:
+        records = store.jobs(planned_only=not every_job)
+        if fmt != "table":
+            keys = ("key", "kind", "name", "status", "seconds", "cpu_seconds", "started", "finished", "model_path", "error")
+            print(json.dumps([{k: r[k] for k in keys} for r in records], indent=1) if fmt == "json" else _jobs_csv(records, keys), end="")
+            return
+        table = Table("job", "kind", "status", "seconds", "CPU s", "runs", "error", title=f"jobs of {store.path.parent}")
+        for r in records:
+            runs = len(store.executions(r["key"]))
+            table.add_row(r["name"], r["kind"], r["status"], _num(r["seconds"]), _num(r["cpu_seconds"]), str(runs), (r["error"] or "")[:80])
+        console.print(table)
+        return
+    rows = filter_rows(score_rows(store, planned_only=not every_job), methods, stage, metrics, kinds)
+    if fmt != "table":
+        print(render(rows, fmt), end="" if fmt == "csv" else "\n")
+        return
+    if not rows:
+        console.print("no scores match (finished jobs only; try without filters, or --jobs to see what ran)")
+        return
+    table = Table("model", "kind", "stage", "scope", "group", "metric", "value", "n", title=f"scores of {store.path.parent}")
+    for row in rows:
+        mark = "" if row.selected else " (not selected)"
+        table.add_row(row.model + mark, row.model_kind, row.stage, row.scope, f"{row.language}/{row.task}/{row.domain}", row.metric, f"{row.value:.4g}", str(row.utterances))
+    console.print(table)
+
+
+def _num(value: Optional[float]) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
+def _jobs_csv(records: list[dict], keys: tuple[str, ...]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(keys)
+    writer.writerows([[r[k] for k in keys] for r in records])
+    return buffer.getvalue()

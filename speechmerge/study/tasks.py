@@ -1,0 +1,143 @@
+"""What one study job does, in whatever process runs it: JSON-able spec in, JSON-able result out.
+
+`run_task(task, spec)` is the one entry point the executors call (in the driver, a pool worker or
+a Ray task); it times the job (wall clock and this process's CPU time) and turns an exception
+into an error line, so a failed job never takes the study down. The result's `rows` are the
+job's scores (one per metric of each evaluated group); the driver writes them to the store.
+
+Every task is idempotent: a model directory already complete from an earlier, killed attempt is
+reused rather than refused.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+import traceback
+from pathlib import Path
+
+METRICS = ("wer", "cer", "bleu", "chrf")
+
+
+def run_task(task: str, spec: dict, threads: int | None = None) -> dict:
+    """Run one job; return {ok, result | error, seconds, cpu_seconds, worker}."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    try:
+        result = TASKS[task](spec)
+        outcome = {"ok": True, "result": result}
+    except Exception as error:  # noqa: BLE001 - a job's failure is recorded, not raised
+        from speechmerge.errors import SpeechmergeError
+
+        line = str(error) if isinstance(error, SpeechmergeError) else f"{type(error).__name__}: {error}"
+        outcome = {"ok": False, "error": line, "traceback": traceback.format_exc(limit=8)}
+    outcome.update(seconds=time.perf_counter() - started, cpu_seconds=time.process_time() - cpu_started, worker=worker)
+    return outcome
+
+
+def train_expert(spec: dict) -> dict:
+    """Fine-tune one expert (decoder, full or LoRA as configured) into `spec['output']`."""
+    from speechmerge.training.api import finetune
+    from speechmerge.training.config import TrainingConfig
+    from speechmerge.training.selection import DataSelection
+
+    output = Path(spec["output"])
+    if not _complete_model(output):
+        finetune(spec["base"], DataSelection(**spec["selection"]), output, TrainingConfig(**spec["config"]), force=output.exists(), progress=False)
+    return {"model_path": str(output), "model_hash": _model_hash(output)}
+
+
+def train_baseline(spec: dict) -> dict:
+    """The joint or sequential baseline over the experts' selections."""
+    from speechmerge.training.baselines import train_joint, train_sequential
+    from speechmerge.training.config import TrainingConfig
+    from speechmerge.training.selection import DataSelection
+
+    output = Path(spec["output"])
+    if not _complete_model(output):
+        train = train_joint if spec["baseline"] == "joint" else train_sequential
+        selections = [DataSelection(**s) for s in spec["selections"]]
+        train(spec["base"], selections, output, TrainingConfig(**spec["config"]), force=output.exists(), progress=False)
+    return {"model_path": str(output), "model_hash": _model_hash(output)}
+
+
+def evaluate_model(spec: dict) -> dict:
+    """Score one model (base, expert, baseline) on every set of the spec."""
+    rows, timing = _score(spec["model"], spec)
+    return {"model_path": str(spec["model"]), "rows": rows, "timing": timing}
+
+
+def merge_and_evaluate(spec: dict) -> dict:
+    """Merge one grid point into `spec['output']`, score it, and delete it unless it is kept."""
+    from speechmerge.merging.api import merge
+    from speechmerge.recipe import parse_recipe
+
+    output = Path(spec["output"])
+    merge_seconds = 0.0
+    if not (output / "speechmerge_merge.json").is_file():
+        started = time.perf_counter()
+        merge(parse_recipe(spec["recipe"], where=f"study job {spec['label']}"), output, force=output.exists(), show_progress=False)
+        merge_seconds = time.perf_counter() - started
+    model_hash = _model_hash(output)
+    rows, timing = _score(output, spec)
+    if not spec["keep"]:
+        shutil.rmtree(output, ignore_errors=True)
+    return {
+        "model_path": str(output) if spec["keep"] else None,
+        "model_hash": model_hash,
+        "rows": rows,
+        "timing": {**timing, "merge_seconds": round(merge_seconds, 3)},
+    }
+
+
+def _score(model, spec: dict) -> tuple[list[dict], dict]:
+    """Evaluate on the spec's sets; one row per (group, metric), labelled with the set's stage and scope."""
+    from speechmerge.evaluation.api import evaluate
+    from speechmerge.evaluation.options import EvalOptions
+    from speechmerge.study.data import load_set
+
+    sets, utterances = {}, []
+    for item in spec["sets"]:
+        loaded = load_set(item)
+        utterances += loaded
+        for u in loaded:
+            sets[(u.language, u.task, u.domain or "-", u.split or "-")] = item
+    result = evaluate(model, [utterances], EvalOptions.model_validate(spec["options"]))
+    rows = []
+    for group in result.groups:
+        item = sets[(group.language, group.task, group.domain, group.split)]
+        for metric in METRICS:
+            value = group.metric(metric)
+            if value is not None:
+                rows.append({
+                    "stage": item["stage"], "scope": item["scope"], "evaluation": item["name"], "language": group.language,
+                    "task": group.task, "domain": group.domain, "metric": metric, "value": float(value), "utterances": group.utterances,
+                })
+    timing = result.timing.model_dump()
+    return rows, {k: timing[k] for k in ("utterances", "decoded", "from_cache", "decode_seconds")}
+
+
+def _complete_model(path: Path) -> bool:
+    from speechmerge.training.expert import RECORD
+
+    return (path / RECORD).is_file()
+
+
+def _model_hash(path: Path) -> str:
+    from speechmerge.checkpoints.reader import open_checkpoint
+
+    return open_checkpoint(path).content_hash()
+
+
+TASKS = {
+    "train_expert": train_expert,
+    "train_baseline": train_baseline,
+    "evaluate_model": evaluate_model,
+    "merge_and_evaluate": merge_and_evaluate,
+}
