@@ -254,6 +254,50 @@ def finetune(
     Console(stderr=True).print(f"[green]trained[/] {made}", highlight=False)
 
 
+@app.command()
+def study(
+    recipe: Path = typer.Argument(..., help="Study recipe (YAML): base, corpus, experts, baselines, methods grid (docs/study.md; e.g. recipes/demo.yaml)."),
+    executor: str = typer.Option("local", help="local (in this process, or a process pool with --workers > 1) or ray."),
+    workers: Optional[int] = typer.Option(None, help="Jobs at once (default: local: min(cores/2, free memory/2 GB); ray: cluster CPUs / 2)."),
+    address: Optional[str] = typer.Option(None, help="With --executor ray: the cluster address (e.g. ray://head:10001 or auto); default: a local Ray instance."),
+    only_new: bool = typer.Option(False, "--only-new", help="Run only jobs never tried before (leave failed ones failed)."),
+    report_only: bool = typer.Option(False, "--report-only", help="Only render the report again from the study's store."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Study folder (overrides the recipe's `output`; default runs/<name>)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Run (or resume) a study: experts, baselines, a merge grid searched on validation, the best on test, a report."""
+    from rich.console import Console
+
+    from speechmerge.study.runner import run_study
+
+    folder = run_study(recipe, executor=executor, workers=workers, address=address, only_new=only_new, report_only=report_only, output=output, progress=progress)
+    Console(stderr=True).print(f"[green]study done[/] {folder} (scores: speechmerge results {folder})", highlight=False)
+
+
+@app.command()
+def results(
+    study: Path = typer.Argument(..., help="A study folder (with study.sqlite) or the .sqlite file."),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="Comma-separated methods or model names to keep."),
+    stage: Optional[str] = typer.Option(None, help="validation or test."),
+    metric: Optional[str] = typer.Option(None, help="Comma-separated metrics to keep: wer, cer, bleu, chrf."),
+    kind: Optional[str] = typer.Option(None, help="Comma-separated model kinds to keep: base, expert, baseline, merge."),
+    format: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
+    jobs: bool = typer.Option(False, "--jobs", help="List the jobs (status, time, attempts, errors) instead of scores."),
+    every_job: bool = typer.Option(False, "--all", help="Include jobs of earlier versions of the recipe (not in the current plan)."),
+    report: bool = typer.Option(False, "--report", help="Render the study's report again (report/report.md and .html) and stop."),
+) -> None:
+    """Query a study's store: scores per model, stage, scope, group and metric; or its jobs."""
+    if report:
+        from speechmerge.study.results import open_store
+        from speechmerge.study.runner import render_report
+
+        render_report(open_store(study))
+        return
+    from speechmerge.study.results import print_results
+
+    print_results(study, _comma_list(method), stage, _comma_list(metric), _comma_list(kind), format, jobs, every_job)
+
+
 def main() -> None:
     """Entry point: run the app; user errors become one red line and exit status 2."""
     try:
