@@ -73,13 +73,15 @@ def scatter(points: Sequence[tuple[str, float, float, bool]], x_label: str, y_la
         axes.annotate(name, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=8)
     axes.set_xlabel(x_label)
     axes.set_ylabel(y_label)
+    axes.margins(0.15)
     axes.grid(alpha=0.3)
     return _png(figure)
 
 
-def curves(parameter: str, panels: Sequence[tuple[str, dict[str, list[tuple[object, float]]]]]) -> bytes:
-    """One panel per (y label, {method: [(parameter value, y)]}), one line per method. Numeric
-    parameter values make a numeric axis; otherwise the values are categories in sorted order."""
+def curves(parameter: str, panels: Sequence[tuple[str, dict[str, list[tuple[object, float]]]]], chosen: dict[str, object]) -> bytes:
+    """One panel per (y label, {method: [(parameter value, y)]}), one line per method, each method's
+    `chosen` value ringed. Numeric parameter values make a numeric axis; otherwise the values are
+    categories in sorted order."""
     figure = _figure(5.2 * len(panels), 4)
     for index, (label, series) in enumerate(panels, start=1):
         axes = figure.add_subplot(1, len(panels), index)
@@ -88,7 +90,10 @@ def curves(parameter: str, panels: Sequence[tuple[str, dict[str, list[tuple[obje
         for method, points in sorted(series.items()):
             points = sorted(points, key=lambda p: p[0] if numeric else xs.index(p[0]))
             positions = [x if numeric else xs.index(x) for x, _ in points]
-            axes.plot(positions, [y for _, y in points], marker="o", label=method)
+            (drawn,) = axes.plot(positions, [y for _, y in points], marker="o", label=method)
+            ringed = [(position, y) for position, (x, y) in zip(positions, points) if method in chosen and x == chosen[method]]
+            if ringed:
+                axes.scatter(*zip(*ringed), s=160, facecolors="none", edgecolors=drawn.get_color(), linewidths=1.5, zorder=3)
         if not numeric:
             axes.set_xticks(range(len(xs)), [str(x) for x in xs])
         axes.set_xlabel(parameter)

@@ -39,6 +39,7 @@ from speechmerge.study.summary import (
     NORMALISED,
     RETENTION_LANGUAGE,
     SCOPE_TITLES,
+    SCOPES,
     Average,
     Group,
     Line,
@@ -256,13 +257,14 @@ def _main_notes(lines: TestLines, rows: list[ScoreRow]) -> list[str]:
     ]
     experts_per_group: dict[Group, set[str]] = {}
     for row in rows:
-        if row.stage == "test" and row.model_kind == "expert" and row.scope == "in_domain":
+        if row.stage == "test" and row.model_kind == "expert":
             experts_per_group.setdefault(group_of(row), set()).add(row.model)
-    shared = sum(len(names) > 1 for names in experts_per_group.values())
-    if shared:
-        notes.append(f"experts: {shared} in-domain group(s) were scored by several experts; the row takes the best of them there (an oracle).")
+    shared = {scope: sum(len(names) > 1 for group, names in experts_per_group.items() if group.scope == scope) for scope in SCOPES}
+    if any(shared.values()):
+        counts = ", ".join(f"{SCOPE_TITLES[scope]} {count}" for scope, count in shared.items() if count)
+        notes.append(f"experts: groups scored by several experts ({counts}) take the best of them (an oracle); every other group its one expert.")
     else:
-        notes.append("experts: each group scored by the expert evaluated on it (its own expert).")
+        notes.append("experts: each group scored by the one expert evaluated on it (its own expert).")
     return notes
 
 
@@ -324,11 +326,13 @@ def id_ood_blocks(lines: TestLines) -> list[Block]:
         unit = "pp" if style.percent else ""
         columns += [Column(f"ID {style.heading}", style.higher_is_better), Column(f"OOD {style.heading}", style.higher_is_better), Column(f"OOD-ID {style.label} {unit}".rstrip() + (" ↑" if style.higher_is_better else " ↓"), style.higher_is_better)]
     table = Table("In-domain (ID) against out-of-domain (OOD) averages", columns)
-    for line in (line for line in lines.all if any(average(line, by_scope[metric]) for by_scope in (in_domain, out_of_domain) for metric in shared)):
+    for line in lines.all:
+        pairs = [(metric, average(line, in_domain[metric]), average(line, out_of_domain[metric])) for metric in shared]
+        if not any(inside or outside for _, inside, outside in pairs):
+            continue
         cells = [Cell(_line_name(line))]
-        for metric in shared:
+        for metric, inside, outside in pairs:
             percent = METRICS[metric].percent
-            inside, outside = average(line, in_domain[metric]), average(line, out_of_domain[metric])
             gap = outside.value - inside.value if inside and outside else None
             cells += [_average_cell(inside, percent), _average_cell(outside, percent), number_cell(gap, percent)]
         table.rows.append(Row(cells, competes=line.kind == "merge"))
@@ -421,6 +425,7 @@ def curve_figures(facts: StudyFacts, validation: list[Line]) -> list[Figure]:
     parameters = list(dict.fromkeys(p for names in facts.hyperparameters.values() for p in names))
     figures = []
     for parameter in parameters:
+        chosen = {line.name: _axis_value(line.setting[parameter]) for line in validation if line.chosen and parameter in line.setting}
         panels = []
         for metric, cells in by_metric.items():
             style = METRICS[metric]
@@ -432,9 +437,14 @@ def curve_figures(facts: StudyFacts, validation: list[Line]) -> list[Figure]:
             if series:
                 panels.append((f"validation {style.heading}", series))
         name = f"hyperparameter-{_file_part(parameter)}"
-        text = f"{caption}: {parameter} (at each value, the best validation average over the method's other parameters)"
-        figures.append(Figure(name, text, plots.curves(parameter, panels)) if panels else Figure(name, text, skipped=f"no method has validation scores at two or more values of {parameter}"))
+        text = f"{caption}: {parameter} (at each value, the best validation average over the method's other parameters; ringed: the chosen setting)"
+        figures.append(Figure(name, text, plots.curves(parameter, panels, chosen)) if panels else Figure(name, text, skipped=f"no method has validation scores at two or more values of {parameter}"))
     return figures
+
+
+def _axis_value(value: object) -> object:
+    """A setting's value as a point on a plot axis: numbers and strings as they are, anything else as text."""
+    return value if isinstance(value, (int, float, str)) else str(value)
 
 
 def _profile(lines: list[Line], parameter: str, cells: Cells, higher_is_better: bool) -> list[tuple[object, float]]:
@@ -444,8 +454,7 @@ def _profile(lines: list[Line], parameter: str, cells: Cells, higher_is_better: 
         mean = average(line, cells)
         if mean is None:
             continue
-        x = line.setting[parameter]
-        x = x if isinstance(x, (int, float, str)) else str(x)
+        x = _axis_value(line.setting[parameter])
         if x not in best or (mean.value > best[x] if higher_is_better else mean.value < best[x]):
             best[x] = mean.value
     return list(best.items())
