@@ -79,25 +79,32 @@ def scatter(points: Sequence[tuple[str, float, float, bool]], x_label: str, y_la
 
 
 def curves(parameter: str, panels: Sequence[tuple[str, dict[str, list[tuple[object, float]]]]], chosen: dict[str, object]) -> bytes:
-    """One panel per (y label, {method: [(parameter value, y)]}), one line per method, each method's
-    `chosen` value ringed. Numeric parameter values make a numeric axis; otherwise the values are
-    categories in sorted order."""
-    figure = _figure(5.2 * len(panels), 4)
+    """One panel per (y label, {method: [(parameter value, y)]}), one line per method (its own colour
+    and marker, one legend for the figure), each method's `chosen` value ringed. Numeric parameter
+    values make a numeric axis; otherwise the values are categories in sorted order."""
+    from matplotlib import colormaps
+
+    methods = sorted({method for _, series in panels for method in series})
+    palette = colormaps["tab20"].colors
+    styles = {method: (palette[i % len(palette)], "os^Dv<>p"[i % 8]) for i, method in enumerate(methods)}
+    figure = _figure(4.6 * len(panels) + 1.8, 4)
+    handles = {}
     for index, (label, series) in enumerate(panels, start=1):
         axes = figure.add_subplot(1, len(panels), index)
         xs = sorted({x for points in series.values() for x, _ in points}, key=str)
         numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
         for method, points in sorted(series.items()):
+            colour, marker = styles[method]
             points = sorted(points, key=lambda p: p[0] if numeric else xs.index(p[0]))
             positions = [x if numeric else xs.index(x) for x, _ in points]
-            (drawn,) = axes.plot(positions, [y for _, y in points], marker="o", label=method)
+            (handles[method],) = axes.plot(positions, [y for _, y in points], marker=marker, color=colour, label=method)
             ringed = [(position, y) for position, (x, y) in zip(positions, points) if method in chosen and x == chosen[method]]
             if ringed:
-                axes.scatter(*zip(*ringed), s=160, facecolors="none", edgecolors=drawn.get_color(), linewidths=1.5, zorder=3)
+                axes.scatter(*zip(*ringed), s=160, facecolors="none", edgecolors=colour, linewidths=1.5, zorder=3)
         if not numeric:
             axes.set_xticks(range(len(xs)), [str(x) for x in xs])
         axes.set_xlabel(parameter)
         axes.set_ylabel(label)
         axes.grid(alpha=0.3)
-        axes.legend(fontsize=7)
+    figure.legend([handles[m] for m in methods], methods, loc="outside right upper", fontsize=7)
     return _png(figure)
