@@ -19,7 +19,7 @@ methods:
   ties: {density: [0.1, 0.2], scale: 1.0}
 evaluation: {batch_size: 8, validation_utterances: 8, test_utterances: 16}
 merge: {output_dtype: float16}
-keep_models: selected               # selected | all: merged models of validation points are deleted after scoring
+keep_models: selected               # selected | all | none: which merged models stay on disk after scoring
 output: runs/demo                   # relative to the current directory
 ```
 
@@ -146,7 +146,7 @@ class StudyRecipe(_Strict):
     methods: dict[str, dict[str, Any]] = Field(default_factory=dict, description="method -> parameters; a list is a grid axis")
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     merge: MergeOptions = Field(default_factory=MergeOptions)
-    keep_models: Literal["selected", "all"] = "selected"
+    keep_models: Literal["selected", "all", "none"] = Field("selected", description="merged models kept on disk: the selected ones (tested), all (validation points too) or none")
     output: Optional[str] = Field(None, description="study folder (default: runs/<name>)")
     _source: str = PrivateAttr("recipe")
 
