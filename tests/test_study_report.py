@@ -19,6 +19,7 @@ from speechmerge.errors import SpeechmergeError
 from speechmerge.study.document import Cell, Column, Row, Table, to_markdown
 from speechmerge.study.report import write_report
 from speechmerge.study.rows import ScoreRow, StudyFacts
+from speechmerge.study.summary import Group, names_group
 
 GROUPS = [("es", "transcribe", "wer"), ("de", "transcribe", "wer"), ("es", "translate", "bleu"), ("de", "translate", "bleu")]
 # test-stage in-domain scores, in GROUPS order
@@ -54,7 +55,7 @@ def study_rows(validation=True, test=True, baseline=True, ood=True, retention=Tr
     for stage in stages:
         rows += in_domain("base", "whisper-base", stage, BASE)
         for (lang, task, metric), value in zip(GROUPS, EXPERT):
-            rows.append(score("expert", f"expert-{lang}-{task}", stage, "in_domain", lang, task, metric, value))
+            rows.append(score("expert", f"{lang}-{task}", stage, "in_domain", lang, task, metric, value))
         if baseline:
             rows += in_domain("baseline", "joint", stage, JOINT)
     if validation:
@@ -302,11 +303,34 @@ def test_merge_scored_on_only_some_groups_is_marked_partial(tmp_path):
     assert "† averaged over fewer groups" in markdown
 
 
-def test_several_experts_on_a_group_give_the_best_and_say_so(tmp_path):
-    rows = study_rows(validation=False) + [score("expert", "expert-de-transcribe", "test", "in_domain", "es", "transcribe", "wer", 0.10)]
+def test_each_group_takes_its_own_expert_even_when_another_scores_better_there(tmp_path):
+    rows = study_rows(validation=False) + [score("expert", "de-transcribe", "test", "in_domain", "es", "transcribe", "wer", 0.10)]
     markdown = write_report(facts(), rows, tmp_path / "r")["markdown"].read_text(encoding="utf-8")
-    assert markdown_table(markdown, "in-domain WER % ↓")["experts (own sets)"]["es"] == "10.0"
-    assert "scored by several experts" in markdown
+    assert markdown_table(markdown, "in-domain WER % ↓")["experts (own sets)"]["es"] == pct(EXPERT[0])
+    assert "each group scored by the expert trained for it (named for it)." in markdown
+
+
+def test_groups_no_expert_is_named_for_take_the_best_expert_and_say_so(tmp_path):
+    others = [score("expert", name, "test", "retention", "en", "transcribe", "wer", wer, evaluation="en.general") for name, wer in (("es-transcribe", 0.30), ("de-transcribe", 0.25))]
+    markdown = write_report(facts(), study_rows(validation=False) + others, tmp_path / "r")["markdown"].read_text(encoding="utf-8")
+    assert markdown_table(markdown, "retention WER % ↓")["experts (own sets)"]["en"] == "25.0"
+    assert "groups no expert is named for (retention 1) take the best of the experts scored there (an oracle)" in markdown
+
+
+@pytest.mark.parametrize(
+    ("expert", "language", "task", "domain", "named"),
+    [
+        ("es", "es", "transcribe", "-", True),
+        ("es-translate", "es", "translate", "-", True),
+        ("es-translate", "es", "transcribe", "-", False),
+        ("law", "pt", "transcribe", "law", True),
+        ("pt-br", "pt-br", "transcribe", "-", True),
+        ("pt", "pt-br", "transcribe", "-", False),
+        ("my-finetune", "es", "transcribe", "-", False),
+    ],
+)
+def test_an_expert_is_named_for_a_group_by_its_labels(expert, language, task, domain, named):
+    assert names_group(expert, Group("in_domain", "set", language, task, domain)) is named
 
 
 def test_a_rewrite_replaces_the_previous_report_whole(tmp_path):

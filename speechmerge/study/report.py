@@ -45,7 +45,6 @@ from speechmerge.study.summary import (
     Line,
     average,
     check_rows,
-    group_of,
     groups_with,
     mean_gain_kept,
     merge_lines,
@@ -118,7 +117,7 @@ def report_blocks(facts: StudyFacts, rows: list[ScoreRow]) -> list[Block]:
     return [
         *provenance_blocks(facts, rows),
         Heading("Main table (test sets)"),
-        *main_blocks(lines, rows),
+        *main_blocks(lines),
         Heading("Scores per group (test sets)"),
         *group_blocks(lines, ("in_domain", "out_of_domain")),
         Heading("In-domain against out-of-domain (test sets)"),
@@ -226,7 +225,7 @@ def main_columns(lines: TestLines) -> list[tuple[Column, Callable[[Line], Averag
     return columns
 
 
-def main_blocks(lines: TestLines, rows: list[ScoreRow]) -> list[Block]:
+def main_blocks(lines: TestLines) -> list[Block]:
     if not lines.all:
         return [Text("No test-set scores yet: the study has not reached its test stage. The validation search below shows what it has.")]
     columns = main_columns(lines)
@@ -240,11 +239,11 @@ def main_blocks(lines: TestLines, rows: list[ScoreRow]) -> list[Block]:
         partial |= any(value is not None and value.partial for value in values)
         cells = [Cell(_line_name(line)), Cell(setting_text(line.setting) if line.kind == "merge" else MISSING)]
         table.rows.append(Row(cells + [_average_cell(value, percent) for value, (_, _, percent) in zip(values, columns)], competes=line.kind == "merge"))
-    table.notes = _main_notes(lines, rows) + ([PARTIAL_NOTE] if partial else [])
+    table.notes = _main_notes(lines) + ([PARTIAL_NOTE] if partial else [])
     return [table]
 
 
-def _main_notes(lines: TestLines, rows: list[ScoreRow]) -> list[str]:
+def _main_notes(lines: TestLines) -> list[str]:
     notes = [
         ("ID / OOD: macro average over the in-domain / out-of-domain test groups (language, task, domain), "
         "each group scored with its primary metric: WER for transcription (% of reference words, lower is better ↓), "
@@ -255,16 +254,13 @@ def _main_notes(lines: TestLines, rows: list[ScoreRow]) -> list[str]:
         "vs base, vs <baseline> = s(model)/s(that model) (speechmerge.evaluation.normalised; in %)."),
         "Bold: the best merge in each column; reference rows (base, experts, baselines) in italics, not ranked.",
     ]
-    experts_per_group: dict[Group, set[str]] = {}
-    for row in rows:
-        if row.stage == "test" and row.model_kind == "expert":
-            experts_per_group.setdefault(group_of(row), set()).add(row.model)
-    shared = {scope: sum(len(names) > 1 for group, names in experts_per_group.items() if group.scope == scope) for scope in SCOPES}
-    if any(shared.values()):
-        counts = ", ".join(f"{SCOPE_TITLES[scope]} {count}" for scope, count in shared.items() if count)
-        notes.append(f"experts: groups scored by several experts ({counts}) take the best of them (an oracle); every other group its one expert.")
+    experts = lines.first("experts")
+    oracle = experts.oracle_groups if experts else set()
+    if oracle:
+        counts = ", ".join(f"{SCOPE_TITLES[scope]} {n}" for scope in SCOPES if (n := sum(g.scope == scope for g in oracle)))
+        notes.append(f"experts: each group scored by the expert trained for it (named for it); groups no expert is named for ({counts}) take the best of the experts scored there (an oracle).")
     else:
-        notes.append("experts: each group scored by the one expert evaluated on it (its own expert).")
+        notes.append("experts: each group scored by the expert trained for it (named for it).")
     return notes
 
 

@@ -12,11 +12,13 @@ translation), then averaged over groups:
     vs R         s(m, g) / s(R, g)   for R the base or a baseline
 
 with s = 1 - rate for WER/CER and s = the score for BLEU/chrF. The expert of a group, e_g, is the
-expert evaluated on it (the best one when several experts were: then the row is an oracle).
+expert trained for it, known by its name (`names_group`); for a group no expert is named for, the
+best expert scored on it (an oracle, which the report says).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Iterable
@@ -73,12 +75,14 @@ class Group:
 @dataclass
 class Line:
     """One row of a report table: its scores by (group, metric) and the utterances of each group;
-    `chosen` marks a merge setting its method chose on validation."""
+    `chosen` marks a merge setting its method chose on validation; `oracle_groups`, on the experts'
+    line, the groups no expert was trained for, scored by the best of several experts."""
 
     name: str
     kind: LineKind
     setting: dict = field(default_factory=dict)
     chosen: bool = True
+    oracle_groups: set[Group] = field(default_factory=set)
     scores: dict[tuple[Group, str], float] = field(default_factory=dict)
     utterances: dict[Group, int] = field(default_factory=dict)
 
@@ -152,19 +156,38 @@ def merge_lines(rows: list[ScoreRow], stage: Stage, selected_only: bool) -> list
     return [_fill(Line(name, "merge", members[0].setting, all(r.selected for r in members)), members) for (name, _), members in sorted(by_key.items())]
 
 
+def names_group(expert: str, group: Group) -> bool:
+    """Whether an expert's name is some of the group's labels joined by "-" (how `speechmerge study`
+    names the experts it trains: `es`, `es-transcribe`, `law`), i.e. it was trained for the group."""
+    labels = (group.language, group.task, group.domain)
+    return any(expert == "-".join(chosen) for size in (1, 2, 3) for chosen in itertools.permutations(labels, size))
+
+
+def experts_line(rows: list[ScoreRow]) -> Line:
+    """Each group scored by its own expert (named for it, `names_group`); where no expert is named
+    for a group, by the best expert scored on it, and the group is counted in `oracle_groups`."""
+    line = Line("experts", "experts")
+    scored_by: dict[Group, set[str]] = {}
+    for row in rows:
+        scored_by.setdefault(group_of(row), set()).add(row.model)
+    own = {group for group, names in scored_by.items() if any(names_group(name, group) for name in names)}
+    for row in rows:
+        group, key = group_of(row), (group_of(row), row.metric)
+        if group in own and not names_group(row.model, group):
+            continue
+        held = line.scores.get(key)
+        if held is None or (row.value > held if METRICS[row.metric].higher_is_better else row.value < held):
+            line.scores[key] = row.value
+            line.utterances[group] = row.utterances
+    line.oracle_groups = {group for group, names in scored_by.items() if group not in own and len(names) > 1}
+    return line
+
+
 def reference_lines(rows: list[ScoreRow], stage: Stage) -> list[Line]:
-    """The base, the experts (each group scored by its expert; the best when several) and each baseline."""
+    """The base, the experts (`experts_line`) and each baseline, at `stage`."""
     at_stage = [row for row in rows if row.stage == stage]
     base = [_fill(Line(name, "base"), [r for r in at_stage if r.model_kind == "base" and r.model == name]) for name in sorted({r.model for r in at_stage if r.model_kind == "base"})]
-    experts = Line("experts", "experts")
-    for row in at_stage:
-        if row.model_kind == "expert":
-            key = (group_of(row), row.metric)
-            held = experts.scores.get(key)
-            better = METRICS[row.metric].higher_is_better
-            if held is None or (row.value > held if better else row.value < held):
-                experts.scores[key] = row.value
-                experts.utterances[group_of(row)] = row.utterances
+    experts = experts_line([row for row in at_stage if row.model_kind == "expert"])
     baselines = [
         _fill(Line(name, "baseline"), [r for r in at_stage if r.model_kind == "baseline" and r.model == name])
         for name in sorted({r.model for r in at_stage if r.model_kind == "baseline"})
