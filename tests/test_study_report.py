@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from speechmerge.errors import SpeechmergeError
-from speechmerge.study.document import Cell, Column, Row, Table, to_markdown
+from speechmerge.study.document import Cell, Column, Row, Table, latex_text, to_markdown
 from speechmerge.study.report import write_report
 from speechmerge.study.rows import ScoreRow, StudyFacts
 from speechmerge.study.summary import Group, names_group
@@ -250,7 +250,7 @@ def test_header_states_how_the_numbers_were_made(full):
 
 def test_pngs_are_valid_and_the_html_embeds_every_one_and_nothing_external(full):
     paths, _ = full
-    plots = {name: path for name, path in paths.items() if name not in ("markdown", "html")}
+    plots = {name: path for name, path in paths.items() if name not in ("markdown", "html", "latex")}
     assert set(plots) == {"ranking", "heatmap", "id_vs_ood", "hyperparameter-scale"}
     for path in plots.values():
         assert path.stat().st_size > 0
@@ -269,7 +269,7 @@ def test_pngs_are_valid_and_the_html_embeds_every_one_and_nothing_external(full)
 def test_markdown_links_every_plot_file(full):
     paths, markdown = full
     for name, path in paths.items():
-        if name not in ("markdown", "html"):
+        if name not in ("markdown", "html", "latex"):
             assert f"](plots/{path.name})" in markdown
 
 
@@ -283,7 +283,7 @@ def test_without_baseline_validation_or_ood(tmp_path):
     assert "vs joint" not in header and "OOD" not in header and "norm. vs experts" in header
     assert "Hyper-parameter curves (validation sets): not drawn (no validation scores of merges yet)" in markdown
     assert "In-domain against out-of-domain: one point per model (grey squares: references): not drawn" in markdown
-    assert set(paths) == {"markdown", "html", "ranking", "heatmap"}
+    assert set(paths) == {"markdown", "html", "latex", "ranking", "heatmap"}
     assert sorted(p.name for p in (tmp_path / "r" / "plots").iterdir()) == ["heatmap.png", "ranking.png"]
 
 
@@ -291,7 +291,7 @@ def test_a_study_stopped_during_validation_still_renders(tmp_path):
     paths = write_report(facts(finished=None), study_rows(test=False), tmp_path / "r")
     markdown = paths["markdown"].read_text(encoding="utf-8")
     assert "No test-set scores yet" in markdown and "not finished" in markdown
-    assert set(paths) == {"markdown", "html", "hyperparameter-scale"}
+    assert set(paths) == {"markdown", "html", "latex", "hyperparameter-scale"}
     assert "Method ranking" in markdown and "not drawn" in markdown
 
 
@@ -410,3 +410,19 @@ def test_ties_on_the_displayed_value_are_all_bold_and_direction_is_respected():
     ]
     assert table.best() == {(0, 1), (1, 1), (1, 2)}
     assert bold_cells(to_markdown("x", [table]), "t") == {("a", "WER"), ("b", "WER"), ("b", "BLEU")}
+
+
+def test_latex_holds_every_table_escaped_with_the_same_bold_cells(full):
+    paths, markdown = full
+    latex = paths["latex"].read_text(encoding="utf-8")
+    assert latex.count(r"\begin{tabular}") == len(re.findall(r"^\*\*[^*\n]+\*\*\n\n\| ", markdown, flags=re.MULTILINE))
+    main = latex.split(r"\caption{" + MAIN + "}", 1)[1].split(r"\end{tabular}", 1)[0]
+    ties = next(line for line in main.splitlines() if line.startswith("ties"))
+    tied_wer = pct(fmean(MERGES["ties"][1][:2]))
+    assert ties.split(" & ")[2] == rf"\textbf{{{tied_wer}}}"
+    assert r"task\_arithmetic & scale=0.4" in main and r"\textit{base (whisper-base)}" in main
+    assert r"ID WER \% $\downarrow$" in main
+
+
+def test_latex_text_escapes_specials_and_writes_symbols_as_maths():
+    assert latex_text("a_b 50% & #1 {x} ↑ 3.0† ✓") == r"a\_b 50\% \& \#1 \{x\} $\uparrow$ 3.0$^\dagger$ $\checkmark$"

@@ -1,5 +1,6 @@
-"""A report as a list of blocks (headings, text, tables, figures, code) rendered to Markdown or to
-one self-contained HTML page (inline CSS, figures as base64 PNG, nothing fetched from a network).
+"""A report as a list of blocks (headings, text, tables, figures, code) rendered to Markdown, to
+one self-contained HTML page (inline CSS, figures as base64 PNG, nothing fetched from a network),
+and its tables to LaTeX (booktabs) for a paper.
 
 Tables mark the best value of each directed column in bold, among the rows that compete (merges;
 reference rows are shown in italics and never bolded). Best is judged on the value as displayed, so
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 MISSING = "–"
@@ -100,16 +102,22 @@ def number_cell(value: float | None, percent: bool, mark: str = "") -> Cell:
     return Cell(f"{shown:.1f}{mark}", shown)
 
 
-def _markdown_table(table: Table) -> list[str]:
+def _styled_rows(table: Table) -> Iterator[tuple[Row, list[tuple[str, str]]]]:
+    """Each row with its cells' texts and emphasis: "best" (bold), "reference" (a reference row's
+    name, italic) or "" (plain)."""
     best = table.best()
+    for r, row in enumerate(table.rows):
+        yield row, [(cell.text, "best" if (r, c) in best else "reference" if not row.competes and c == 0 else "") for c, cell in enumerate(row.cells)]
+
+
+MARKDOWN_EMPHASIS = {"best": "**{}**", "reference": "*{}*", "": "{}"}
+
+
+def _markdown_table(table: Table) -> list[str]:
     lines = [f"**{table.title}**", "", "| " + " | ".join(c.label for c in table.columns) + " |"]
     lines.append("|" + "|".join("---" if c.higher_is_better is None else "---:" for c in table.columns) + "|")
-    for r, row in enumerate(table.rows):
-        cells = []
-        for c, cell in enumerate(row.cells):
-            text = cell.text.replace("|", "\\|")
-            cells.append(f"**{text}**" if (r, c) in best else (f"*{text}*" if not row.competes and c == 0 else text))
-        lines.append("| " + " | ".join(cells) + " |")
+    for _, cells in _styled_rows(table):
+        lines.append("| " + " | ".join(MARKDOWN_EMPHASIS[style].format(text.replace("|", "\\|")) for text, style in cells) + " |")
     return lines + [""] + [f"{note}  " for note in table.notes]
 
 
@@ -150,16 +158,15 @@ pre { background: #f6f8fa; padding: 0.8em; overflow-x: auto; font-size: 0.85em; 
 
 
 def _html_table(table: Table) -> list[str]:
-    best = table.best()
     out = ["<table>", f"<caption>{html.escape(table.title)}</caption>", "<thead><tr>"]
     out += [f"<th>{html.escape(c.label)}</th>" for c in table.columns]
     out.append("</tr></thead><tbody>")
-    for r, row in enumerate(table.rows):
+    for row, cells in _styled_rows(table):
         out.append("<tr>" if row.competes else '<tr class="reference">')
-        for c, cell in enumerate(row.cells):
-            text = html.escape(cell.text)
-            klass = "" if table.columns[c].higher_is_better is None else ' class="num"'
-            out.append(f"<td{klass}>{f'<strong>{text}</strong>' if (r, c) in best else text}</td>")
+        for column, (text, style) in zip(table.columns, cells):
+            klass = "" if column.higher_is_better is None else ' class="num"'
+            shown = f"<strong>{html.escape(text)}</strong>" if style == "best" else html.escape(text)
+            out.append(f"<td{klass}>{shown}</td>")
         out.append("</tr>")
     out.append("</tbody></table>")
     return out + [f'<p class="note">{html.escape(note)}</p>' for note in table.notes]
@@ -186,3 +193,31 @@ def to_html(title: str, blocks: list[Block]) -> str:
             out.append(f'<p class="skipped">{html.escape(block.caption)}: not drawn ({html.escape(block.skipped or "")}).</p>')
     out += ["</body>", "</html>", ""]
     return "\n".join(out)
+
+
+LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+LATEX_SYMBOLS = {"↑": r"$\uparrow$", "↓": r"$\downarrow$", "†": r"$^\dagger$", "–": "--", "✓": r"$\checkmark$"}
+
+
+def latex_text(text: str) -> str:
+    """Text with LaTeX's special characters escaped and the report's symbols (arrows, dagger) as maths."""
+    return "".join(LATEX_SPECIALS.get(ch) or LATEX_SYMBOLS.get(ch) or ch for ch in text)
+
+
+LATEX_EMPHASIS = {"best": "\\textbf{{{}}}", "reference": "\\textit{{{}}}", "": "{}"}
+
+
+def _latex_table(table: Table) -> list[str]:
+    spec = "".join("l" if c.higher_is_better is None else "r" for c in table.columns)
+    out = [r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{latex_text(table.title)}}}", rf"\begin{{tabular}}{{{spec}}}", r"\toprule"]
+    out.append(" & ".join(latex_text(c.label) for c in table.columns) + r" \\")
+    out.append(r"\midrule")
+    for _, cells in _styled_rows(table):
+        out.append(" & ".join(LATEX_EMPHASIS[style].format(latex_text(text)) for text, style in cells) + r" \\")
+    return out + [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+
+
+def to_latex(blocks: list[Block]) -> str:
+    """Every table of the report as a booktabs LaTeX table (needs \\usepackage{booktabs}; amssymb for the check mark)."""
+    tables = [block for block in blocks if isinstance(block, Table)]
+    return "\n".join(["% speechmerge study report tables: \\usepackage{booktabs,amssymb}", ""] + [line for table in tables for line in _latex_table(table)])

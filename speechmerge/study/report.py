@@ -1,5 +1,6 @@
 """A study's report: `write_report(facts, rows, out_dir)` writes `report.md`, a self-contained
-`report.html` and the plots as PNG files under `plots/`, all at once (temp dir + rename).
+`report.html`, every table as LaTeX (`tables.tex`, booktabs) and the plots as PNG files under
+`plots/`, all at once (temp dir + rename).
 
 What it holds: how the numbers were made (command, hardware, executor, times, versions), the main
 table (test stage, each method at the setting it chose on validation, with the references), the
@@ -31,6 +32,7 @@ from speechmerge.study.document import (
     Text,
     number_cell,
     to_html,
+    to_latex,
     to_markdown,
 )
 from speechmerge.study.rows import ScoreRow, StudyFacts
@@ -56,7 +58,7 @@ from speechmerge.study.summary import (
     vs_reference,
 )
 
-REPORT_ENTRIES = {"report.md", "report.html", "plots"}
+REPORT_ENTRIES = {"report.md", "report.html", "tables.tex", "plots"}
 PARTIAL_MARK = "†"
 PARTIAL_NOTE = f"{PARTIAL_MARK} averaged over fewer groups than the column covers (a partial study, or a model not scored everywhere)."
 Cells = list[tuple[Group, str]]
@@ -83,7 +85,7 @@ class TestLines:
 
 def write_report(facts: StudyFacts, rows: list[ScoreRow], out_dir: Path) -> dict[str, Path]:
     """Write the study's report into `out_dir` (its own folder, replaced whole) and return the paths
-    written: `markdown`, `html` and one entry per drawn plot."""
+    written: `markdown`, `html`, `latex` and one entry per drawn plot."""
     from speechmerge.data.atomic import atomic_directory
 
     out_dir = Path(out_dir)
@@ -98,7 +100,9 @@ def write_report(facts: StudyFacts, rows: list[ScoreRow], out_dir: Path) -> dict
             (tmp / figure.path).write_bytes(figure.png)
         (tmp / "report.md").write_text(to_markdown(title, blocks), encoding="utf-8")
         (tmp / "report.html").write_text(to_html(title, blocks), encoding="utf-8")
-    return {"markdown": out_dir / "report.md", "html": out_dir / "report.html", **{f.name: out_dir / f.path for f in figures}}
+        (tmp / "tables.tex").write_text(to_latex(blocks), encoding="utf-8")
+    written = {"markdown": "report.md", "html": "report.html", "latex": "tables.tex", **{f.name: f.path for f in figures}}
+    return {key: out_dir / name for key, name in written.items()}
 
 
 def _refuse_foreign_folder(out_dir: Path) -> None:
