@@ -49,12 +49,12 @@ def in_domain(kind, model, stage, values, **labels):
     return [score(kind, model, stage, "in_domain", lang, task, metric, v, **labels) for (lang, task, metric), v in zip(GROUPS, values)]
 
 
-def study_rows(validation=True, test=True, baseline=True, ood=True, retention=True) -> list[ScoreRow]:
+def study_rows(validation=True, test=True, baseline=True, ood=True, retention=True, experts=tuple(EXPERT)) -> list[ScoreRow]:
     rows = []
     stages = [s for s, keep in (("validation", validation), ("test", test)) if keep]
     for stage in stages:
         rows += in_domain("base", "whisper-base", stage, BASE)
-        for (lang, task, metric), value in zip(GROUPS, EXPERT):
+        for (lang, task, metric), value in zip(GROUPS, experts):
             rows.append(score("expert", f"{lang}-{task}", stage, "in_domain", lang, task, metric, value))
         if baseline:
             rows += in_domain("baseline", "joint", stage, JOINT)
@@ -301,6 +301,17 @@ def test_merge_scored_on_only_some_groups_is_marked_partial(tmp_path):
     ties = markdown_table(markdown, MAIN)["ties"]
     assert ties["ID WER % ↓"] == pct(MERGES["ties"][1][0]) + "†"
     assert "† averaged over fewer groups" in markdown
+
+
+def test_experts_scoring_zero_leave_normalised_scores_undefined_and_their_plots_skipped(tmp_path):
+    paths = write_report(facts(), study_rows(validation=False, experts=(1.0, 1.2, 0.0, 0.0)), tmp_path / "r")  # s(expert) <= 0 everywhere
+    markdown = paths["markdown"].read_text(encoding="utf-8")
+    for method in MERGES:
+        row = markdown_table(markdown, MAIN)[method]
+        assert row["norm. vs experts % ↑"] == row["norm. gain kept % ↑"] == "–"
+        assert row["norm. vs base % ↑"] != "–"
+    assert "ranking" not in paths and "heatmap" not in paths
+    assert markdown.count("not drawn (no merge has a defined normalised score") == 2
 
 
 def test_each_group_takes_its_own_expert_even_when_another_scores_better_there(tmp_path):

@@ -60,6 +60,7 @@ from speechmerge.study.summary import (
 
 REPORT_ENTRIES = {"report.md", "report.html", "tables.tex", "plots"}
 PARTIAL_MARK = "†"
+UNDEFINED_NORMALISED = "no merge has a defined normalised score: not scored in-domain, or the experts score 0 there (WER of 100 % or more, BLEU 0)"
 PARTIAL_NOTE = f"{PARTIAL_MARK} averaged over fewer groups than the column covers (a partial study, or a model not scored everywhere)."
 Cells = list[tuple[Group, str]]
 
@@ -257,6 +258,7 @@ def _main_notes(lines: TestLines) -> list[str]:
         "gain kept = (s(model) - s(base))/(s(expert) - s(base)), the share of the expert's gain kept; "
         "vs base, vs <baseline> = s(model)/s(that model) (speechmerge.evaluation.normalised; in %)."),
         "Bold: the best merge in each column; reference rows (base, experts, baselines) in italics, not ranked.",
+        "–: not scored, or a normalised score that is not defined (its reference scores 0, or for gain kept the expert is no better than the base).",
     ]
     experts = lines.first("experts")
     oracle = experts.oracle_groups if experts else set()
@@ -373,7 +375,7 @@ def ranking_figure(lines: TestLines) -> Figure:
     scored = [(line, vs_reference(line, experts, cells)) for line in lines.all if line is not experts]
     scored = [(line, value) for line, value in scored if value is not None]
     if not any(line.kind == "merge" for line, _ in scored):
-        return Figure("ranking", caption, skipped="no merge has in-domain test scores")
+        return Figure("ranking", caption, skipped=UNDEFINED_NORMALISED)
     png = plots.ranking_bars([_line_name(line) for line, _ in scored], [100 * value.value for _, value in scored], [line.kind != "merge" for line, _ in scored], "normalised performance vs experts (%) ↑")
     return Figure("ranking", caption, png)
 
@@ -387,6 +389,8 @@ def heatmap_figure(lines: TestLines) -> Figure:
         return Figure("heatmap", caption, skipped="needs merges and experts scored on in-domain test groups")
     labels = [f"{label} ({METRICS[metric].label})" for label, (_, metric) in zip(group_labels([g for g, _ in cells]), cells)]
     values = [[None if v is None else 100 * v for v in ratios(line, experts, cells)] for line in shown]
+    if all(v is None for row, line in zip(values, shown) if line.kind == "merge" for v in row):
+        return Figure("heatmap", caption, skipped=UNDEFINED_NORMALISED)
     return Figure("heatmap", caption, plots.heatmap([_line_name(line) for line in shown], labels, values, "vs expert (%)"))
 
 
