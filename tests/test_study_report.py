@@ -266,6 +266,11 @@ def test_pngs_are_valid_and_the_html_embeds_every_one_and_nothing_external(full)
     assert pct(fmean(MERGES["ties"][1][:2])) in parser.cells  # the tables are in the page too
 
 
+def test_the_report_folder_is_readable_by_others(full):
+    paths, _ = full
+    assert paths["markdown"].parent.stat().st_mode & 0o055 == 0o055
+
+
 def test_markdown_links_every_plot_file(full):
     paths, markdown = full
     for name, path in paths.items():

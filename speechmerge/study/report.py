@@ -96,6 +96,7 @@ def write_report(facts: StudyFacts, rows: list[ScoreRow], out_dir: Path) -> dict
     title = f"Study report: {facts.name}"
     figures = [block for block in blocks if isinstance(block, Figure) and block.png is not None]
     with atomic_directory(out_dir) as tmp:
+        tmp.chmod(0o755)  # mkdtemp makes it owner-only; a report is meant to be read
         (tmp / "plots").mkdir()
         for figure in figures:
             (tmp / figure.path).write_bytes(figure.png)
