@@ -207,14 +207,18 @@ def main_columns(lines: TestLines) -> list[tuple[Column, Callable[[Line], Averag
     """The main table's numeric columns, each with the function computing its Average for a line
     and whether it is shown in percent."""
     everything = lines.all
-    columns = []
-    for prefix, scope in (("ID", "in_domain"), ("OOD", "out_of_domain")):
-        for metric, cells in _by_metric(primary_groups(everything, scope)).items():
-            columns.append((Column(f"{prefix} {METRICS[metric].heading}", METRICS[metric].higher_is_better), lambda line, cells=cells: average(line, cells), METRICS[metric].percent))
     retention = primary_groups(everything, "retention")
-    for prefix, keep in (("ret. en", lambda g: g.language == RETENTION_LANGUAGE), ("ret. other", lambda g: g.language != RETENTION_LANGUAGE)):
-        for metric, cells in _by_metric([c for c in retention if keep(c[0])]).items():
-            columns.append((Column(f"{prefix} {METRICS[metric].heading}", METRICS[metric].higher_is_better), lambda line, cells=cells: average(line, cells), METRICS[metric].percent))
+    averaged = [
+        ("ID", primary_groups(everything, "in_domain")),
+        ("OOD", primary_groups(everything, "out_of_domain")),
+        ("ret. en", [c for c in retention if c[0].language == RETENTION_LANGUAGE]),
+        ("ret. other", [c for c in retention if c[0].language != RETENTION_LANGUAGE]),
+    ]
+    columns = [
+        (Column(f"{prefix} {METRICS[metric].heading}", METRICS[metric].higher_is_better), lambda line, cells=cells: average(line, cells), METRICS[metric].percent)
+        for prefix, scope_cells in averaged
+        for metric, cells in _by_metric(scope_cells).items()
+    ]
     in_domain = primary_groups(everything, "in_domain")
     experts, base = lines.first("experts"), lines.first("base")
     normalised = []
