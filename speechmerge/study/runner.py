@@ -203,7 +203,8 @@ class StageRunner:
         if not todo:
             return
         by_key = {j.key: j for j in todo}
-        executions = {j.key: self.store.start(j.key, self.executor.name) for j in todo}
+        for job in todo:
+            self.store.start(job.key, self.executor.name)
         with _progress(self.progress) as bar:
             task = bar.add_task(title, total=len(todo)) if bar else None
             for key, outcome in self.executor.submit_all([(j.key, j.task, j.spec) for j in todo]):
@@ -211,10 +212,10 @@ class StageRunner:
                 if outcome["ok"]:
                     result = outcome["result"]
                     record = {k: v for k, v in result.items() if k != "rows"}
-                    self.store.finish(key, executions[key], record, result.get("rows", []), outcome)
+                    self.store.finish(key, record, result.get("rows", []), outcome)
                 else:
                     self.failed[job.name] = outcome["error"]
-                    self.store.fail(key, executions[key], outcome)
+                    self.store.fail(key, outcome)
                     if bar:
                         bar.console.print(f"[red]failed[/] {job.name}: {outcome['error']}", highlight=False)
                 if bar:

@@ -6,7 +6,7 @@ Tables:
 |---|---|---|
 | `meta` | fact about the study | key, value (JSON): name, recipe, recipe_path, command, started, finished, hardware, executor, wall_seconds |
 | `jobs` | content-addressed job | key (SHA-256 of what it depends on), kind, name, stage, model_kind, model, method, setting (JSON), spec (JSON), status (pending/running/done/failed), model_path, model_hash, result (JSON), error, seconds, cpu_seconds, started, finished, versions (JSON), executor |
-| `executions` | attempt to run a job | id, job, started, finished, status, seconds, cpu_seconds, worker, error |
+| `executions` | attempt that came back (done or failed) | id, job, started, finished, status, seconds, cpu_seconds, worker, error |
 | `scores` | metric of a job's model on one group | job, stage, scope, evaluation, language, task, domain, metric, value, utterances |
 | `plan` | job of the current recipe | job, position (jobs of earlier recipes stay, unlisted) |
 | `selections` | method | method, job, setting (JSON), score, criterion: the setting chosen on validation |
@@ -139,21 +139,18 @@ class Store:
         query = "SELECT jobs.* FROM jobs JOIN plan ON plan.job = jobs.key ORDER BY plan.position" if planned_only else "SELECT * FROM jobs ORDER BY started"
         return [_decoded(row) for row in self._db.execute(query)]
 
-    def start(self, key: str, executor: str) -> int:
-        """Mark a job running (handed to the executor) and open an execution record; return its id."""
+    def start(self, key: str, executor: str) -> None:
+        """Mark a job running: handed to the executor (a killed study leaves it so; see `mark_interrupted`)."""
         with self._write() as db:
             db.execute("UPDATE jobs SET status = 'running', started = ?, error = NULL, executor = ? WHERE key = ?", (now(), executor, key))
-            return db.execute("INSERT INTO executions (job, started, status) VALUES (?, ?, 'running')", (key, now())).lastrowid
 
-    def mark_interrupted(self) -> None:
-        """Jobs left `running` by a killed study become pending again (they will be rerun)."""
+    def mark_interrupted(self) -> int:
+        """Jobs left `running` by a killed study become pending again (they will be rerun); how many."""
         with self._write() as db:
-            db.execute("UPDATE executions SET status = 'interrupted' WHERE status = 'running'")
-            db.execute("UPDATE jobs SET status = 'pending' WHERE status = 'running'")
+            return db.execute("UPDATE jobs SET status = 'pending' WHERE status = 'running'").rowcount
 
-    def finish(self, key: str, execution: int, result: dict, rows: list[dict], outcome: dict) -> None:
-        """Record a finished job, its scores and its timing (`outcome`: seconds, cpu_seconds, worker), in one transaction."""
-        seconds, cpu_seconds = outcome["seconds"], outcome["cpu_seconds"]
+    def finish(self, key: str, result: dict, rows: list[dict], outcome: dict) -> None:
+        """Record a finished job, its scores and its attempt (`outcome`: started, seconds, cpu_seconds, worker), in one transaction."""
         with self._write() as db:
             db.execute("DELETE FROM scores WHERE job = ?", (key,))
             db.executemany(
@@ -162,22 +159,18 @@ class Store:
             )
             db.execute(
                 "UPDATE jobs SET status = 'done', finished = ?, result = ?, model_path = ?, model_hash = ?, seconds = ?, cpu_seconds = ? WHERE key = ?",
-                (now(), json.dumps(result), result.get("model_path"), result.get("model_hash"), seconds, cpu_seconds, key),
+                (now(), json.dumps(result), result.get("model_path"), result.get("model_hash"), outcome["seconds"], outcome["cpu_seconds"], key),
             )
-            db.execute(
-                "UPDATE executions SET finished = ?, status = 'done', seconds = ?, cpu_seconds = ?, worker = ? WHERE id = ?",
-                (now(), seconds, cpu_seconds, outcome.get("worker"), execution),
-            )
+            _attempt(db, key, "done", outcome)
 
-    def fail(self, key: str, execution: int, outcome: dict) -> None:
-        """Record a failed attempt (`outcome`: error, seconds, cpu_seconds, worker)."""
-        error, seconds, cpu_seconds = outcome["error"], outcome["seconds"], outcome["cpu_seconds"]
+    def fail(self, key: str, outcome: dict) -> None:
+        """Record a failed attempt (`outcome`: error, started, seconds, cpu_seconds, worker)."""
         with self._write() as db:
-            db.execute("UPDATE jobs SET status = 'failed', finished = ?, error = ?, seconds = ?, cpu_seconds = ? WHERE key = ?", (now(), error, seconds, cpu_seconds, key))
             db.execute(
-                "UPDATE executions SET finished = ?, status = 'failed', error = ?, seconds = ?, cpu_seconds = ?, worker = ? WHERE id = ?",
-                (now(), error, seconds, cpu_seconds, outcome.get("worker"), execution),
+                "UPDATE jobs SET status = 'failed', finished = ?, error = ?, seconds = ?, cpu_seconds = ? WHERE key = ?",
+                (now(), outcome["error"], outcome["seconds"], outcome["cpu_seconds"], key),
             )
+            _attempt(db, key, "failed", outcome)
 
     def executions(self, key: Optional[str] = None) -> list[dict]:
         query, args = ("SELECT * FROM executions WHERE job = ? ORDER BY id", (key,)) if key else ("SELECT * FROM executions ORDER BY id", ())
@@ -202,6 +195,13 @@ class Store:
 
     def selections(self) -> dict[str, dict]:
         return {row["method"]: _decoded(row) for row in self._db.execute("SELECT * FROM selections")}
+
+
+def _attempt(db: sqlite3.Connection, key: str, status: str, outcome: dict) -> None:
+    db.execute(
+        "INSERT INTO executions (job, started, finished, status, seconds, cpu_seconds, worker, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (key, outcome.get("started") or now(), now(), status, outcome["seconds"], outcome["cpu_seconds"], outcome.get("worker"), outcome.get("error")),
+    )
 
 
 def _column(value: Any) -> Any:

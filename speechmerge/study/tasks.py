@@ -22,11 +22,14 @@ METRICS = ("wer", "cer", "bleu", "chrf")
 
 
 def run_task(task: str, spec: dict, threads: int | None = None) -> dict:
-    """Run one job; return {ok, result | error, seconds, cpu_seconds, worker}."""
+    """Run one job; return {ok, result | error, started, seconds, cpu_seconds, worker}."""
     if threads:
         import torch
 
         torch.set_num_threads(threads)
+    from speechmerge.study.store import now
+
+    began = now()
     started, cpu_started = time.perf_counter(), time.process_time()
     worker = f"{socket.gethostname()}:{os.getpid()}"
     try:
@@ -37,7 +40,7 @@ def run_task(task: str, spec: dict, threads: int | None = None) -> dict:
 
         line = str(error) if isinstance(error, SpeechmergeError) else f"{type(error).__name__}: {error}"
         outcome = {"ok": False, "error": line, "traceback": traceback.format_exc(limit=8)}
-    outcome.update(seconds=time.perf_counter() - started, cpu_seconds=time.process_time() - cpu_started, worker=worker)
+    outcome.update(started=began, seconds=time.perf_counter() - started, cpu_seconds=time.process_time() - cpu_started, worker=worker)
     return outcome
 
 
