@@ -32,12 +32,33 @@ def scores(model, corpus: Path, language: str, task: str) -> dict[str, float]:
     """`{"es/transcribe/general": WER, ...}` on the test split, plus English transcription."""
     from speechmerge.evaluation.api import LabelFilter, evaluate
 
-    metric = "bleu" if task == "translate" else "wer"
+    metrics = ("bleu", "chrf") if task == "translate" else ("wer",)
     found = {}
-    for lang, tsk, name in ((language, task, metric), ("en", "transcribe", "wer")):
+    for lang, tsk, names in ((language, task, metrics), ("en", "transcribe", ("wer",))):
         result = evaluate(model, [corpus], labels=LabelFilter(language=(lang,), task=(tsk,), split=("test",)))
-        found.update({f"{key} {name}": round(value, 4) for key, value in result.scores(name, split="test").items()})
+        for name in names:
+            found.update({f"{key} {name}": round(value, 4) for key, value in result.scores(name, split="test").items()})
     return found
+
+
+def dense_copy(adapter: Path, base: str, output: Path) -> Path:
+    """The base with a LoRA expert's adapters folded in (PEFT's merge_and_unload), as a Whisper directory to decode."""
+    import torch
+    from peft import PeftModel
+    from transformers import WhisperForConditionalGeneration
+
+    from speechmerge.checkpoints.reader import resolve_model_dir
+    from speechmerge.checkpoints.whisper import PROCESSOR_FILES
+
+    base_dir = resolve_model_dir(base)
+    model = WhisperForConditionalGeneration.from_pretrained(base_dir, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    shutil.rmtree(output, ignore_errors=True)
+    merged.save_pretrained(output)
+    for name in PROCESSOR_FILES:
+        if (base_dir / name).is_file():
+            shutil.copy2(base_dir / name, output / name)
+    return output
 
 
 def run(args) -> dict:
@@ -59,6 +80,7 @@ def run(args) -> dict:
     finetune(args.base, selection, output, config, progress=False)
     wall = time.perf_counter() - started
     record = read_training_record(output)
+    evaluated = dense_copy(output, args.base, Path(f"{output}-dense")) if args.mode == "lora" else output
     row = {
         "name": name, "language": args.language, "task": args.task, "mode": args.mode + ("-decoder" if args.lora_decoder_only and args.mode == "lora" else ""),
         "steps": args.steps, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
@@ -68,8 +90,10 @@ def run(args) -> dict:
         "wall_seconds": round(wall, 1), **record.timing, "threads": torch.get_num_threads(),
         "load_average_1min": round(os.getloadavg()[0], 2),
         "base": scores(args.base, Path(args.corpus), args.language, args.task),
-        "expert": scores(output, Path(args.corpus), args.language, args.task),
+        "expert": scores(evaluated, Path(args.corpus), args.language, args.task),
     }
+    if evaluated != output:
+        shutil.rmtree(evaluated, ignore_errors=True)
     if not args.keep:
         shutil.rmtree(output, ignore_errors=True)
     with open(args.results, "a") as results:
@@ -88,7 +112,7 @@ def table(path: Path) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (language, task, mode, steps, lr, batch), group in groups.items():
-        keys = sorted(group[0]["base"])
+        keys = sorted(set.intersection(*(set(r["base"]) for r in group)))
         change = "; ".join(
             f"{key}: {statistics.median(r['base'][key] for r in group):.3f} -> {statistics.median(r['expert'][key] for r in group):.3f}"
             for key in keys
