@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
 import eval_models
+import yaml
 
 # Training labels of the tiny corpus' sentences need more than the evaluation helpers' 24 positions.
 TRAINABLE = {**eval_models.TINY_DECODER, "max_target_positions": 64}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import run_cli
 from study_helpers import study_recipe, write_recipe
 
@@ -54,7 +53,7 @@ def test_all_methods_adds_every_registered_method_at_its_defaults(tmp_path):
 )
 def test_a_bad_recipe_fails_in_one_line_naming_the_file_and_key_before_any_work(tmp_path, capsys, changes, expected):
     path = write_recipe(tmp_path / "bad.yaml", _recipe(tmp_path, **changes))
-    code, out, err = run_cli(["study", path], capsys)
+    code, _, err = run_cli(["study", path], capsys)
     assert code == 2
     assert err.count("\n") == 1 and str(path) in err and expected in err, err
     assert not (tmp_path / "study").exists()  # nothing was started: not even the study folder

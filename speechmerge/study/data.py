@@ -18,7 +18,6 @@ import hashlib
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from speechmerge.errors import SpeechmergeError
 from speechmerge.study.recipe import StudyRecipe
@@ -33,9 +32,9 @@ class ExpertGroup:
 
     name: str
     selection: DataSelection
-    path: Optional[str] = None  # given experts: the model reference
+    path: str | None = None  # given experts: the model reference
 
-    def covers(self, language: str, task: str, domain: Optional[str]) -> bool:
+    def covers(self, language: str, task: str, domain: str | None) -> bool:
         return self.selection.keeps(language, task, domain)
 
 
@@ -47,7 +46,7 @@ class EvalSet:
     path: str
     stage: str
     scope: str
-    limit: Optional[int]
+    limit: int | None
     digest: str
 
     def spec(self) -> dict:
@@ -140,7 +139,7 @@ def _existing(path: Path, recipe: StudyRecipe, key: str) -> Path:
     return path
 
 
-def _expert_groups(recipe: StudyRecipe, labels: list[tuple[str, str, Optional[str]]], sources: tuple[Path, ...]) -> list[ExpertGroup]:
+def _expert_groups(recipe: StudyRecipe, labels: list[tuple[str, str, str | None]], sources: tuple[Path, ...]) -> list[ExpertGroup]:
     """One group per distinct value of the `per` labels among the training data the filters keep,
     in the order of the recipe's filter lists; then the given experts."""
     spec = recipe.experts
@@ -171,7 +170,7 @@ def _expert_groups(recipe: StudyRecipe, labels: list[tuple[str, str, Optional[st
     return groups
 
 
-def _filter_values(values: list[Optional[str]]) -> tuple[str, ...]:
+def _filter_values(values: list[str | None]) -> tuple[str, ...]:
     """A DataSelection filter keeping these values; unlabelled data (None) makes it keep anything."""
     return () if None in values else tuple(sorted(set(values)))
 
@@ -184,7 +183,7 @@ def _rank(key: tuple, per: list[str], filters: dict) -> tuple:
     return tuple(ranks)
 
 
-def _set_digest(path: Path, limit: Optional[int]) -> str:
+def _set_digest(path: Path, limit: int | None) -> str:
     return hashlib.sha256(f"{file_digest(path)}:{limit}".encode()).hexdigest()
 
 

@@ -12,7 +12,8 @@ and each worker gets cores // workers torch threads.
 from __future__ import annotations
 
 import os
-from typing import Iterator, Optional, Protocol
+from collections.abc import Iterator
+from typing import Protocol
 
 from speechmerge.errors import SpeechmergeError
 from speechmerge.study.tasks import run_task
@@ -94,7 +95,7 @@ class PoolExecutor:
 class RayExecutor:
     """Jobs as Ray tasks on a cluster (`address`) or a local Ray instance; outcomes come back here."""
 
-    def __init__(self, address: Optional[str], workers: Optional[int], cpus_per_job: Optional[int] = None):
+    def __init__(self, address: str | None, workers: int | None, cpus_per_job: int | None = None):
         try:
             import ray
         except ImportError:
@@ -119,7 +120,7 @@ class RayExecutor:
             while pending:
                 done, pending = self.ray.wait(pending, num_returns=1)
                 for ref in done:
-                    yield refs[ref], _outcome(lambda: self.ray.get(ref))
+                    yield refs[ref], _outcome(lambda done_ref=ref: self.ray.get(done_ref))
         finally:
             for ref in pending:
                 self.ray.cancel(ref, force=True)
@@ -137,7 +138,7 @@ def _outcome(get) -> dict:
         return {"ok": False, "error": f"worker lost: {type(error).__name__}: {error}", "seconds": 0.0, "cpu_seconds": 0.0, "worker": "?"}
 
 
-def make_executor(kind: str, workers: Optional[int], address: Optional[str]) -> Executor:
+def make_executor(kind: str, workers: int | None, address: str | None) -> Executor:
     """The executor a `speechmerge study` invocation asked for."""
     if workers is not None and workers < 1:
         raise SpeechmergeError(f"--workers {workers}: give at least 1")

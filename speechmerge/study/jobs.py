@@ -13,7 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Optional
+from typing import Any
 
 
 @lru_cache(maxsize=1)
@@ -40,10 +40,10 @@ class Job:
     name: str
     task: str
     spec: dict
-    stage: Optional[str] = None
-    model_kind: Optional[str] = None
-    model: Optional[str] = None
-    method: Optional[str] = None
+    stage: str | None = None
+    model_kind: str | None = None
+    model: str | None = None
+    method: str | None = None
     setting: dict = field(default_factory=dict)
     depends: tuple[str, ...] = ()
 

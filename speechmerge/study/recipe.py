@@ -31,10 +31,18 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from speechmerge.errors import SpeechmergeError
 from speechmerge.training.config import TrainingConfig
@@ -67,15 +75,15 @@ class ManifestSets(_Strict):
 
 
 class CorpusSpec(_Strict):
-    builtin: Optional[Literal["multilingual", "multidomain"]] = Field(None, description="a built-in espeak-ng corpus")
+    builtin: Literal["multilingual", "multidomain"] | None = Field(None, description="a built-in espeak-ng corpus")
     size: Literal["tiny", "demo", "full"] = Field("demo", description="built-in corpus size (docs/data.md)")
     seed: int = Field(0, description="seed of voices and noises")
-    languages: Optional[list[str]] = Field(None, description="multilingual: the X languages; multidomain: other languages measured out of domain")
-    domains: Optional[list[str]] = Field(None, description="multidomain: a subset of the ten domains")
-    manifests: Optional[ManifestSets] = Field(None, description="your own manifests instead of a built-in corpus")
+    languages: list[str] | None = Field(None, description="multilingual: the X languages; multidomain: other languages measured out of domain")
+    domains: list[str] | None = Field(None, description="multidomain: a subset of the ten domains")
+    manifests: ManifestSets | None = Field(None, description="your own manifests instead of a built-in corpus")
 
     @model_validator(mode="after")
-    def _one_source(self) -> "CorpusSpec":
+    def _one_source(self) -> CorpusSpec:
         if (self.builtin is None) == (self.manifests is None):
             raise ValueError("give either `builtin` (multilingual or multidomain) or `manifests`, not both or neither")
         return self
@@ -91,9 +99,9 @@ class GivenExpert(_Strict):
 
 class ExpertsSpec(_Strict):
     per: list[Label] = Field(default_factory=lambda: ["language", "task"], min_length=1, description="labels whose distinct values make one expert each")
-    languages: Optional[list[str]] = Field(None, description="training languages (default: every one but English)")
-    tasks: Optional[list[str]] = None
-    domains: Optional[list[str]] = None
+    languages: list[str] | None = Field(None, description="training languages (default: every one but English)")
+    tasks: list[str] | None = None
+    domains: list[str] | None = None
     training: dict[str, Any] = Field(default_factory=dict, description="TrainingConfig settings (speechmerge finetune --help)")
     given: list[GivenExpert] = Field(default_factory=list, description="experts that exist already")
     train: bool = Field(True, description="train the experts of the training data (false: only `given`)")
@@ -110,11 +118,11 @@ class ExpertsSpec(_Strict):
 class BaselinesSpec(_Strict):
     joint: bool = Field(False, description="one model on the union of the experts' data, experts x steps steps")
     sequential: bool = Field(False, description="one stage per expert's data, each continuing from the last")
-    training: Optional[dict[str, Any]] = Field(None, description="TrainingConfig settings (default: the experts')")
+    training: dict[str, Any] | None = Field(None, description="TrainingConfig settings (default: the experts')")
 
     @field_validator("training")
     @classmethod
-    def _training_settings(cls, value: Optional[dict]) -> Optional[dict]:
+    def _training_settings(cls, value: dict | None) -> dict | None:
         return None if value is None else _checked_training(value)
 
 
@@ -122,10 +130,10 @@ class EvaluationSpec(_Strict):
     backend: Literal["transformers", "ctranslate2"] = "transformers"
     beam_size: int = Field(1, ge=1, le=16)
     batch_size: int = Field(8, ge=1, le=256)
-    max_new_tokens: Optional[int] = Field(None, ge=4)
+    max_new_tokens: int | None = Field(None, ge=4)
     cer: bool = False
-    validation_utterances: Optional[int] = Field(None, ge=1, description="first N utterances of each validation manifest (default: all)")
-    test_utterances: Optional[int] = Field(None, ge=1, description="first N utterances of each test manifest (default: all)")
+    validation_utterances: int | None = Field(None, ge=1, description="first N utterances of each validation manifest (default: all)")
+    test_utterances: int | None = Field(None, ge=1, description="first N utterances of each test manifest (default: all)")
     select_by: Literal["vs_expert", "gain_kept"] = Field("vs_expert", description="validation score that picks each method's setting (mean over in-domain groups)")
 
 
@@ -147,7 +155,7 @@ class StudyRecipe(_Strict):
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     merge: MergeOptions = Field(default_factory=MergeOptions)
     keep_models: Literal["selected", "all", "none"] = Field("selected", description="merged models kept on disk: the selected ones (tested), all (validation points too) or none")
-    output: Optional[str] = Field(None, description="study folder (default: runs/<name>)")
+    output: str | None = Field(None, description="study folder (default: runs/<name>)")
     _source: str = PrivateAttr("recipe")
 
     @field_validator("methods", mode="before")
@@ -158,7 +166,7 @@ class StudyRecipe(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _something_to_merge(self) -> "StudyRecipe":
+    def _something_to_merge(self) -> StudyRecipe:
         if not self.methods and not self.all_methods:
             raise ValueError("no merge method: list some under `methods` or set `all_methods: true`")
         if not self.experts.train and not self.experts.given:

@@ -10,7 +10,6 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Optional
 
 from speechmerge.errors import SpeechmergeError
 from speechmerge.study.rows import ScoreRow
@@ -37,7 +36,7 @@ def score_rows(store: Store, planned_only: bool = True) -> list[ScoreRow]:
     return rows
 
 
-def filter_rows(rows: list[ScoreRow], methods: Optional[list[str]], stage: Optional[str], metrics: Optional[list[str]], kinds: Optional[list[str]]) -> list[ScoreRow]:
+def filter_rows(rows: list[ScoreRow], methods: list[str] | None, stage: str | None, metrics: list[str] | None, kinds: list[str] | None) -> list[ScoreRow]:
     def keep(row: ScoreRow) -> bool:
         return (
             (not methods or row.method in methods or row.model in methods)
@@ -73,7 +72,7 @@ def open_store(target: Path) -> Store:
 
 
 def print_results(
-    target: Path, methods: Optional[list[str]], stage: Optional[str], metrics: Optional[list[str]], kinds: Optional[list[str]],
+    target: Path, methods: list[str] | None, stage: str | None, metrics: list[str] | None, kinds: list[str] | None,
     fmt: str, jobs: bool, every_job: bool,
 ) -> None:
     """`speechmerge results`: scores (or jobs) of a study, filtered, as a table, CSV or JSON."""
@@ -112,7 +111,7 @@ def print_results(
     console.print(table)
 
 
-def _num(value: Optional[float]) -> str:
+def _num(value: float | None) -> str:
     return "" if value is None else f"{value:.1f}"
 
 

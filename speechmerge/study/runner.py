@@ -20,7 +20,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from speechmerge.errors import SpeechmergeError
 from speechmerge.study.data import StudyData, prepare_data
@@ -38,7 +37,7 @@ class ModelRef:
     name: str
     identity: str
     path: str
-    job: Optional[str] = None
+    job: str | None = None
 
 
 @dataclass
@@ -228,7 +227,14 @@ def _progress(enabled: bool):
     if not enabled:
         return nullcontext()
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True))
 
@@ -257,7 +263,7 @@ def select_settings(plan: StudyPlan, store: Store) -> list[dict]:
     return chosen
 
 
-def best_point(candidates: list[tuple[str, dict, dict]], expert: dict, base: dict, criterion: str) -> Optional[dict]:
+def best_point(candidates: list[tuple[str, dict, dict]], expert: dict, base: dict, criterion: str) -> dict | None:
     """The candidate (job, setting, {(language, task, domain, metric): value}) with the highest mean
     score over its groups' primary metrics (WER, else CER, for transcription; BLEU for translation).
 
@@ -265,7 +271,11 @@ def best_point(candidates: list[tuple[str, dict, dict]], expert: dict, base: dic
     (speechmerge.evaluation.normalised). When no candidate has a defined one (an expert no better
     than zero or than the base), the raw score is used instead: 1 - WER, BLEU / 100. Ties keep the
     first candidate."""
-    from speechmerge.evaluation.normalised import gain_kept, higher_is_better_score, vs_expert
+    from speechmerge.evaluation.normalised import (
+        gain_kept,
+        higher_is_better_score,
+        vs_expert,
+    )
 
     def normalised(group: tuple, value: float) -> float:
         metric = group[3]
@@ -299,11 +309,11 @@ def primary_metric(task: str, group_metrics: dict, language: str, domain: str) -
 def run_study(
     recipe_path: Path,
     executor: str = "local",
-    workers: Optional[int] = None,
-    address: Optional[str] = None,
+    workers: int | None = None,
+    address: str | None = None,
     only_new: bool = False,
     report_only: bool = False,
-    output: Optional[Path] = None,
+    output: Path | None = None,
     progress: bool = True,
 ) -> Path:
     """Run (or resume) a study; return its folder. Raises SpeechmergeError naming failed jobs."""
@@ -365,8 +375,8 @@ def run_study(
 
 def render_report(store: Store) -> None:
     """Render the report from the store into `<study>/report/` (when the report module is installed)."""
-    from speechmerge.study.rows import StudyFacts
     from speechmerge.study.results import score_rows
+    from speechmerge.study.rows import StudyFacts
 
     folder = store.path.parent
     try:

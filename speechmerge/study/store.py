@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 from speechmerge.errors import SpeechmergeError
 
@@ -56,7 +57,7 @@ JOB_FIELDS = ("key", "kind", "name", "stage", "model_kind", "model", "method", "
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def store_path(target: Path) -> Path:
@@ -131,7 +132,7 @@ class Store:
             found.update({row["key"]: row["status"] for row in rows})
         return found
 
-    def job(self, key: str) -> Optional[dict]:
+    def job(self, key: str) -> dict | None:
         row = self._db.execute("SELECT * FROM jobs WHERE key = ?", (key,)).fetchone()
         return _decoded(row) if row else None
 
@@ -172,7 +173,7 @@ class Store:
             )
             _attempt(db, key, "failed", outcome)
 
-    def executions(self, key: Optional[str] = None) -> list[dict]:
+    def executions(self, key: str | None = None) -> list[dict]:
         query, args = ("SELECT * FROM executions WHERE job = ? ORDER BY id", (key,)) if key else ("SELECT * FROM executions ORDER BY id", ())
         return [dict(row) for row in self._db.execute(query, args)]
 
