@@ -196,6 +196,27 @@ def test_early_stopping_ends_the_run_after_patience(base, corpus, tmp_path):
     assert losses[-1] >= min(losses) and result["best_validation_loss"] == min(losses)
 
 
+def test_gradient_accumulation_equals_one_larger_batch(base, corpus, tmp_path):
+    """Two micro-batches of 1 per step read the utterances one batch of 2 reads; the loss is Σ token losses / tokens of the step."""
+    accumulated = finetune(base, _spanish(corpus), tmp_path / "accumulated", _config(steps=2, batch_size=1, gradient_accumulation=2), progress=False)
+    batched = finetune(base, _spanish(corpus), tmp_path / "batched", _config(steps=2, batch_size=2), progress=False)
+    a, b = _tensors(accumulated), _tensors(batched)
+    assert any(not torch.equal(a[name], _tensors(base)[name]) for name in a)  # it trained
+    assert all(torch.allclose(a[name], b[name], atol=1e-5) for name in a)
+    history = [read_training_record(run).result["history"][-1]["train_loss"] for run in (accumulated, batched)]
+    assert history[0] == pytest.approx(history[1], rel=1e-5)
+
+
+def test_learning_rate_warms_up_linearly_then_decays_to_zero(base, corpus, tmp_path):
+    """transformers' linear schedule: peak·s/W during the W warm-up steps, then peak·(N−s)/(N−W)."""
+    peak, steps, warmup = 2e-3, 4, 2
+    expert = finetune(base, _spanish(corpus), tmp_path / "schedule", _config(steps=steps, eval_every=1, learning_rate=peak, warmup_ratio=warmup / steps), progress=False)
+    record = read_training_record(expert)
+    expected = [peak * s / warmup if s < warmup else peak * (steps - s) / (steps - warmup) for s in range(1, steps + 1)]
+    assert [entry["learning_rate"] for entry in record.result["history"]] == pytest.approx(expected)
+    assert record.timing["median_step_cpu_seconds"] > 0 and len(record.result["history"]) == steps
+
+
 def test_joint_baseline_trains_on_the_union_for_the_summed_budget(base, corpus, tmp_path):
     experts = [_spanish(corpus, "transcribe"), _spanish(corpus, "translate")]
     joint = train_joint(base, experts, tmp_path / "joint", _config(steps=2), progress=False)
