@@ -113,12 +113,13 @@ def test_a_larger_grid_runs_only_its_new_points_and_a_changed_setting_reruns_wha
     first = {e["job"] for e in store.executions()}
 
     recipe["methods"]["task_arithmetic"]["scale"] = [0.5, 1.0, 0.7]
-    _run(write_recipe(path, recipe))
+    _run(write_recipe(path, recipe), workers=2)  # a local pool of two spawned processes this time
     new = [e["job"] for e in store.executions() if e["job"] not in first]
     kinds = Counter(store.job(key)["kind"] for key in new)
     assert kinds["validate"] == 1 and kinds["evaluate"] == 0
     assert kinds["test"] <= 1  # only if the new point is now the best on validation
     assert len(store.executions()) == len(first) + len(new)
+    assert all(store.job(key)["executor"] == "local pool (2 workers)" for key in new)
 
     # a merge option changes every merge's key, but not the reference scores
     recipe["merge"] = {"output_dtype": "float32"}
