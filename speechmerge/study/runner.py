@@ -340,9 +340,10 @@ def run_study(
         started, wall = now(), time.perf_counter()
         store.mark_interrupted()
         chosen_executor = make_executor(executor, workers, address)
+        earlier = store.meta()
         store.set_meta(
             name=recipe.name, recipe=recipe.model_dump(mode="json"), recipe_path=str(recipe_path), command=_command(),
-            hardware=hardware(), executor=chosen_executor.name, started=started, finished=None, versions=versions(),
+            hardware=hardware(), executor=chosen_executor.name, started=earlier.get("started", started), finished=None, versions=versions(),
             hyperparameters={m: sorted({k for p in points for k in p if len({json.dumps(q.get(k)) for q in points}) > 1}) for m, points in method_grid(recipe).items()},
         )
         try:
@@ -358,7 +359,9 @@ def run_study(
             runner.run("merging the selected settings and scoring them on test", tests)
         finally:
             chosen_executor.close()
-        store.set_meta(finished=now(), wall_seconds=round(time.perf_counter() - wall, 1))
+        seconds = round(time.perf_counter() - wall, 1)
+        runs = [*earlier.get("runs", []), {"started": started, "wall_seconds": seconds, "executor": chosen_executor.name, "command": _command()}]
+        store.set_meta(finished=now(), wall_seconds=round(sum(r["wall_seconds"] for r in runs), 1), runs=runs)
         render_report(store)
         if runner.failed or runner.blocked:
             names = list(runner.failed) + runner.blocked

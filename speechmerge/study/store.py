@@ -4,7 +4,7 @@ Tables:
 
 | table | one row per | columns |
 |---|---|---|
-| `meta` | fact about the study | key, value (JSON): name, recipe, recipe_path, command, started, finished, hardware, executor, wall_seconds |
+| `meta` | fact about the study | key, value (JSON): name, recipe, recipe_path, command, started (first run), finished, hardware, executor, wall_seconds (summed over runs), runs |
 | `jobs` | content-addressed job | key (SHA-256 of what it depends on), kind, name, stage, model_kind, model, method, setting (JSON), spec (JSON), status (pending/running/done/failed), model_path, model_hash, result (JSON), error, seconds, cpu_seconds, started, finished, versions (JSON), executor |
 | `executions` | attempt that came back (done or failed) | id, job, started, finished, status, seconds, cpu_seconds, worker, error |
 | `scores` | metric of a job's model on one group | job, stage, scope, evaluation, language, task, domain, metric, value, utterances |
