@@ -102,34 +102,39 @@ def run(args) -> dict:
 
 
 def table(path: Path) -> str:
-    """Median over seeds of each setting: cost and scores, base -> expert."""
+    """One row per setting (medians over its runs): cost, then each score as base -> expert."""
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     groups = defaultdict(list)
     for row in rows:
         groups[(row["language"], row["task"], row["mode"], row["steps"], row["lr"], row["batch_size"])].append(row)
     lines = [
-        "| language/task | mode | steps | lr | batch | runs | s/step (median) | CPU s/step (median) | encoder outputs s | train s | metric: base -> expert (median) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| language task | mode | steps | lr | batch | runs | best step | train s | s/step wall / CPU | load | test general | test held-out style | English WER general / held-out |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (language, task, mode, steps, lr, batch), group in groups.items():
-        keys = sorted(set.intersection(*(set(r["base"]) for r in group)))
-        change = "; ".join(
-            f"{key}: {statistics.median(r['base'][key] for r in group):.3f} -> {statistics.median(r['expert'][key] for r in group):.3f}"
-            for key in keys
-        )
+
+        def median(field):
+            present = [r.get(field) for r in group if r.get(field) is not None]
+            return statistics.median(present) if present else None
+
+        def change(domain: str) -> str:
+            metrics = ("wer",) if task == "transcribe" else ("bleu", "chrf")
+            shown = []
+            for metric in metrics:
+                key = f"{language}/{task}/{domain} {metric}"
+                if all(key in r["base"] for r in group):
+                    base, expert = (statistics.median(r[side][key] for r in group) for side in ("base", "expert"))
+                    shown.append(f"{base:.3f} -> {expert:.3f}" if metric == "wer" else f"{metric} {base:.1f} -> {expert:.1f}")
+            return "; ".join(shown) or "-"
+
+        english = " / ".join(f"{statistics.median(r['expert'][f'en/transcribe/{d} wer'] for r in group):.3f}" for d in ("general", "heldout"))
+        cpu = median("median_step_cpu_seconds")
         lines.append(
-            f"| {language}/{task} | {mode} | {steps} | {lr:g} | {batch} | {len(group)} "
-            f"| {statistics.median(r['median_step_seconds'] for r in group):.2f} "
-            f"| {_median_or_dash([r.get('median_step_cpu_seconds') for r in group])} "
-            f"| {statistics.median(r['encoder_outputs_seconds'] for r in group):.0f} "
-            f"| {statistics.median(r['train_step_seconds_total'] for r in group):.0f} | {change} |"
+            f"| {language} {task} | {mode} | {steps} | {lr:g} | {batch} | {len(group)} | {median('best_step'):g} "
+            f"| {median('train_step_seconds_total'):.0f} | {median('median_step_seconds'):.1f} / {'-' if cpu is None else f'{cpu:.1f}'} "
+            f"| {median('load_average_1min'):.1f} | {change('general')} | {change('heldout')} | {english} |"
         )
     return "\n".join(lines)
-
-
-def _median_or_dash(values) -> str:
-    present = [v for v in values if v is not None]
-    return f"{statistics.median(present):.2f}" if present else "-"
 
 
 def main() -> None:
