@@ -165,11 +165,13 @@ def test_ill_conditioned_task_matrices_never_give_nan(method, params, case):
 
 def test_tsv_m_of_identical_experts_is_their_rank_truncation():
     """Procrustes on three copies of one subspace: the guard merges the copies, giving the
-    rank-⌊r/T⌋ truncation of the common task matrix (without it: unit-length rounding noise)."""
-    for case in ["identical", "near identical"]:
-        tasks = ill_conditioned_stacks()[case]
-        u, s, vh = truncated(tasks[0].double(), 32 // 3)
-        torch.testing.assert_close(call("tsv_m", tasks).double(), (u * s) @ vh, atol=1e-8, rtol=1e-4, msg=case)
+    rank-⌊r/T⌋ truncation of the common task matrix (without it: unit-length rounding noise).
+    Copies that differ at float32 rounding ("near identical") only have to stay bounded (the
+    test above): their singular vectors differ by up to 3e-6, which the guard cannot tell from
+    the genuine small angles between distinct experts' subspaces (test_spectral.py)."""
+    tasks = ill_conditioned_stacks()["identical"]
+    u, s, vh = truncated(tasks[0].double(), 32 // 3)
+    torch.testing.assert_close(call("tsv_m", tasks).double(), (u * s) @ vh, atol=1e-8, rtol=1e-4)
 
 
 def test_randomised_svd_tracks_the_exact_tsv_m_on_low_rank_task_vectors():
