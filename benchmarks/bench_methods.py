@@ -25,17 +25,12 @@ import argparse
 import json
 import os
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SMALL = {"d_model": 768, "encoder_attention_heads": 12, "decoder_attention_heads": 12, "encoder_ffn_dim": 3072,
-         "decoder_ffn_dim": 3072, "vocab_size": 51865, "num_mel_bins": 80, "max_source_positions": 1500,
-         "max_target_positions": 448}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import WHISPER_SHAPES, median, run_child, write_section  # noqa: E402
 
 # (label, method, params): every registered method with its defaults, plus the fast SVD options.
 RUNS = [
@@ -91,37 +86,6 @@ print(json.dumps({"seconds": seconds}), flush=True)
 """
 
 
-def rss_anon(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def run_child(python: str, code: str, job: dict, threads: int) -> dict:
-    """Run a child that prints 'ready', waits, works, prints JSON; sample its RssAnon meanwhile."""
-    child = subprocess.Popen([python, "-c", code, json.dumps(job), str(threads)], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
-    if child.stdout.readline().strip() != "ready":
-        raise RuntimeError(f"child failed to start: {job}")
-    baseline = peak = rss_anon(child.pid)
-    child.stdin.write("go\n")
-    child.stdin.flush()
-    while child.poll() is None:
-        try:
-            peak = max(peak, rss_anon(child.pid))
-        except (FileNotFoundError, ProcessLookupError):
-            break
-        time.sleep(0.002)
-    output = child.stdout.read()
-    if child.wait() != 0:
-        raise RuntimeError(f"child failed: {job}")
-    result = json.loads(output.strip().splitlines()[-1])
-    result["peak_bytes"] = peak - baseline
-    return result
-
-
 def fine_tune_like(tensor, generator, scale: float = 1e-3):
     import torch
 
@@ -142,7 +106,7 @@ def make_checkpoints(workdir: Path, experts: int, layers: int) -> tuple[Path, li
     base_dir = root / "base"
     if not (base_dir / "model.safetensors").exists():
         torch.manual_seed(0)
-        config = WhisperConfig(**SMALL, encoder_layers=layers, decoder_layers=layers)
+        config = WhisperConfig(**{**WHISPER_SHAPES["small"], "encoder_layers": layers, "decoder_layers": layers})
         model = WhisperForConditionalGeneration(config)
         state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "proj_out.weight"}
         tmp = base_dir.with_name("base.tmp")
@@ -229,10 +193,6 @@ def randomised_svd_error(base_dir: Path, expert_dir: Path, experts: int) -> dict
             "max_sigma_error": max(sigma_errors), "matrices": len(ratios)}
 
 
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
 def benchmark(args) -> dict:
     results = {}
     for experts in args.experts:
@@ -248,12 +208,12 @@ def benchmark(args) -> dict:
                     out = Path(scratch) / "merged"
                     recipe = {"base": str(base_dir), "experts": [str(d) for d in expert_dirs], "method": method,
                               "params": params, "output": str(out), "device": "cpu"}
-                    row["ours"].append(run_child(sys.executable, OURS_CHILD, recipe, args.threads))
+                    row["ours"].append(run_child([sys.executable, "-c", OURS_CHILD, json.dumps(recipe), str(args.threads)]))
                     if label in FUSIONBENCH and args.fusionbench_python:
                         job = {"method": FUSIONBENCH[label], "base": str(base_dir / "model.safetensors"),
                                "experts": [str(d / "model.safetensors") for d in expert_dirs], "exclude": exclude,
                                "output": str(Path(scratch) / "fusionbench.safetensors")}
-                        row["fb"].append(run_child(args.fusionbench_python, FUSIONBENCH_CHILD, job, args.threads))
+                        row["fb"].append(run_child([args.fusionbench_python, "-c", FUSIONBENCH_CHILD, json.dumps(job), str(args.threads)]))
                         if repeat == 0:
                             row["diff"] = relative_difference(out, Path(job["output"]), base_dir)
                 LOADS.append(os.getloadavg()[0])
@@ -267,9 +227,7 @@ def table(results: dict, args, load: str) -> str:
                f"--repeats {args.repeats} --threads {args.threads} --section '{args.section}'"
                + (f" --methods {' '.join(repr(m) for m in args.methods)}" if args.methods else "")
                + (" --fusionbench-python FB_PYTHON" if args.fusionbench_python else "") + " --write docs/performance.md")
-    begin, end = markers(args.section)
     lines = [
-        begin,
         f"### Merge methods: {args.section}",
         "",
         f"Generated by `{command}` (FB_PYTHON: a virtual environment with `torch==2.13.0` and `fusion-bench==0.2.33`).",
@@ -285,10 +243,10 @@ def table(results: dict, args, load: str) -> str:
     for key, row in results.items():
         label, experts = key.split("|")
         ours_s = median([r["seconds"] for r in row["ours"]])
-        ours_m = median([r["peak_bytes"] for r in row["ours"]]) / 2**20
+        ours_m = median([r["peak_anon_bytes"] for r in row["ours"]]) / 2**20
         if row["fb"]:
             fb_s = median([r["seconds"] for r in row["fb"]])
-            fb_m = median([r["peak_bytes"] for r in row["fb"]]) / 2**20
+            fb_m = median([r["peak_anon_bytes"] for r in row["fb"]]) / 2**20
             extra = f"{fb_s:.1f} | {fb_m:.0f} | {ours_s / fb_s:.2f} | {ours_m / fb_m:.2f} | {row['diff']:.1e}"
         else:
             extra = " | | | | "
@@ -304,24 +262,8 @@ def table(results: dict, args, load: str) -> str:
         "|---|---|---|---|---|---|",
         *[f"| {t} | {e['k']} | {e['matrices']} | {e['median_ratio']:.4f} | {e['max_ratio']:.4f} | {e['max_sigma_error']:.1e} |"
           for t, e in SVD_ERRORS.items()],
-        end,
     ]
     return "\n".join(lines) + "\n"
-
-
-def markers(section: str) -> tuple[str, str]:
-    return f"<!-- bench_methods {section}: begin -->", f"<!-- bench_methods {section}: end -->"
-
-
-def write_section(path: Path, section: str, name: str) -> None:
-    """Replace this benchmark's named section of a Markdown file (append it the first time)."""
-    begin, end = markers(name)
-    text = path.read_text() if path.exists() else "# Performance\n\n"
-    if begin in text and end in text:
-        text = text[: text.index(begin)] + section.rstrip("\n") + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
 
 
 def main() -> None:
@@ -343,7 +285,7 @@ def main() -> None:
     section = table(results, args, load)
     print(section)
     if args.write:
-        write_section(args.write, section, args.section)
+        write_section(args.write, "bench_methods", args.section, section)
 
 
 if __name__ == "__main__":

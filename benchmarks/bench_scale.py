@@ -166,13 +166,15 @@ def ours_command(method: str, params: dict, base: Path, experts: list[Path], out
     return [sys.executable, "-c", OURS_CHILD, json.dumps(recipe)]
 
 
-def mergekit_command(python: str, method: str, base: Path, experts: list[Path], out: Path, scratch: Path) -> list[str]:
+def mergekit_command(python: str, method: str, base: Path, experts: list[Path], out: Path, scratch: Path,
+                     out_dtype: str) -> list[str]:
     _, kit_method, per_model, global_params = MERGEKIT[method]
     config = {
         "merge_method": kit_method,
         "base_model": str(base),
         "models": [{"model": str(e), "parameters": per_model(len(experts))} for e in experts],
-        "dtype": "float32",
+        "dtype": "float32",  # arithmetic in float32, as speechmerge does
+        "out_dtype": out_dtype,  # written in the inputs' dtype, as speechmerge does by default
         "parameters": global_params,
     }
     if kit_method == "linear":
@@ -213,7 +215,8 @@ def benchmark(args) -> tuple[dict, float, float]:
                 row = rows.setdefault(label, {})
                 row.setdefault("ours", []).append(run_child(ours_command(method, params, base, experts, scratch / "ours")))
                 if args.mergekit_python and label in MERGEKIT:
-                    command = mergekit_command(args.mergekit_python, label, base, experts, scratch / "mk", scratch)
+                    command = mergekit_command(args.mergekit_python, label, base, experts, scratch / "mk", scratch,
+                                               args.dtype)
                     row.setdefault("mergekit", []).append(run_child(command))
             done = rows[label]
             print(f"{label} run {repeat + 1}: ours {done['ours'][-1]['wall_seconds']:.1f} s"
