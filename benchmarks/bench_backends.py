@@ -71,7 +71,7 @@ def compare_backends(model, data, repeats: int, threads: int) -> dict:
         "ctranslate2 int8": dict(backend="ctranslate2", quantization="int8"),
         "ctranslate2 float32": dict(backend="ctranslate2", quantization="float32"),
     }
-    for name, decode in configs.items():  # warm-up: CTranslate2 export, page cache
+    for decode in configs.values():  # warm-up: CTranslate2 export, page cache
         run(model, [data[0][:1]], threads=threads, **decode)
     times = {name: [] for name in configs}
     results = {}

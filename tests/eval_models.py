@@ -63,3 +63,11 @@ def write_clips(folder: Path, count: int, language: str = "es", task: str = "tra
     manifest = folder / name
     write_manifest(manifest, utterances)
     return manifest
+
+
+def write_spanish_sets(root: Path, transcribe: int, translate: int, seed: int) -> dict[str, Path]:
+    """A Spanish transcription manifest and a Spanish->English translation manifest of synthetic clips."""
+    return {
+        "transcribe": write_clips(root, transcribe, "es", "transcribe", seed=seed, name="es.jsonl"),
+        "translate": write_clips(root, translate, "es", "translate", seed=seed + 1, name="es.translate.jsonl"),
+    }

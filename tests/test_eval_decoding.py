@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import torch
-from eval_models import write_clips, write_tiny_whisper
+from eval_models import write_clips, write_spanish_sets, write_tiny_whisper
 
 from speechmerge.evaluation.api import evaluate
 from speechmerge.evaluation.options import DecodeOptions, EvalOptions
@@ -27,11 +27,7 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("eval-clips")
-    return {
-        "transcribe": write_clips(root, 3, "es", "transcribe", seed=0, name="es.transcribe.jsonl"),
-        "translate": write_clips(root, 2, "es", "translate", seed=1, name="es.translate.jsonl"),
-    }
+    return write_spanish_sets(tmp_path_factory.mktemp("eval-clips"), transcribe=3, translate=2, seed=0)
 
 
 def options(**decode) -> EvalOptions:

