@@ -1,5 +1,7 @@
-"""Streaming a large tensor in row blocks changes nothing but memory: results are
-bit-identical to merging it whole, for every method that declares itself entry-wise."""
+"""Streaming a large tensor in row blocks changes nothing but memory.
+
+Entry-wise methods give bit-identical results; methods whose per-tensor statistics are gathered
+over the blocks first agree to float32 rounding (sums may round in another order)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from conftest import load_state
 from speechmerge.merging.api import merge
 from speechmerge.recipe import parse_recipe
 
-CASES = [
+SPLIT = "model.decoder.embed_tokens.weight"
+ENTRYWISE = [
     ("soup", {}),
     ("task_arithmetic", {"scale": 0.6}),
     ("ties", {"density": 0.3}),
@@ -20,19 +23,42 @@ CASES = [
     ("lors_mp", {"density": 0.3}),
     ("lors", {}),
 ]
+WITH_STATISTICS = [
+    ("model_stock", {}), ("karcher", {}), ("multislerp", {}), ("pcb", {"density": 0.3}), ("sce", {"select_topk": 0.5}),
+    ("breadcrumbs", {"density": 0.3}), ("breadcrumbs", {"density": 0.3, "scope": "row"}), ("della", {}),
+    ("tsv_m", {}), ("boosted_tsv_m", {}), ("iso_c", {}), ("iso_cts", {}),
+]
 
 
-@pytest.mark.parametrize("method,params", CASES, ids=[f"{m}-{'-'.join(map(str, p.values()))}" for m, p in CASES])
-def test_row_blocks_equal_whole_tensors(tmp_path, family, method, params):
+def ids(cases) -> list[str]:
+    return [f"{m}-{'-'.join(map(str, p.values()))}" for m, p in cases]
+
+
+def whole_and_blocks(tmp_path, family, method: str, params: dict, small_budget: str, seed: int):
+    """Merge once with room for every tensor and once with a budget that splits the embedding."""
     base, experts = family
     outputs, reports = [], []
-    for budget in ("1GB", "200KB"):
+    for budget in ("1GB", small_budget):
         recipe = parse_recipe({"base": str(base), "experts": [str(e) for e in experts], "method": method,
-                               "params": params, "output": str(tmp_path / budget), "memory_budget": budget, "seed": 11})
+                               "params": params, "output": str(tmp_path / budget), "memory_budget": budget, "seed": seed})
         out, report = merge(recipe, show_progress=False)
         outputs.append(load_state(out))
         reports.append(report)
-    assert reports[0].split == []
-    assert "model.decoder.embed_tokens.weight" in reports[1].split
-    for name, tensor in outputs[0].items():
-        assert torch.equal(tensor, outputs[1][name]), name
+    assert reports[0].split == [] and SPLIT in reports[1].split
+    return outputs
+
+
+@pytest.mark.parametrize("method,params", ENTRYWISE, ids=ids(ENTRYWISE))
+def test_entrywise_methods_are_bit_identical_in_row_blocks(tmp_path, family, method, params):
+    whole, blocks = whole_and_blocks(tmp_path, family, method, params, "200KB", seed=11)
+    for name, tensor in whole.items():
+        assert torch.equal(tensor, blocks[name]), name
+
+
+@pytest.mark.parametrize("method,params", WITH_STATISTICS, ids=ids(WITH_STATISTICS))
+def test_methods_with_statistics_agree_in_row_blocks(tmp_path, family, method, params):
+    whole, blocks = whole_and_blocks(tmp_path, family, method, params, "4MB", seed=5)
+    for name, tensor in whole.items():
+        differ = ~torch.isclose(blocks[name], tensor, rtol=1e-5, atol=1e-7)
+        # a top-k over scores whose normalisers were summed in another order may swap a near-tie
+        assert int(differ.sum()) <= (2 if method in ("pcb", "sce") else 0), name
