@@ -82,3 +82,20 @@ def test_missing_manifests_and_bad_executor_options_fail_in_one_line(tmp_path, c
     assert code == 2 and "--executor 'dask': choose local or ray" in err
     code, _, err = run_cli(["study", ok, "--workers", "0"], capsys)
     assert code == 2 and "--workers 0: give at least 1" in err
+
+
+@pytest.mark.parametrize("name", ["demo", "multilingual", "multilingual-small", "multidomain", "multidomain-small"])
+def test_every_bundled_study_recipe_validates_and_names_what_the_study_asks_for(name):
+    from pathlib import Path
+
+    from speechmerge.merging.registry import get_method
+    from speechmerge.study.recipe import load_study, method_grid
+
+    path = Path(__file__).resolve().parent.parent / "recipes" / f"{name}.yaml"
+    recipe = load_study(path)
+    assert recipe.name == name
+    grid = method_grid(recipe)
+    assert grid and all(points for points in grid.values())
+    for method, points in grid.items():
+        known = {p.name for p in get_method(method).params}
+        assert all(set(point) <= known for point in points), method
