@@ -276,6 +276,7 @@ def best_point(candidates: list[tuple[str, dict, dict]], expert: dict, base: dic
         higher_is_better_score,
         vs_expert,
     )
+    from speechmerge.study.summary import primary_metric
 
     def normalised(group: tuple, value: float) -> float:
         metric = group[3]
@@ -291,19 +292,16 @@ def best_point(candidates: list[tuple[str, dict, dict]], expert: dict, base: dic
     for rule, label in ((normalised, f"mean {criterion} on validation"), (raw, "mean raw score on validation (1-WER, BLEU/100): no defined normalised score")):
         best = None
         for job, setting, values in candidates:
-            scores = [rule(g, v) for g, v in values.items() if g[3] == primary_metric(g[1], values, g[0], g[2])]
+            scored = {}  # (language, task, domain) -> metrics scored
+            for language, task, domain, metric in values:
+                scored.setdefault((language, task, domain), set()).add(metric)
+            scores = [rule(g, v) for g, v in values.items() if g[3] == primary_metric(g[1], scored[g[:3]])]
             kept = [x for x in scores if not math.isnan(x)]
             if kept and (best is None or sum(kept) / len(kept) > best["score"]):
                 best = {"job": job, "setting": setting, "score": sum(kept) / len(kept), "criterion": label}
         if best:
             return best
     return None
-
-
-def primary_metric(task: str, group_metrics: dict, language: str, domain: str) -> str:
-    if task == "translate":
-        return "bleu"
-    return "wer" if (language, task, domain, "wer") in group_metrics else "cer"
 
 
 def run_study(
