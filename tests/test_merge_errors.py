@@ -114,6 +114,19 @@ def test_nan_in_an_expert(workspace, capsys):
                   "nan-expert", "model.decoder.layers.0.fc1.weight", "NaN")
 
 
+def test_a_numerical_failure_inside_a_method_names_the_method_and_tensor(workspace, capsys, monkeypatch):
+    """LAPACK failing in float32 and float64 (simulated) ends in one line naming the tensor."""
+    folder, base, experts = workspace
+
+    def never_converges(*args, **kwargs):
+        raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge (error code: 1).")
+
+    monkeypatch.setattr(torch.linalg, "svd", never_converges)
+    line = check_refused(capsys, folder, recipe_file(folder, **basic(base, experts, method="iso_c")),
+                         "method iso_c failed on tensor model.", "failed to converge")
+    assert "weight (" in line  # the tensor's shape follows its name
+
+
 class Pickled:
     """A Python object: loading it needs unpickling arbitrary code."""
 

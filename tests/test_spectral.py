@@ -128,3 +128,39 @@ def test_boost_floor_follows_the_cumulative_energy_ratio(beta, energy):
 
 def test_boost_floor_of_a_zero_spectrum_is_zero():
     assert float(spectral.boost_floor(torch.zeros(5), 0.3)) == 0.0
+
+
+def test_an_svd_that_fails_to_converge_in_float32_is_retried_in_float64(monkeypatch):
+    """LAPACK's gesdd can fail on float32 stacks of nearly orthonormal vectors (seen on a Whisper-base
+    Iso-CTS stack); simulated here: the float32 call raises, the result must be the float64 SVD."""
+    real_svd, real_svdvals = torch.linalg.svd, torch.linalg.svdvals
+    calls = []
+
+    def failing_in_float32(real):
+        def decompose(matrix, *args, **kwargs):
+            calls.append(matrix.dtype)
+            if matrix.dtype == torch.float32:
+                raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge (error code: 1).")
+            return real(matrix, *args, **kwargs)
+        return decompose
+
+    monkeypatch.setattr(torch.linalg, "svd", failing_in_float32(real_svd))
+    monkeypatch.setattr(torch.linalg, "svdvals", failing_in_float32(real_svdvals))
+    matrix = with_spectrum(12, 8, torch.tensor([3.0, 2.0, 1.0, 0.5]), seed=4).float()
+    u, s, vh = spectral.thin_svd(matrix)
+    assert calls == [torch.float32, torch.float64]
+    assert u.dtype == s.dtype == vh.dtype == torch.float32
+    assert torch.allclose(s[:4], torch.tensor([3.0, 2.0, 1.0, 0.5]), atol=1e-5)
+    assert torch.allclose((u * s) @ vh, matrix, atol=1e-5)
+    assert torch.allclose(spectral.polar_factor(matrix), whitened_pseudo(matrix), atol=1e-5)
+    assert torch.allclose(spectral.singular_values(matrix)[:4], s[:4])
+    with pytest.raises(torch.linalg.LinAlgError):  # float64 failures are not hidden
+        monkeypatch.setattr(torch.linalg, "svd", lambda *a, **k: (_ for _ in ()).throw(torch.linalg.LinAlgError("x")))
+        spectral.thin_svd(matrix.double())
+
+
+def whitened_pseudo(matrix: torch.Tensor) -> torch.Tensor:
+    """The polar factor of a rank-deficient matrix from its float64 SVD, null directions dropped."""
+    u, s, vh = torch.linalg.svd(matrix.double(), full_matrices=False)
+    keep = s > s.max() * 1e-6
+    return (u[:, keep] @ vh[keep]).float()

@@ -323,7 +323,14 @@ class _Executor:
         else:
             tensor_stats = self.tensor_stat.result() if self.tensor_stat is not None else None
         ctx = _context(self.plan, entry, self.model_results.get(method.name), tensor_stats, row_offset=unit.start)
-        merged = method.fn(tasks, base, self.weights, ctx, **entry.params)
+        try:
+            merged = method.fn(tasks, base, self.weights, ctx, **entry.params)
+        except RuntimeError as error:  # torch's numerical and allocation failures, named by tensor
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise SpeechmergeError(
+                f"method {method.name} failed on tensor {entry.name} {tuple(entry.shape)}: {first_line}; "
+                "try other parameters for it (an override), or report it with the recipe"
+            ) from error
         self.report.peak_anonymous_bytes = max(self.report.peak_anonymous_bytes, anonymous_memory_bytes())
         loaded.stack = None  # free the inputs before adding the base back
         del stack, tasks

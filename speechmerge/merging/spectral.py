@@ -31,6 +31,30 @@ def singular_mask(singular_values: torch.Tensor, relative_tolerance: float) -> t
     return (singular_values > singular_values.max() * relative_tolerance).to(singular_values.dtype)
 
 
+def thin_svd(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """U, σ, Vᵀ of a thin SVD (LAPACK gesdd through torch.linalg.svd). gesdd's divide and conquer
+    can fail to converge in float32 on matrices with clusters of nearly equal singular values,
+    such as the stacks of singular vectors that Procrustes orthogonalises (seen on a 512 × 512
+    Iso-CTS stack of Whisper-base experts); a failure is retried in float64, which converges
+    there, and cast back."""
+    return _in_float64_on_failure(lambda m: torch.linalg.svd(m, full_matrices=False), matrix)
+
+
+def singular_values(matrix: torch.Tensor) -> torch.Tensor:
+    """σ alone (torch.linalg.svdvals), with `thin_svd`'s float64 retry."""
+    return _in_float64_on_failure(torch.linalg.svdvals, matrix)
+
+
+def _in_float64_on_failure(decompose, matrix: torch.Tensor):
+    try:
+        return decompose(matrix)
+    except torch.linalg.LinAlgError:
+        if matrix.dtype == torch.float64:
+            raise
+        result = decompose(matrix.double())
+        return tuple(x.to(matrix.dtype) for x in result) if isinstance(result, tuple) else result.to(matrix.dtype)
+
+
 def rounding_tolerance(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> float:
     """√max(m, n) · ε: the rounding level of an SVD. Singular values below it are numerically zero
     and their singular vectors arbitrary (LAPACK's completion of a null space, or noise in a
@@ -55,7 +79,7 @@ def top_singular(
             u, s, v = torch.svd_lowrank(matrix, q=k + RANDOMISED_OVERSAMPLING, niter=RANDOMISED_POWER_ITERATIONS)
         u, s, vh = u[:, :k], s[:k], v[:, :k].mT
     else:
-        u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+        u, s, vh = thin_svd(matrix)
         u, s, vh = u[:, :k], s[:k], vh[:k]
     if s.numel() == 0:
         return u, s, vh
@@ -74,7 +98,7 @@ def polar_factor(matrix: torch.Tensor) -> torch.Tensor:
     (a tighter max(m, n) · ε cut dropped them and moved TSV-M's result by 7% from the float64
     reference; kept, float32 agrees with it to 4e-5).
     """
-    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+    u, s, vh = thin_svd(matrix)
     return (u * singular_mask(s, rounding_tolerance(matrix.shape, matrix.dtype))) @ vh
 
 

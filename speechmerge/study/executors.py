@@ -5,8 +5,10 @@ finish (in any order); the outcome is `speechmerge.study.tasks.run_task`'s dict.
 writes to the store, so results from any executor land in one place.
 
 Sizing: one whisper-base evaluation or decoder-mode training holds ~1-2 GB, and torch uses every
-core it is given; `default_workers()` takes min(cores // 2, available memory / 2 GB), at least 1,
-and each worker gets cores // workers torch threads.
+core it is given, though not fully: loading, saving, hashing and LAPACK are partly serial (the demo
+with one 2-thread worker kept 1.43 of 2 cores busy). `default_workers()` takes
+min(max(2, cores // 2), cores, available memory / 2 GB), at least 1, and each worker gets
+cores // workers torch threads: two 1-thread workers on a 2-core machine.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ def available_memory() -> int:
 
 
 def default_workers() -> int:
-    return max(1, min(cpu_count() // 2, available_memory() // MEMORY_PER_WORKER))
+    cores = cpu_count()
+    return max(1, min(max(2, cores // 2), cores, available_memory() // MEMORY_PER_WORKER))
 
 
 class LocalExecutor:

@@ -27,7 +27,7 @@ from speechmerge.study.jobs import Job, job_key, versions
 from speechmerge.study.recipe import StudyRecipe, load_study, method_grid
 from speechmerge.study.store import STORE_FILE, Store, now
 
-MODEL_FOLDERS = {"expert": "experts", "baseline": "baselines", "validate": "merges/validation", "test": "merges"}
+MODEL_FOLDERS = {"expert": "experts", "baseline": "baselines", "merge": "merges"}
 
 
 @dataclass(frozen=True)
@@ -99,19 +99,23 @@ def plan_study(recipe: StudyRecipe, progress: bool = True) -> StudyPlan:
             merge_id = _merge_identity(plan, method, point)
             key = job_key("validate", merge=merge_id, sets=validation_digests, evaluation=identity)
             label = setting_label(method, point, points)
-            plan.validation.append(_merge_job(plan, "validate", key, method, point, label, validation_sets, recipe.keep_models == "all"))
+            # a method's only point is surely the one its test scores: its model stays for the test job
+            keep = recipe.keep_models == "all" or len(points) == 1
+            plan.validation.append(_merge_job(plan, "validate", key, method, point, label, validation_sets, keep))
     return plan
 
 
 def test_job(plan: StudyPlan, method: str, point: dict) -> Job:
-    """The job that merges a method's selected point again and scores it on every test set."""
+    """The job that scores a method's selected point on every test set (merging it again unless its
+    validation job kept the model: merging is deterministic, and both jobs use the same folder)."""
     test_sets = plan.data.stage("test")
     key = job_key("test", merge=_merge_identity(plan, method, point), sets=[s.digest for s in test_sets], evaluation=plan.eval_identity())
     return _merge_job(plan, "test", key, method, point, method, [s.spec() for s in test_sets], plan.recipe.keep_models != "none")
 
 
 def _merge_job(plan: StudyPlan, kind: str, key: str, method: str, point: dict, label: str, sets: list[dict], keep: bool) -> Job:
-    output = plan.folder / MODEL_FOLDERS[kind] / f"{method}-{key[:8]}"
+    merge_key = job_key("merge", merge=_merge_identity(plan, method, point))
+    output = plan.folder / MODEL_FOLDERS["merge"] / f"{method}-{merge_key[:8]}"
     merge_options = plan.recipe.merge
     recipe = {
         "base": plan.base.path,

@@ -27,6 +27,9 @@ def run_task(task: str, spec: dict, threads: int | None = None) -> dict:
         import torch
 
         torch.set_num_threads(threads)
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # one "Loading weights" bar per job is noise in a study's log
     from speechmerge.study.store import now
 
     began = now()

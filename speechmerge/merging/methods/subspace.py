@@ -18,6 +18,8 @@ from speechmerge.merging.spectral import (
     orthogonalise,
     rounding_tolerance,
     singular_mask,
+    singular_values,
+    thin_svd,
     top_singular,
 )
 
@@ -151,7 +153,7 @@ def boosted_tsv_m(tasks, base, weights, ctx: TensorContext, *, scale, beta, ener
         return mean_task_vector(tasks, weights, scale)
 
     def boost(kept: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
-        reference = kept if spectrum == "truncated" else torch.linalg.svdvals(task)
+        reference = kept if spectrum == "truncated" else singular_values(task)
         return kept.clamp(min=boost_floor(reference, beta, energy))
 
     u, s, vh = task_singular_vectors(scaled_tasks_(tasks, weights), ctx, svd, boost)
@@ -178,7 +180,7 @@ def iso_c(tasks, base, weights, ctx: TensorContext, *, scale):
     if not ctx.is_matrix:
         return mean_task_vector(tasks, weights, scale)
     total = weighted_sum(tasks, weights)
-    u, s, vh = torch.linalg.svd(total, full_matrices=False)
+    u, s, vh = thin_svd(total)
     return ((u * singular_mask(s, rounding_tolerance(total.shape))) @ vh).mul_(s.mean() * scale)
 
 
