@@ -1,8 +1,10 @@
 """Where a stage's jobs run: in this process, in a local process pool, or as Ray tasks.
 
 Every executor takes a list of `(key, task, spec)` calls and yields `(key, outcome)` as jobs
-finish (in any order); the outcome is `speechmerge.study.tasks.run_task`'s dict. Only the driver
-writes to the store, so results from any executor land in one place.
+finish (in any order); the outcome is `speechmerge.study.tasks.run_task`'s dict. After each
+outcome is handled, `more(key, outcome)` gives the calls it made ready (jobs that waited for it),
+which join the queue: a job starts as soon as its inputs exist, not at a stage boundary. Only the
+driver writes to the store, so results from any executor land in one place.
 
 Sizing: one whisper-base evaluation or decoder-mode training holds ~1-2 GB, and torch uses every
 core it is given, though not fully: loading, saving, hashing and LAPACK are partly serial (the demo
@@ -14,13 +16,18 @@ cores // workers torch threads: two 1-thread workers on a 2-core machine.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from speechmerge.errors import SpeechmergeError
 from speechmerge.study.tasks import run_task
 
 Call = tuple[str, str, dict]
+More = Callable[[str, dict], list[Call]]
+
+
+def _nothing_more(key: str, outcome: dict) -> list[Call]:
+    return []
 GIB = 2**30
 MEMORY_PER_WORKER = 2 * GIB
 
@@ -28,7 +35,7 @@ MEMORY_PER_WORKER = 2 * GIB
 class Executor(Protocol):
     name: str
 
-    def submit_all(self, calls: list[Call]) -> Iterator[tuple[str, dict]]: ...
+    def submit_all(self, calls: list[Call], more: More = _nothing_more) -> Iterator[tuple[str, dict]]: ...
 
     def close(self) -> None: ...
 
@@ -61,9 +68,13 @@ class LocalExecutor:
 
     name = "local"
 
-    def submit_all(self, calls: list[Call]) -> Iterator[tuple[str, dict]]:
-        for key, task, spec in calls:
-            yield key, run_task(task, spec)
+    def submit_all(self, calls: list[Call], more: More = _nothing_more) -> Iterator[tuple[str, dict]]:
+        queue = list(calls)
+        while queue:
+            key, task, spec = queue.pop(0)
+            outcome = run_task(task, spec)
+            yield key, outcome
+            queue += more(key, outcome)
 
     def close(self) -> None:
         pass
@@ -80,13 +91,23 @@ class PoolExecutor:
         self.threads = max(1, cpu_count() // workers)
         self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
 
-    def submit_all(self, calls: list[Call]) -> Iterator[tuple[str, dict]]:
-        from concurrent.futures import as_completed
+    def submit_all(self, calls: list[Call], more: More = _nothing_more) -> Iterator[tuple[str, dict]]:
+        from concurrent.futures import FIRST_COMPLETED, wait
 
-        futures = {self.pool.submit(run_task, task, spec, self.threads): key for key, task, spec in calls}
+        futures = {}
+
+        def submit(batch: list[Call]) -> None:
+            futures.update({self.pool.submit(run_task, task, spec, self.threads): key for key, task, spec in batch})
+
+        submit(calls)
         try:
-            for future in as_completed(futures):
-                yield futures[future], _outcome(future.result)
+            while futures:
+                done, _ = wait(futures, return_when=FIRST_COMPLETED)
+                for future in done:
+                    key = futures.pop(future)
+                    outcome = _outcome(future.result)
+                    yield key, outcome
+                    submit(more(key, outcome))
         finally:
             for future in futures:
                 future.cancel()
@@ -116,16 +137,23 @@ class RayExecutor:
         self.name = f"ray ({address or 'local instance'}, {total} CPUs, {self.cpus} per job)"
         self.remote = ray.remote(run_task)
 
-    def submit_all(self, calls: list[Call]) -> Iterator[tuple[str, dict]]:
-        refs = {self.remote.options(num_cpus=self.cpus).remote(task, spec, self.cpus): key for key, task, spec in calls}
-        pending = list(refs)
+    def submit_all(self, calls: list[Call], more: More = _nothing_more) -> Iterator[tuple[str, dict]]:
+        refs = {}
+
+        def submit(batch: list[Call]) -> None:
+            refs.update({self.remote.options(num_cpus=self.cpus).remote(task, spec, self.cpus): key for key, task, spec in batch})
+
+        submit(calls)
         try:
-            while pending:
-                done, pending = self.ray.wait(pending, num_returns=1)
+            while refs:
+                done, _ = self.ray.wait(list(refs), num_returns=1)
                 for ref in done:
-                    yield refs[ref], _outcome(lambda done_ref=ref: self.ray.get(done_ref))
+                    key = refs.pop(ref)
+                    outcome = _outcome(lambda done_ref=ref: self.ray.get(done_ref))
+                    yield key, outcome
+                    submit(more(key, outcome))
         finally:
-            for ref in pending:
+            for ref in refs:
                 self.ray.cancel(ref, force=True)
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ study goes on with the rest, then exits non-zero naming them.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import platform
@@ -82,6 +83,7 @@ def plan_study(recipe: StudyRecipe, progress: bool = True) -> StudyPlan:
         spec = {"base": recipe.base, "selection": selection, "config": config, "output": str(output)}
         plan.training.append(Job(key, "expert", f"expert {group.name}", "train_expert", spec, model_kind="expert", model=group.name))
         plan.experts.append(ModelRef(group.name, key, str(output), key))
+    plan.training = interleaved_by_audio(plan.training)
     baselines = _baseline_jobs(plan)
     plan.training += baselines
     options, identity = plan.eval_options(), plan.eval_identity()
@@ -140,6 +142,18 @@ def _merge_identity(plan: StudyPlan, method: str, point: dict) -> dict:
     }
 
 
+def interleaved_by_audio(jobs: list[Job]) -> list[Job]:
+    """Expert jobs round-robin over the audio they train on (languages, domains): the ASR and ST
+    experts of one language read the same clips, whose encoder outputs the first of them caches,
+    so parallel workers should start with different languages rather than encode the same clips
+    twice at once."""
+    groups: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        selection = job.spec["selection"]
+        groups.setdefault((tuple(selection.get("languages") or ()), tuple(selection.get("domains") or ())), []).append(job)
+    return [job for turn in itertools.zip_longest(*groups.values()) for job in turn if job is not None]
+
+
 def _baseline_jobs(plan: StudyPlan) -> list[Job]:
     spec = plan.recipe.baselines
     trained = [g for g in plan.data.experts if g.path is None]
@@ -192,25 +206,44 @@ class StageRunner:
         self.blocked: list[str] = []
 
     def run(self, title: str, jobs: list[Job]) -> None:
+        """Run the jobs not done yet; a job whose inputs are jobs of this batch waits for them and
+        starts as soon as they are done (on the executor's queue), or is blocked when one fails."""
         status = self.store.status([j.key for j in jobs])
-        todo = []
-        for job in jobs:
-            state = status.get(job.key)
-            if state == "done" or (state == "failed" and self.only_new):
-                continue
-            missing = [d for d in job.depends if self.store.status([d]).get(d) != "done"]
-            if missing:
+        todo = [j for j in jobs if not (status.get(j.key) == "done" or (status.get(j.key) == "failed" and self.only_new))]
+        batch = {j.key for j in todo}
+        ready, waiting, lost, finished = [], [], set(), set()
+        for job in todo:
+            if any(d not in batch and self.store.status([d]).get(d) != "done" for d in job.depends):
                 self.blocked.append(job.name)
-                continue
-            todo.append(job)
-        if not todo:
+                lost.add(job.key)
+            elif any(d in batch for d in job.depends):
+                waiting.append(job)
+            else:
+                ready.append(job)
+        if not ready:
+            self.blocked += [j.name for j in waiting]
             return
         by_key = {j.key: j for j in todo}
-        for job in todo:
-            self.store.start(job.key, self.executor.name)
+
+        def released(key: str, outcome: dict) -> list[tuple[str, str, dict]]:
+            (finished if outcome["ok"] else lost).add(key)
+            now_ready, changed = [], True
+            while changed:  # blocking spreads to the jobs that wait for a blocked one
+                changed = False
+                for job in list(waiting):
+                    if any(d in lost for d in job.depends):
+                        waiting.remove(job)
+                        self.blocked.append(job.name)
+                        lost.add(job.key)
+                        changed = True
+                    elif all(d in finished for d in job.depends if d in batch):
+                        waiting.remove(job)
+                        now_ready.append(job)
+            return self._started(now_ready)
+
         with _progress(self.progress) as bar:
-            task = bar.add_task(title, total=len(todo)) if bar else None
-            for key, outcome in self.executor.submit_all([(j.key, j.task, j.spec) for j in todo]):
+            task = bar.add_task(title, total=len(todo) - len(lost)) if bar else None
+            for key, outcome in self.executor.submit_all(self._started(ready), released):
                 job = by_key[key]
                 if outcome["ok"]:
                     result = outcome["result"]
@@ -223,6 +256,12 @@ class StageRunner:
                         bar.console.print(f"[red]failed[/] {job.name}: {outcome['error']}", highlight=False)
                 if bar:
                     bar.update(task, advance=1, description=f"{title}: {job.name}")
+        self.blocked += [j.name for j in waiting]
+
+    def _started(self, jobs: list[Job]) -> list[tuple[str, str, dict]]:
+        for job in jobs:
+            self.store.start(job.key, self.executor.name)
+        return [(j.key, j.task, j.spec) for j in jobs]
 
 
 def _progress(enabled: bool):
@@ -353,8 +392,8 @@ def run_study(
             runner = StageRunner(store, chosen_executor, only_new, progress)
             store.add_jobs([j.record() for j in plan.training + plan.references + plan.validation])
             store.set_plan([j.key for j in plan.training + plan.references + plan.validation])
-            runner.run("training experts and baselines", plan.training)
-            runner.run("scoring base, experts, baselines; merging the grid on validation", plan.references + plan.validation)
+            # one batch: a model is scored and merged as soon as the experts it needs exist
+            runner.run("training, scoring, merging the grid on validation", plan.training + plan.references + plan.validation)
             tests = [test_job(plan, c["method"], c["setting"]) for c in select_settings(plan, store)]
             store.add_jobs([j.record() for j in tests])
             store.set_plan([j.key for j in plan.training + plan.references + plan.validation + tests])
