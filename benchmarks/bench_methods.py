@@ -207,7 +207,7 @@ def benchmark(args) -> dict:
                 with tempfile.TemporaryDirectory(dir=args.workdir) as scratch:
                     out = Path(scratch) / "merged"
                     recipe = {"base": str(base_dir), "experts": [str(d) for d in expert_dirs], "method": method,
-                              "params": params, "output": str(out), "device": "cpu"}
+                              "params": params, "output": str(out), "device": args.device}
                     row["ours"].append(run_child([sys.executable, "-c", OURS_CHILD, json.dumps(recipe), str(args.threads)]))
                     if label in FUSIONBENCH and args.fusionbench_python:
                         job = {"method": FUSIONBENCH[label], "base": str(base_dir / "model.safetensors"),
@@ -226,7 +226,8 @@ def table(results: dict, args, load: str) -> str:
     command = (f"python benchmarks/bench_methods.py --experts {' '.join(map(str, args.experts))} --layers {args.layers} "
                f"--repeats {args.repeats} --threads {args.threads} --section '{args.section}'"
                + (f" --methods {' '.join(repr(m) for m in args.methods)}" if args.methods else "")
-               + (" --fusionbench-python FB_PYTHON" if args.fusionbench_python else "") + " --write docs/performance.md")
+               + (" --fusionbench-python FB_PYTHON" if args.fusionbench_python else "")
+               + (f" --device {args.device}" if args.device != "cpu" else "") + " --write docs/performance.md")
     lines = [
         f"### Merge methods: {args.section}",
         "",
@@ -272,6 +273,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=12, help="encoder and decoder blocks (12 = Whisper small)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per method; medians are reported")
     parser.add_argument("--threads", type=int, default=2, help="torch threads in every run")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="speechmerge's compute device")
     parser.add_argument("--methods", nargs="*", help="only these labels (see RUNS in this file)")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "speechmerge-bench",
                         help="where checkpoints and scratch outputs go")

@@ -165,9 +165,9 @@ def make_checkpoints(workdir: Path, shape: str, experts: int, dtype: str) -> tup
     return base_dir, dirs
 
 
-def ours_command(method: str, params: dict, base: Path, experts: list[Path], out: Path) -> list[str]:
+def ours_command(method: str, params: dict, base: Path, experts: list[Path], out: Path, device: str) -> list[str]:
     recipe = {"base": str(base), "experts": [str(e) for e in experts], "method": method, "params": params,
-              "output": str(out), "device": "cpu"}
+              "output": str(out), "device": device}
     return [sys.executable, "-c", OURS_CHILD, json.dumps(recipe)]
 
 
@@ -218,7 +218,7 @@ def benchmark(args) -> tuple[dict, float, float]:
             with tempfile.TemporaryDirectory(dir=args.workdir) as scratch_name:
                 scratch = Path(scratch_name)
                 row = rows.setdefault(label, {})
-                row.setdefault("ours", []).append(run_child(ours_command(method, params, base, experts, scratch / "ours")))
+                row.setdefault("ours", []).append(run_child(ours_command(method, params, base, experts, scratch / "ours", args.device)))
                 if args.mergekit_python and label in MERGEKIT:
                     command = mergekit_command(args.mergekit_python, label, base, experts, scratch / "mk", scratch,
                                                args.dtype)
@@ -233,7 +233,8 @@ def benchmark(args) -> tuple[dict, float, float]:
 def render(args, rows: dict, hashing: float, input_bytes: int, load: str) -> str:
     command = (f"python benchmarks/bench_scale.py {args.shape} --experts {args.experts} --dtype {args.dtype} "
                f"--repeats {args.repeats} --methods {' '.join(args.methods)}"
-               + (" --mergekit-python MK_PYTHON" if args.mergekit_python else "") + " --write docs/performance.md")
+               + (" --mergekit-python MK_PYTHON" if args.mergekit_python else "")
+               + (f" --device {args.device}" if args.device != "cpu" else "") + " --write docs/performance.md")
     floor = median([r["wall_seconds"] for r in rows["read floor"]["ours"]])
     lines = [
         f"### Merging at scale: Whisper {args.shape} shapes, base + {args.experts} experts ({args.dtype})",
@@ -272,6 +273,7 @@ def main() -> None:
     parser.add_argument("--experts", type=int, default=3)
     parser.add_argument("--dtype", default="float32", choices=("float32", "float16"), help="checkpoint dtype")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="speechmerge's compute device")
     parser.add_argument("--methods", nargs="+", default=["soup", "task_arithmetic", "ties", "dare"],
                         help=f"any of {sorted(MERGEKIT) + sorted(EXTRA)}")
     parser.add_argument("--mergekit-python", help="python of a virtual env with mergekit installed")
