@@ -75,3 +75,36 @@ def test_experts_sharing_audio_are_not_next_to_each_other_in_the_queue():
     jobs = [expert(lang, task) for lang in ("es", "de", "fr") for task in ("transcribe", "translate")]
     order = [j.key for j in interleaved_by_audio(jobs)]
     assert order == ["es-transcribe", "de-transcribe", "fr-transcribe", "es-translate", "de-translate", "fr-translate"]
+
+
+def test_a_pool_worker_ends_when_the_driver_is_killed(tmp_path):
+    """Kill the driver of a pool with SIGKILL: its worker, busy with a long job, must not live on."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    driver = r"""
+import sys, time
+from speechmerge.study.executors import PoolExecutor
+pool = PoolExecutor(1)
+future = pool.pool.submit(time.sleep, 600)
+while not pool.pool._processes:
+    time.sleep(0.05)
+print(*pool.pool._processes, flush=True)
+time.sleep(600)
+"""
+    process = subprocess.Popen([sys.executable, "-c", driver], stdout=subprocess.PIPE, text=True)
+    worker = int(process.stdout.readline().split()[0])
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    os.kill(worker, signal.SIGKILL)
+    raise AssertionError("the pool worker outlived its driver")

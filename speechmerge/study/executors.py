@@ -89,7 +89,8 @@ class PoolExecutor:
 
         self.name = f"local pool ({workers} workers)"
         self.threads = max(1, cpu_count() // workers)
-        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=exit_with_parent, initargs=(os.getpid(),))
 
     def submit_all(self, calls: list[Call], more: More = _nothing_more) -> Iterator[tuple[str, dict]]:
         from concurrent.futures import FIRST_COMPLETED, wait
@@ -159,6 +160,20 @@ class RayExecutor:
     def close(self) -> None:
         if self.started_here:
             self.ray.shutdown()
+
+
+def exit_with_parent(parent: int, interval: float = 1.0) -> None:
+    """In a pool worker: end this process when the study's driver is gone (killed with SIGKILL or
+    SIGTERM, which the pool cannot forward), instead of running the rest of its queue as an orphan."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _outcome(get) -> dict:
