@@ -86,7 +86,8 @@ def compare_backends(model, data, repeats: int, threads: int) -> dict:
         out[name] = {
             "seconds_per_clip": statistics.median(times[name]),
             "all_seconds_per_clip": times[name],
-            "speedup_vs_transformers": statistics.median(times["transformers float32"]) / statistics.median(times[name]),
+            "speedup_vs_transformers": statistics.median(times["transformers float32"])
+            / statistics.median(times[name]),
             "identical_texts": same,
             "clips": len(result.predictions),
             "macro_wer": macro(result, "wer"),
@@ -130,7 +131,9 @@ def encoder_cache_speedup(model_dir: Path, data, experts: int, threads: int, wor
     os.environ["SPEECHMERGE_CACHE"] = str(work / "cache-on")
     on = [run(m, data, encoder_cache=True, threads=threads) for m in models]
     for a, b in zip(off, on):
-        assert [p.hypothesis for p in a.predictions] == [p.hypothesis for p in b.predictions], "the encoder cache changed an output"
+        assert [p.hypothesis for p in a.predictions] == [p.hypothesis for p in b.predictions], (
+            "the encoder cache changed an output"
+        )
     seconds_off = [r.timing.decode_seconds for r in off]
     seconds_on = [r.timing.decode_seconds for r in on]
     return {
@@ -157,7 +160,9 @@ def markdown(report: dict) -> str:
         "",
         f"    {report['command']}",
         "",
-        "| backend | s/clip (median of " + str(report["repeats"]) + ") | speed-up vs transformers | identical texts | macro WER % | BLEU (es→en) |",
+        "| backend | s/clip (median of "
+        + str(report["repeats"])
+        + ") | speed-up vs transformers | identical texts | macro WER % | BLEU (es→en) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name, row in backends.items():
@@ -178,8 +183,12 @@ def markdown(report: dict) -> str:
         "",
         "| | " + " | ".join(["base"] + [f"expert {i + 1}" for i in range(cache["models"] - 1)]) + " | total |",
         "|---|" + "---:|" * (cache["models"] + 1),
-        "| cache off | " + " | ".join(f"{s:.1f}" for s in cache["seconds_without_cache"]) + f" | {sum(cache['seconds_without_cache']):.1f} |",
-        "| cache on (cold) | " + " | ".join(f"{s:.1f}" for s in cache["seconds_with_cache"]) + f" | {sum(cache['seconds_with_cache']):.1f} |",
+        "| cache off | "
+        + " | ".join(f"{s:.1f}" for s in cache["seconds_without_cache"])
+        + f" | {sum(cache['seconds_without_cache']):.1f} |",
+        "| cache on (cold) | "
+        + " | ".join(f"{s:.1f}" for s in cache["seconds_with_cache"])
+        + f" | {sum(cache['seconds_with_cache']):.1f} |",
         "",
         f"Outputs identical with and without the cache; each model after the first decodes {cache['warm_speedup']:.1f}× faster, "
         f"{cache['total_speedup']:.2f}× for the {cache['models']} models together.",
@@ -190,14 +199,22 @@ def markdown(report: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="builtin:whisper-base")
-    parser.add_argument("--corpus", type=Path, default=None, help="a built corpus folder (default: build the multilingual demo corpus)")
-    parser.add_argument("--clips", type=int, default=6, help="clips per language (en, es, de, fr; and es→en translation)")
+    parser.add_argument(
+        "--corpus", type=Path, default=None, help="a built corpus folder (default: build the multilingual demo corpus)"
+    )
+    parser.add_argument(
+        "--clips", type=int, default=6, help="clips per language (en, es, de, fr; and es→en translation)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16])
-    parser.add_argument("--experts", type=int, default=2, help="frozen-encoder experts for the encoder-cache measurement")
+    parser.add_argument(
+        "--experts", type=int, default=2, help="frozen-encoder experts for the encoder-cache measurement"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path, default=None, help="also write the results as JSON")
-    parser.add_argument("--write-docs", action="store_true", help="rewrite this script's section of docs/performance.md")
+    parser.add_argument(
+        "--write-docs", action="store_true", help="rewrite this script's section of docs/performance.md"
+    )
     args = parser.parse_args()
 
     import torch

@@ -34,12 +34,25 @@ from harness import WHISPER_SHAPES, median, run_child, write_section  # noqa: E4
 
 # (label, method, params): every registered method with its defaults, plus the fast SVD options.
 RUNS = [
-    ("soup", "soup", {}), ("model_stock", "model_stock", {}), ("karcher", "karcher", {}),
-    ("multislerp", "multislerp", {}), ("task_arithmetic", "task_arithmetic", {}), ("ties", "ties", {}),
-    ("dare", "dare", {}), ("pcb", "pcb", {}), ("sce", "sce", {}), ("breadcrumbs", "breadcrumbs", {}),
-    ("della", "della", {}), ("lors_mp", "lors_mp", {}), ("lors", "lors", {}), ("lors_svp", "lors_svp", {}),
-    ("tsv_m", "tsv_m", {}), ("tsv_m randomised+NS", "tsv_m", {"svd": "randomised", "orthogonaliser": "newton_schulz"}),
-    ("boosted_tsv_m", "boosted_tsv_m", {}), ("iso_c", "iso_c", {}), ("iso_cts", "iso_cts", {}),
+    ("soup", "soup", {}),
+    ("model_stock", "model_stock", {}),
+    ("karcher", "karcher", {}),
+    ("multislerp", "multislerp", {}),
+    ("task_arithmetic", "task_arithmetic", {}),
+    ("ties", "ties", {}),
+    ("dare", "dare", {}),
+    ("pcb", "pcb", {}),
+    ("sce", "sce", {}),
+    ("breadcrumbs", "breadcrumbs", {}),
+    ("della", "della", {}),
+    ("lors_mp", "lors_mp", {}),
+    ("lors", "lors", {}),
+    ("lors_svp", "lors_svp", {}),
+    ("tsv_m", "tsv_m", {}),
+    ("tsv_m randomised+NS", "tsv_m", {"svd": "randomised", "orthogonaliser": "newton_schulz"}),
+    ("boosted_tsv_m", "boosted_tsv_m", {}),
+    ("iso_c", "iso_c", {}),
+    ("iso_cts", "iso_cts", {}),
     ("iso_cts randomised+NS", "iso_cts", {"svd": "randomised", "orthogonaliser": "newton_schulz"}),
 ]
 LOADS: list[float] = []  # 1-minute load average after each run
@@ -91,7 +104,9 @@ def fine_tune_like(tensor, generator, scale: float = 1e-3):
 
     if tensor.dim() == 2 and min(tensor.shape) > 64:
         rank = 32
-        low = torch.randn(tensor.shape[0], rank, generator=generator) @ torch.randn(rank, tensor.shape[1], generator=generator)
+        low = torch.randn(tensor.shape[0], rank, generator=generator) @ torch.randn(
+            rank, tensor.shape[1], generator=generator
+        )
         return tensor + scale * (low / rank**0.5 + 0.3 * torch.randn(tensor.shape, generator=generator))
     return tensor + scale * torch.randn(tensor.shape, generator=generator)
 
@@ -127,8 +142,11 @@ def make_checkpoints(workdir: Path, experts: int, layers: int) -> tuple[Path, li
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             shutil.copy(base_dir / "config.json", tmp / "config.json")
-            save_file({k: fine_tune_like(v, generator) for k, v in base.items()}, str(tmp / "model.safetensors"),
-                      metadata={"format": "pt"})
+            save_file(
+                {k: fine_tune_like(v, generator) for k, v in base.items()},
+                str(tmp / "model.safetensors"),
+                metadata={"format": "pt"},
+            )
             tmp.rename(target)
         dirs.append(target)
     return base_dir, dirs
@@ -145,7 +163,9 @@ def excluded_two_d(base_dir: Path) -> list[str]:
 
     layout = whisper_layout(_json.loads((base_dir / "config.json").read_text()))
     with safe_open(str(base_dir / "model.safetensors"), "pt") as handle:
-        return [n for n in handle.keys() if len(handle.get_slice(n).get_shape()) == 2 and not layout.role(n).is_block_matrix]
+        return [
+            n for n in handle.keys() if len(handle.get_slice(n).get_shape()) == 2 and not layout.role(n).is_block_matrix
+        ]
 
 
 def relative_difference(ours: Path, theirs: Path, base_dir: Path) -> float:
@@ -189,8 +209,13 @@ def randomised_svd_error(base_dir: Path, expert_dir: Path, experts: int) -> dict
         fast_error = torch.linalg.matrix_norm(delta - (fast[0] * fast[1]) @ fast[2])
         ratios.append(float(fast_error / exact_error))
         sigma_errors.append(float(((fast[1] - exact[1]).abs() / exact[1]).max()))
-    return {"k": min(delta.shape) // experts, "median_ratio": median(ratios), "max_ratio": max(ratios),
-            "max_sigma_error": max(sigma_errors), "matrices": len(ratios)}
+    return {
+        "k": min(delta.shape) // experts,
+        "median_ratio": median(ratios),
+        "max_ratio": max(ratios),
+        "max_sigma_error": max(sigma_errors),
+        "matrices": len(ratios),
+    }
 
 
 def benchmark(args) -> dict:
@@ -206,37 +231,61 @@ def benchmark(args) -> dict:
             for repeat in range(args.repeats):
                 with tempfile.TemporaryDirectory(dir=args.workdir) as scratch:
                     out = Path(scratch) / "merged"
-                    recipe = {"base": str(base_dir), "experts": [str(d) for d in expert_dirs], "method": method,
-                              "params": params, "output": str(out), "device": args.device}
-                    row["ours"].append(run_child([sys.executable, "-c", OURS_CHILD, json.dumps(recipe), str(args.threads)]))
+                    recipe = {
+                        "base": str(base_dir),
+                        "experts": [str(d) for d in expert_dirs],
+                        "method": method,
+                        "params": params,
+                        "output": str(out),
+                        "device": args.device,
+                    }
+                    row["ours"].append(
+                        run_child([sys.executable, "-c", OURS_CHILD, json.dumps(recipe), str(args.threads)])
+                    )
                     if label in FUSIONBENCH and args.fusionbench_python:
-                        job = {"method": FUSIONBENCH[label], "base": str(base_dir / "model.safetensors"),
-                               "experts": [str(d / "model.safetensors") for d in expert_dirs], "exclude": exclude,
-                               "output": str(Path(scratch) / "fusionbench.safetensors")}
-                        row["fb"].append(run_child([args.fusionbench_python, "-c", FUSIONBENCH_CHILD, json.dumps(job), str(args.threads)]))
+                        job = {
+                            "method": FUSIONBENCH[label],
+                            "base": str(base_dir / "model.safetensors"),
+                            "experts": [str(d / "model.safetensors") for d in expert_dirs],
+                            "exclude": exclude,
+                            "output": str(Path(scratch) / "fusionbench.safetensors"),
+                        }
+                        row["fb"].append(
+                            run_child(
+                                [args.fusionbench_python, "-c", FUSIONBENCH_CHILD, json.dumps(job), str(args.threads)]
+                            )
+                        )
                         if repeat == 0:
                             row["diff"] = relative_difference(out, Path(job["output"]), base_dir)
                 LOADS.append(os.getloadavg()[0])
-                print(f"{label} T={experts} run {repeat + 1}: {row['ours'][-1]['seconds']:.1f} s"
-                      + (f", FusionBench {row['fb'][-1]['seconds']:.1f} s" if row["fb"] else ""), flush=True)
+                print(
+                    f"{label} T={experts} run {repeat + 1}: {row['ours'][-1]['seconds']:.1f} s"
+                    + (f", FusionBench {row['fb'][-1]['seconds']:.1f} s" if row["fb"] else ""),
+                    flush=True,
+                )
     return results
 
 
 def table(results: dict, args, load: str) -> str:
-    command = (f"python benchmarks/bench_methods.py --experts {' '.join(map(str, args.experts))} --layers {args.layers} "
-               f"--repeats {args.repeats} --threads {args.threads} --section '{args.section}'"
-               + (f" --methods {' '.join(repr(m) for m in args.methods)}" if args.methods else "")
-               + (" --fusionbench-python FB_PYTHON" if args.fusionbench_python else "")
-               + (f" --device {args.device}" if args.device != "cpu" else "") + " --write docs/performance.md")
+    command = (
+        f"python benchmarks/bench_methods.py --experts {' '.join(map(str, args.experts))} --layers {args.layers} "
+        f"--repeats {args.repeats} --threads {args.threads} --section '{args.section}'"
+        + (f" --methods {' '.join(repr(m) for m in args.methods)}" if args.methods else "")
+        + (" --fusionbench-python FB_PYTHON" if args.fusionbench_python else "")
+        + (f" --device {args.device}" if args.device != "cpu" else "")
+        + " --write docs/performance.md"
+    )
     lines = [
         f"### Merge methods: {args.section}",
         "",
         f"Generated by `{command}` (FB_PYTHON: a virtual environment with `torch==2.13.0` and `fusion-bench==0.2.33`).",
-        (f"Random Whisper-small-shaped checkpoints with {args.layers} encoder and {args.layers} decoder blocks "
-         f"(Whisper small has 12), float32; {args.threads} torch threads on a 2-core CPU shared with other work "
-         f"(load average during the run: {load}); medians of {args.repeats} runs, each a fresh process. "
-         "Time: read inputs, merge, write the output (FusionBench: load every model, merge in memory, not saving). "
-         "Memory: peak resident anonymous memory above the process's baseline after imports."),
+        (
+            f"Random Whisper-small-shaped checkpoints with {args.layers} encoder and {args.layers} decoder blocks "
+            f"(Whisper small has 12), float32; {args.threads} torch threads on a 2-core CPU shared with other work "
+            f"(load average during the run: {load}); medians of {args.repeats} runs, each a fresh process. "
+            "Time: read inputs, merge, write the output (FusionBench: load every model, merge in memory, not saving). "
+            "Memory: peak resident anonymous memory above the process's baseline after imports."
+        ),
         "",
         "| method | experts | time (s) | peak memory (MiB) | FusionBench time (s) | FusionBench memory (MiB) | time ratio | memory ratio | max relative difference |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -256,13 +305,17 @@ def table(results: dict, args, load: str) -> str:
         "",
         "Max relative difference: over tensors, max |ours − FusionBench| / max |FusionBench − base|.",
         "",
-        ("Randomised top-k SVD (`svd: randomised`: 10 oversamples, 2 power iterations) against the exact one, "
-         "on the block matrices of one expert's task vector, k = ⌊r/T⌋ as TSV-M keeps:"),
+        (
+            "Randomised top-k SVD (`svd: randomised`: 10 oversamples, 2 power iterations) against the exact one, "
+            "on the block matrices of one expert's task vector, k = ⌊r/T⌋ as TSV-M keeps:"
+        ),
         "",
         "| experts | k (r = 768) | matrices | truncation error ratio, median | max | max relative error of σ_1..k |",
         "|---|---|---|---|---|---|",
-        *[f"| {t} | {e['k']} | {e['matrices']} | {e['median_ratio']:.4f} | {e['max_ratio']:.4f} | {e['max_sigma_error']:.1e} |"
-          for t, e in SVD_ERRORS.items()],
+        *[
+            f"| {t} | {e['k']} | {e['matrices']} | {e['median_ratio']:.4f} | {e['max_ratio']:.4f} | {e['max_sigma_error']:.1e} |"
+            for t, e in SVD_ERRORS.items()
+        ],
     ]
     return "\n".join(lines) + "\n"
 
@@ -275,8 +328,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads in every run")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="speechmerge's compute device")
     parser.add_argument("--methods", nargs="*", help="only these labels (see RUNS in this file)")
-    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "speechmerge-bench",
-                        help="where checkpoints and scratch outputs go")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "speechmerge-bench",
+        help="where checkpoints and scratch outputs go",
+    )
     parser.add_argument("--fusionbench-python", help="python of a virtual env with fusion-bench installed")
     parser.add_argument("--write", type=Path, help="replace this benchmark's section of this Markdown file")
     parser.add_argument("--section", default="all methods", help="name of that section (one per configuration)")

@@ -72,8 +72,14 @@ def run(args) -> dict:
     shutil.rmtree(output, ignore_errors=True)
     shutil.rmtree(f"{output}.partial", ignore_errors=True)
     config = training_config(
-        mode=args.mode, steps=args.steps, learning_rate=args.lr, batch_size=args.batch_size, eval_every=args.eval_every,
-        patience=args.patience, seed=args.seed, lora_encoder=not args.lora_decoder_only,
+        mode=args.mode,
+        steps=args.steps,
+        learning_rate=args.lr,
+        batch_size=args.batch_size,
+        eval_every=args.eval_every,
+        patience=args.patience,
+        seed=args.seed,
+        lora_encoder=not args.lora_decoder_only,
     )
     selection = DataSelection(sources=(Path(args.corpus),), languages=(args.language,), tasks=(args.task,))
     started = time.perf_counter()
@@ -82,12 +88,22 @@ def run(args) -> dict:
     record = read_training_record(output)
     evaluated = dense_copy(output, args.base, Path(f"{output}-dense")) if args.mode == "lora" else output
     row = {
-        "name": name, "language": args.language, "task": args.task, "mode": args.mode + ("-decoder" if args.lora_decoder_only and args.mode == "lora" else ""),
-        "steps": args.steps, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
+        "name": name,
+        "language": args.language,
+        "task": args.task,
+        "mode": args.mode + ("-decoder" if args.lora_decoder_only and args.mode == "lora" else ""),
+        "steps": args.steps,
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
         "train_utterances": record.data_summary[0]["train"]["utterances"],
-        "steps_done": record.result["steps_done"], "best_step": record.result["best_step"],
-        "base_validation_loss": record.result["base_validation_loss"], "best_validation_loss": record.result["best_validation_loss"],
-        "wall_seconds": round(wall, 1), **record.timing, "threads": torch.get_num_threads(),
+        "steps_done": record.result["steps_done"],
+        "best_step": record.result["best_step"],
+        "base_validation_loss": record.result["base_validation_loss"],
+        "best_validation_loss": record.result["best_validation_loss"],
+        "wall_seconds": round(wall, 1),
+        **record.timing,
+        "threads": torch.get_num_threads(),
         "load_average_1min": round(os.getloadavg()[0], 2),
         "base": scores(args.base, Path(args.corpus), args.language, args.task),
         "expert": scores(evaluated, Path(args.corpus), args.language, args.task),
@@ -113,21 +129,26 @@ def table(path: Path) -> str:
     ]
     for (language, task, mode, steps, lr, batch), group in groups.items():
 
-        def median(field):
+        def median(field, group=group):
             present = [r.get(field) for r in group if r.get(field) is not None]
             return statistics.median(present) if present else None
 
-        def change(domain: str) -> str:
+        def change(domain: str, language=language, task=task, group=group) -> str:
             metrics = ("wer",) if task == "transcribe" else ("bleu", "chrf")
             shown = []
             for metric in metrics:
                 key = f"{language}/{task}/{domain} {metric}"
                 if all(key in r["base"] for r in group):
                     base, expert = (statistics.median(r[side][key] for r in group) for side in ("base", "expert"))
-                    shown.append(f"{base:.3f} -> {expert:.3f}" if metric == "wer" else f"{metric} {base:.1f} -> {expert:.1f}")
+                    shown.append(
+                        f"{base:.3f} -> {expert:.3f}" if metric == "wer" else f"{metric} {base:.1f} -> {expert:.1f}"
+                    )
             return "; ".join(shown) or "-"
 
-        english = " / ".join(f"{statistics.median(r['expert'][f'en/transcribe/{d} wer'] for r in group):.3f}" for d in ("general", "heldout"))
+        english = " / ".join(
+            f"{statistics.median(r['expert'][f'en/transcribe/{d} wer'] for r in group):.3f}"
+            for d in ("general", "heldout")
+        )
         cpu = median("median_step_cpu_seconds")
         lines.append(
             f"| {language} {task} | {mode} | {steps} | {lr:g} | {batch} | {len(group)} | {median('best_step'):g} "
@@ -145,7 +166,9 @@ def main() -> None:
     parser.add_argument("--language", default="es")
     parser.add_argument("--task", default="transcribe")
     parser.add_argument("--mode", default="decoder")
-    parser.add_argument("--lora-decoder-only", action="store_true", help="LoRA adapters in the decoder only (encoder outputs cached)")
+    parser.add_argument(
+        "--lora-decoder-only", action="store_true", help="LoRA adapters in the decoder only (encoder outputs cached)"
+    )
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--lr", type=float, default=3e-5)
     parser.add_argument("--batch-size", type=int, default=8)

@@ -83,7 +83,11 @@ def main() -> None:
         ct2_times.append(time.perf_counter() - start)
         start = time.perf_counter()
         with torch.no_grad():
-            ours = model.generate(features, language=language, task="transcribe", return_dict_in_generate=True).sequences[0].tolist()
+            ours = (
+                model.generate(features, language=language, task="transcribe", return_dict_in_generate=True)
+                .sequences[0]
+                .tolist()
+            )
         hf_times.append(time.perf_counter() - start)
         same_tokens += [t for t in ours[4:] if t != 50257] == theirs
         with torch.no_grad():
@@ -92,10 +96,16 @@ def main() -> None:
         same_language += detected == model.generation_config.lang_to_id[reference.detect_language(view)[0][0][0]]
         worst = max(worst, float(np.abs(encoding - np.array(reference.encode(view, to_cpu=True))).max()))
     clips = min(args.clips, len(SENTENCES))
-    print(f"clips: {clips}; token-identical greedy outputs: {same_tokens}/{clips}; same detected language: {same_language}/{clips}")
+    print(
+        f"clips: {clips}; token-identical greedy outputs: {same_tokens}/{clips}; same detected language: {same_language}/{clips}"
+    )
     print(f"encoder outputs: max abs diff {worst:.2e}")
-    print(f"conversion (builtin:whisper-base -> HF float32): median {statistics.median(seconds):.1f} s over {args.repeats}")
-    print(f"greedy decode per clip: HF median {statistics.median(hf_times):.2f} s, ctranslate2 median {statistics.median(ct2_times):.2f} s")
+    print(
+        f"conversion (builtin:whisper-base -> HF float32): median {statistics.median(seconds):.1f} s over {args.repeats}"
+    )
+    print(
+        f"greedy decode per clip: HF median {statistics.median(hf_times):.2f} s, ctranslate2 median {statistics.median(ct2_times):.2f} s"
+    )
     shutil.rmtree(work)
 
 

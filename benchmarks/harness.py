@@ -19,12 +19,32 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 WHISPER_SHAPES = {
-    "small": dict(d_model=768, encoder_layers=12, decoder_layers=12, encoder_attention_heads=12,
-                  decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072, vocab_size=51865,
-                  num_mel_bins=80, max_source_positions=1500, max_target_positions=448),
-    "large-v3": dict(d_model=1280, encoder_layers=32, decoder_layers=32, encoder_attention_heads=20,
-                     decoder_attention_heads=20, encoder_ffn_dim=5120, decoder_ffn_dim=5120, vocab_size=51866,
-                     num_mel_bins=128, max_source_positions=1500, max_target_positions=448),
+    "small": dict(
+        d_model=768,
+        encoder_layers=12,
+        decoder_layers=12,
+        encoder_attention_heads=12,
+        decoder_attention_heads=12,
+        encoder_ffn_dim=3072,
+        decoder_ffn_dim=3072,
+        vocab_size=51865,
+        num_mel_bins=80,
+        max_source_positions=1500,
+        max_target_positions=448,
+    ),
+    "large-v3": dict(
+        d_model=1280,
+        encoder_layers=32,
+        decoder_layers=32,
+        encoder_attention_heads=20,
+        decoder_attention_heads=20,
+        encoder_ffn_dim=5120,
+        decoder_ffn_dim=5120,
+        vocab_size=51866,
+        num_mel_bins=128,
+        max_source_positions=1500,
+        max_target_positions=448,
+    ),
 }
 
 
@@ -42,8 +62,9 @@ def proc_status(pid: int) -> dict[str, int]:
 def run_child(command: list[str], cwd: Path = ROOT) -> dict:
     """Run a measured child (see the module docstring); return its JSON plus `peak_anon_bytes`
     (above its baseline), `peak_rss_bytes` (absolute) and `wall_seconds` from 'go' to exit."""
-    child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, cwd=cwd)
+    child = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd
+    )
     if child.stdout.readline().strip() != "ready":
         raise RuntimeError(f"child failed to start: {' '.join(command)}\n{child.stderr.read()[-2000:]}")
     baseline = proc_status(child.pid).get("RssAnon", 0)
@@ -83,7 +104,7 @@ def write_section(path: Path, script: str, name: str, body: str) -> None:
     section = f"{begin}\n{body.rstrip()}\n{end}\n"
     text = path.read_text() if path.exists() else "# Performance\n\n"
     if begin in text and end in text:
-        text = text[: text.index(begin)] + section.rstrip("\n") + text[text.index(end) + len(end):]
+        text = text[: text.index(begin)] + section.rstrip("\n") + text[text.index(end) + len(end) :]
     else:
         text = text.rstrip("\n") + "\n\n" + section
     path.write_text(text)

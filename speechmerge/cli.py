@@ -37,7 +37,9 @@ def merge(
     recipe: Path = typer.Argument(..., help="YAML merge recipe (see `speechmerge methods`)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output directory (overrides the recipe's)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
-    shard_size: Optional[str] = typer.Option(None, help="Largest output shard, e.g. 500MB or 2GB (overrides the recipe's)."),
+    shard_size: Optional[str] = typer.Option(
+        None, help="Largest output shard, e.g. 500MB or 2GB (overrides the recipe's)."
+    ),
     device: Optional[str] = typer.Option(None, help="cpu, cuda or auto (overrides the recipe's)."),
     memory_budget: Optional[str] = typer.Option(
         None, help="Bytes of inputs and work held at once, e.g. 512MB (overrides the recipe's)."
@@ -70,11 +72,16 @@ def convert(
         "or (with --to ct2) a Hugging Face Whisper directory.",
     ),
     output: Path = typer.Argument(..., help="Directory to create (refused if it exists, unless --force)."),
-    to: str = typer.Option("hf", "--to", help="Output format: hf (Hugging Face Whisper) or ct2 (CTranslate2, for faster-whisper)."),
-    quantization: str = typer.Option(
-        "float16", help="With --to ct2: float32, float16, bfloat16, int8, int8_float16, int8_float32, int8_bfloat16 or int16."
+    to: str = typer.Option(
+        "hf", "--to", help="Output format: hf (Hugging Face Whisper) or ct2 (CTranslate2, for faster-whisper)."
     ),
-    dtype: str = typer.Option("float32", help="With --to hf: weight dtype of the output, float32, float16 or bfloat16."),
+    quantization: str = typer.Option(
+        "float16",
+        help="With --to ct2: float32, float16, bfloat16, int8, int8_float16, int8_float32, int8_bfloat16 or int16.",
+    ),
+    dtype: str = typer.Option(
+        "float32", help="With --to hf: weight dtype of the output, float32, float16 or bfloat16."
+    ),
     tokenizer: Optional[Path] = typer.Option(
         None, help="Directory or tokenizer.json to use when the source has none; it is checked before use."
     ),
@@ -85,30 +92,70 @@ def convert(
 
     from speechmerge.checkpoints.convert import convert_model
 
-    target = convert_model(source, output, to=to, quantization=quantization, dtype=dtype, tokenizer=tokenizer, force=force)
+    target = convert_model(
+        source, output, to=to, quantization=quantization, dtype=dtype, tokenizer=tokenizer, force=force
+    )
     Console(stderr=True).print(f"[green]converted[/] {source} -> {target} ({to})", highlight=False)
 
 
 @app.command("eval")
 def eval_command(
-    model: str = typer.Argument(..., help="Model to evaluate: a Hugging Face Whisper directory, builtin:whisper-base, a CTranslate2 directory, a .pt file or a hub id."),
-    data: list[Path] = typer.Argument(..., help="Manifests (.jsonl/.csv) and/or built corpus folders (every manifest of the corpus that matches the filters)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for predictions.jsonl and summary.{md,csv,json} (default: ./eval-<model name>)."),
-    backend: str = typer.Option("transformers", help="transformers (the reference) or ctranslate2 (the model exported to CTranslate2, faster on CPU)."),
+    model: str = typer.Argument(
+        ...,
+        help="Model to evaluate: a Hugging Face Whisper directory, builtin:whisper-base, a CTranslate2 directory, a .pt file or a hub id.",
+    ),
+    data: list[Path] = typer.Argument(
+        ...,
+        help="Manifests (.jsonl/.csv) and/or built corpus folders (every manifest of the corpus that matches the filters).",
+    ),
+    output: Optional[Path] = typer.Option(
+        None,
+        "--output",
+        "-o",
+        help="Folder for predictions.jsonl and summary.{md,csv,json} (default: ./eval-<model name>).",
+    ),
+    backend: str = typer.Option(
+        "transformers",
+        help="transformers (the reference) or ctranslate2 (the model exported to CTranslate2, faster on CPU).",
+    ),
     quantization: str = typer.Option("int8", help="With --backend ctranslate2: int8, float32, int8_float32 or int16."),
     beam_size: int = typer.Option(1, help="1 = greedy search; more = beam search with that many beams."),
-    batch_size: Optional[int] = typer.Option(None, help="Clips decoded together (default: the fastest measured on CPU, 8)."),
-    detect_language: bool = typer.Option(False, "--detect-language", help="Decode in the language Whisper detects instead of the manifest's."),
-    language_id: bool = typer.Option(False, "--language-id", help="Also detect each clip's language and report LID accuracy (one more decoder pass per clip)."),
-    max_new_tokens: Optional[int] = typer.Option(None, help="Token budget per clip (default: half the decoder's context, 224 for Whisper)."),
-    cer: bool = typer.Option(False, "--cer", help="Also report CER for languages written with spaces (always reported for the others)."),
-    language: Optional[str] = typer.Option(None, "--language", "-l", help="Comma-separated languages to keep, e.g. es,de (default: all)."),
-    task: Optional[str] = typer.Option(None, "--task", "-t", help="transcribe, translate or both comma-separated (default: all)."),
+    batch_size: Optional[int] = typer.Option(
+        None, help="Clips decoded together (default: the fastest measured on CPU, 8)."
+    ),
+    detect_language: bool = typer.Option(
+        False, "--detect-language", help="Decode in the language Whisper detects instead of the manifest's."
+    ),
+    language_id: bool = typer.Option(
+        False,
+        "--language-id",
+        help="Also detect each clip's language and report LID accuracy (one more decoder pass per clip).",
+    ),
+    max_new_tokens: Optional[int] = typer.Option(
+        None, help="Token budget per clip (default: half the decoder's context, 224 for Whisper)."
+    ),
+    cer: bool = typer.Option(
+        False, "--cer", help="Also report CER for languages written with spaces (always reported for the others)."
+    ),
+    language: Optional[str] = typer.Option(
+        None, "--language", "-l", help="Comma-separated languages to keep, e.g. es,de (default: all)."
+    ),
+    task: Optional[str] = typer.Option(
+        None, "--task", "-t", help="transcribe, translate or both comma-separated (default: all)."
+    ),
     domain: Optional[str] = typer.Option(None, help="Comma-separated domains to keep (default: all)."),
     split: Optional[str] = typer.Option(None, help="Comma-separated splits to keep, e.g. test (default: all)."),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip (and report) bad manifest lines instead of stopping."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Decode again even when cached predictions exist (they are refreshed)."),
-    encoder_cache: bool = typer.Option(True, "--encoder-cache/--no-encoder-cache", help="Reuse encoder outputs across models that share the encoder (transformers backend; 3 MB per clip for whisper-base)."),
+    skip_bad: bool = typer.Option(
+        False, "--skip-bad", help="Skip (and report) bad manifest lines instead of stopping."
+    ),
+    no_cache: bool = typer.Option(
+        False, "--no-cache", help="Decode again even when cached predictions exist (they are refreshed)."
+    ),
+    encoder_cache: bool = typer.Option(
+        True,
+        "--encoder-cache/--no-encoder-cache",
+        help="Reuse encoder outputs across models that share the encoder (transformers backend; 3 MB per clip for whisper-base).",
+    ),
     threads: Optional[int] = typer.Option(None, help="CPU threads (default: torch's default)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
 ) -> None:
@@ -117,8 +164,17 @@ def eval_command(
     from speechmerge.evaluation.command import build_options, run_eval_command
 
     options = build_options(
-        cer, no_cache, backend=backend, quantization=quantization, beam_size=beam_size, batch_size=batch_size,
-        language="detect" if detect_language else "manifest", language_id=language_id, max_new_tokens=max_new_tokens, encoder_cache=encoder_cache, threads=threads,
+        cer,
+        no_cache,
+        backend=backend,
+        quantization=quantization,
+        beam_size=beam_size,
+        batch_size=batch_size,
+        language="detect" if detect_language else "manifest",
+        language_id=language_id,
+        max_new_tokens=max_new_tokens,
+        encoder_cache=encoder_cache,
+        threads=threads,
     )
     labels = LabelFilter(*(tuple(_comma_list(value)) if value else None for value in (language, task, domain, split)))
     run_eval_command(model, data, output, options, labels, skip_bad=skip_bad, force=force)
@@ -135,7 +191,9 @@ app.add_typer(data_app, name="data")
 def data_build(
     corpus: str = typer.Option("both", help="multilingual, multidomain, or both."),
     size: str = typer.Option("demo", help="tiny (smoke tests), demo (the 20-minute demo) or full (the studies)."),
-    languages: Optional[str] = typer.Option(None, help="Comma-separated languages, e.g. es,de,fr (English is always added). Default: the size's."),
+    languages: Optional[str] = typer.Option(
+        None, help="Comma-separated languages, e.g. es,de,fr (English is always added). Default: the size's."
+    ),
     domains: Optional[str] = typer.Option(None, help="Comma-separated multidomain domains (default: all ten)."),
     seed: int = typer.Option(0, help="Seed of voices and noises: same seed, same corpus."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Root folder (default: the speechmerge cache)."),
@@ -150,7 +208,16 @@ def data_build(
     chosen = ("multilingual", "multidomain") if corpus == "both" else (corpus,)
     for name in chosen:
         only_domains = _comma_list(domains) if name == "multidomain" else None
-        built = build_corpus(name, size, root=output, seed=seed, languages=_comma_list(languages), domains=only_domains, progress=True, workers=workers)
+        built = build_corpus(
+            name,
+            size,
+            root=output,
+            seed=seed,
+            languages=_comma_list(languages),
+            domains=only_domains,
+            progress=True,
+            workers=workers,
+        )
         print_corpus(built)
 
 
@@ -176,7 +243,9 @@ def data_check(
 
 @data_app.command("stats")
 def data_stats(
-    corpus: Path = typer.Argument(..., help="A built corpus folder (its corpus.json), e.g. ~/.cache/speechmerge/corpus/multilingual-full-seed0."),
+    corpus: Path = typer.Argument(
+        ..., help="A built corpus folder (its corpus.json), e.g. ~/.cache/speechmerge/corpus/multilingual-full-seed0."
+    ),
 ) -> None:
     """Sizes of a built corpus and the vocabulary overlap of its evaluation sets with its training text."""
     from speechmerge.data.corpus import open_corpus
@@ -193,7 +262,9 @@ def data_import(
     output: Path = typer.Argument(..., help="Folder for the manifests (one per split) and 16 kHz WAV files."),
     column: list[str] = typer.Option([], "--column", "-c", help="FIELD=COLUMN, e.g. text=sentence (repeatable)."),
     language: Optional[str] = typer.Option(None, help="Whisper language code for every row (when no column holds it)."),
-    task: Optional[str] = typer.Option(None, help="transcribe or translate for every row (default: a task column, else transcribe)."),
+    task: Optional[str] = typer.Option(
+        None, help="transcribe or translate for every row (default: a task column, else transcribe)."
+    ),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave bad rows out and report them, instead of stopping."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
 ) -> None:
@@ -201,22 +272,45 @@ def data_import(
     from speechmerge.data.hf_import import import_dataset, parse_columns
     from speechmerge.data.report import print_imported
 
-    print_imported(import_dataset(source, output, parse_columns(column), language=language, task=task, skip_bad=skip_bad, force=force))
+    print_imported(
+        import_dataset(
+            source, output, parse_columns(column), language=language, task=task, skip_bad=skip_bad, force=force
+        )
+    )
 
 
 @app.command()
 def finetune(
-    base: str = typer.Argument(..., help="Model to start from: builtin:whisper-base, a Hugging Face Whisper directory or hub id, a CTranslate2 directory or an openai-whisper .pt."),
-    output: Path = typer.Argument(..., help="Expert directory to create; until it is complete the run lives in OUTPUT.partial, and rerunning the same command resumes it."),
-    data: list[Path] = typer.Option(..., "--data", "-d", help="A manifest, a folder of manifests or a built corpus (repeatable). split=train trains, split=validation validates."),
-    language: Optional[str] = typer.Option(None, "--language", "-l", help="Comma-separated languages to keep, e.g. es or es,de (default: all)."),
-    task: Optional[str] = typer.Option(None, "--task", "-t", help="transcribe, translate or both comma-separated (default: all)."),
+    base: str = typer.Argument(
+        ...,
+        help="Model to start from: builtin:whisper-base, a Hugging Face Whisper directory or hub id, a CTranslate2 directory or an openai-whisper .pt.",
+    ),
+    output: Path = typer.Argument(
+        ...,
+        help="Expert directory to create; until it is complete the run lives in OUTPUT.partial, and rerunning the same command resumes it.",
+    ),
+    data: list[Path] = typer.Option(
+        ...,
+        "--data",
+        "-d",
+        help="A manifest, a folder of manifests or a built corpus (repeatable). split=train trains, split=validation validates.",
+    ),
+    language: Optional[str] = typer.Option(
+        None, "--language", "-l", help="Comma-separated languages to keep, e.g. es or es,de (default: all)."
+    ),
+    task: Optional[str] = typer.Option(
+        None, "--task", "-t", help="transcribe, translate or both comma-separated (default: all)."
+    ),
     domain: Optional[str] = typer.Option(None, help="Comma-separated domains to keep (default: all)."),
     baseline: Optional[str] = typer.Option(
-        None, help="Make a baseline instead of one expert: joint (one run on the union of the experts' data, experts x --steps steps) "
-        "or sequential (one stage of --steps per expert, in the order of --language/--task/--domain). An expert is a (language, task, domain) group."
+        None,
+        help="Make a baseline instead of one expert: joint (one run on the union of the experts' data, experts x --steps steps) "
+        "or sequential (one stage of --steps per expert, in the order of --language/--task/--domain). An expert is a (language, task, domain) group.",
     ),
-    mode: str = typer.Option("full", help="full (every weight), decoder (encoder frozen, its outputs computed once: ~10x cheaper on CPU) or lora (PEFT adapters)."),
+    mode: str = typer.Option(
+        "full",
+        help="full (every weight), decoder (encoder frozen, its outputs computed once: ~10x cheaper on CPU) or lora (PEFT adapters).",
+    ),
     steps: int = typer.Option(60, help="Optimiser steps (per expert for --baseline); early stopping may end sooner."),
     lr: float = typer.Option(1e-5, "--lr", help="Peak learning rate (AdamW)."),
     batch_size: int = typer.Option(8, help="Utterances per micro-batch."),
@@ -225,16 +319,30 @@ def finetune(
     schedule: str = typer.Option("linear", help="Decay after warm-up: linear, cosine or constant_with_warmup."),
     weight_decay: float = typer.Option(0.0, help="AdamW weight decay."),
     eval_every: int = typer.Option(10, help="Steps between validations; each saves a resumable checkpoint."),
-    patience: int = typer.Option(3, help="Stop after this many validations without a lower validation loss (0: never)."),
-    validation_fraction: float = typer.Option(0.1, help="Held out of the training data when the selection has no validation split."),
+    patience: int = typer.Option(
+        3, help="Stop after this many validations without a lower validation loss (0: never)."
+    ),
+    validation_fraction: float = typer.Option(
+        0.1, help="Held out of the training data when the selection has no validation split."
+    ),
     seed: int = typer.Option(0, help="Seed of the data order and of LoRA's initialisation."),
     device: str = typer.Option("auto", help="auto (cuda when available), cpu or cuda."),
     precision: str = typer.Option("auto", help="auto (fp32 on CPU; bf16, else fp16, on GPU), fp32, bf16 or fp16."),
-    spec_augment: bool = typer.Option(False, "--spec-augment", help="Mask time and frequency bands of the encoder input (SpecAugment); needs the encoder to train."),
+    spec_augment: bool = typer.Option(
+        False,
+        "--spec-augment",
+        help="Mask time and frequency bands of the encoder input (SpecAugment); needs the encoder to train.",
+    ),
     lora_rank: int = typer.Option(16, help="LoRA rank r."),
     lora_alpha: float = typer.Option(32.0, help="LoRA alpha (update = B·A·alpha/r)."),
-    lora_modules: str = typer.Option("q_proj,k_proj,v_proj,out_proj,fc1,fc2", help="Comma-separated block layers that get adapters."),
-    lora_encoder: bool = typer.Option(True, "--lora-encoder/--no-lora-encoder", help="Adapters in the encoder too (off: the encoder is frozen and its outputs computed once)."),
+    lora_modules: str = typer.Option(
+        "q_proj,k_proj,v_proj,out_proj,fc1,fc2", help="Comma-separated block layers that get adapters."
+    ),
+    lora_encoder: bool = typer.Option(
+        True,
+        "--lora-encoder/--no-lora-encoder",
+        help="Adapters in the encoder too (off: the encoder is frozen and its outputs computed once).",
+    ),
     force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with loss and ETA."),
 ) -> None:
@@ -244,25 +352,58 @@ def finetune(
     from speechmerge.training.command import run_finetune_command
 
     settings = dict(
-        mode=mode, steps=steps, learning_rate=lr, batch_size=batch_size, gradient_accumulation=gradient_accumulation,
-        warmup_ratio=warmup_ratio, schedule=schedule, weight_decay=weight_decay, eval_every=eval_every, patience=patience,
-        validation_fraction=validation_fraction, seed=seed, device=device, precision=precision, spec_augment=spec_augment,
-        lora_rank=lora_rank, lora_alpha=lora_alpha, lora_modules=tuple(_comma_list(lora_modules) or ()), lora_encoder=lora_encoder,
+        mode=mode,
+        steps=steps,
+        learning_rate=lr,
+        batch_size=batch_size,
+        gradient_accumulation=gradient_accumulation,
+        warmup_ratio=warmup_ratio,
+        schedule=schedule,
+        weight_decay=weight_decay,
+        eval_every=eval_every,
+        patience=patience,
+        validation_fraction=validation_fraction,
+        seed=seed,
+        device=device,
+        precision=precision,
+        spec_augment=spec_augment,
+        lora_rank=lora_rank,
+        lora_alpha=lora_alpha,
+        lora_modules=tuple(_comma_list(lora_modules) or ()),
+        lora_encoder=lora_encoder,
     )
-    filters = dict(languages=_comma_list(language) or [], tasks=_comma_list(task) or [], domains=_comma_list(domain) or [])
-    made = run_finetune_command(base, output, data, filters, settings, baseline=baseline, force=force, progress=progress)
+    filters = dict(
+        languages=_comma_list(language) or [], tasks=_comma_list(task) or [], domains=_comma_list(domain) or []
+    )
+    made = run_finetune_command(
+        base, output, data, filters, settings, baseline=baseline, force=force, progress=progress
+    )
     Console(stderr=True).print(f"[green]trained[/] {made}", highlight=False)
 
 
 @app.command()
 def study(
-    recipe: Path = typer.Argument(..., help="Study recipe (YAML): base, corpus, experts, baselines, methods grid (docs/study.md; e.g. recipes/demo.yaml)."),
+    recipe: Path = typer.Argument(
+        ...,
+        help="Study recipe (YAML): base, corpus, experts, baselines, methods grid (docs/study.md; e.g. recipes/demo.yaml).",
+    ),
     executor: str = typer.Option("local", help="local (in this process, or a process pool with --workers > 1) or ray."),
-    workers: Optional[int] = typer.Option(None, help="Jobs at once (default: local: min(cores/2, free memory/2 GB); ray: cluster CPUs / 2)."),
-    address: Optional[str] = typer.Option(None, help="With --executor ray: the cluster address (e.g. ray://head:10001 or auto); default: a local Ray instance."),
-    only_new: bool = typer.Option(False, "--only-new", help="Run only jobs never tried before (leave failed ones failed)."),
-    report_only: bool = typer.Option(False, "--report-only", help="Only render the report again from the study's store."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Study folder (overrides the recipe's `output`; default runs/<name>)."),
+    workers: Optional[int] = typer.Option(
+        None, help="Jobs at once (default: local: min(cores/2, free memory/2 GB); ray: cluster CPUs / 2)."
+    ),
+    address: Optional[str] = typer.Option(
+        None,
+        help="With --executor ray: the cluster address (e.g. ray://head:10001 or auto); default: a local Ray instance.",
+    ),
+    only_new: bool = typer.Option(
+        False, "--only-new", help="Run only jobs never tried before (leave failed ones failed)."
+    ),
+    report_only: bool = typer.Option(
+        False, "--report-only", help="Only render the report again from the study's store."
+    ),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help="Study folder (overrides the recipe's `output`; default runs/<name>)."
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Run (or resume) a study: experts, baselines, a merge grid searched on validation, the best on test, a report."""
@@ -270,21 +411,40 @@ def study(
 
     from speechmerge.study.runner import run_study
 
-    folder = run_study(recipe, executor=executor, workers=workers, address=address, only_new=only_new, report_only=report_only, output=output, progress=progress)
+    folder = run_study(
+        recipe,
+        executor=executor,
+        workers=workers,
+        address=address,
+        only_new=only_new,
+        report_only=report_only,
+        output=output,
+        progress=progress,
+    )
     Console(stderr=True).print(f"[green]study done[/] {folder} (scores: speechmerge results {folder})", highlight=False)
 
 
 @app.command()
 def results(
     study: Path = typer.Argument(..., help="A study folder (with study.sqlite) or the .sqlite file."),
-    method: Optional[str] = typer.Option(None, "--method", "-m", help="Comma-separated methods or model names to keep."),
+    method: Optional[str] = typer.Option(
+        None, "--method", "-m", help="Comma-separated methods or model names to keep."
+    ),
     stage: Optional[str] = typer.Option(None, help="validation or test."),
     metric: Optional[str] = typer.Option(None, help="Comma-separated metrics to keep: wer, cer, bleu, chrf."),
-    kind: Optional[str] = typer.Option(None, help="Comma-separated model kinds to keep: base, expert, baseline, merge."),
+    kind: Optional[str] = typer.Option(
+        None, help="Comma-separated model kinds to keep: base, expert, baseline, merge."
+    ),
     format: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
-    jobs: bool = typer.Option(False, "--jobs", help="List the jobs (status, time, attempts, errors) instead of scores."),
-    every_job: bool = typer.Option(False, "--all", help="Include jobs of earlier versions of the recipe (not in the current plan)."),
-    report: bool = typer.Option(False, "--report", help="Render the study's report again (report/report.md and .html) and stop."),
+    jobs: bool = typer.Option(
+        False, "--jobs", help="List the jobs (status, time, attempts, errors) instead of scores."
+    ),
+    every_job: bool = typer.Option(
+        False, "--all", help="Include jobs of earlier versions of the recipe (not in the current plan)."
+    ),
+    report: bool = typer.Option(
+        False, "--report", help="Render the study's report again (report/report.md and .html) and stop."
+    ),
 ) -> None:
     """Query a study's store: scores per model, stage, scope, group and metric; or its jobs."""
     if report:

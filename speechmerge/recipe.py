@@ -48,7 +48,9 @@ class OverrideSpec(_Strict):
     params: dict[str, Any] = Field(default_factory=dict, description="parameters that replace the method's")
     method: Optional[str] = Field(None, description="a different method for the matching tensors")
     keep: Optional[Literal["base"]] = Field(None, description="'base': leave matching tensors as the base's")
-    matrix: Optional[bool] = Field(None, description="treat matching 2-D tensors as block matrices (SVD/pruning) or not")
+    matrix: Optional[bool] = Field(
+        None, description="treat matching 2-D tensors as block matrices (SVD/pruning) or not"
+    )
 
     @field_validator("match")
     @classmethod
@@ -72,7 +74,10 @@ class MergeRecipe(_Strict):
     output_dtype: Literal["base", "float32", "float16", "bfloat16"] = "base"
     seed: int = 0
     shard_size: str = "2GB"
-    memory_budget: str = Field("1GB", description="bytes of input and work held at once; large tensors of entry-wise methods are streamed in row blocks to stay under it")
+    memory_budget: str = Field(
+        "1GB",
+        description="bytes of input and work held at once; large tensors of entry-wise methods are streamed in row blocks to stay under it",
+    )
     processor_from: Optional[str] = Field(None, description="where tokenizer/processor files come from (default: base)")
     _source: str = PrivateAttr("recipe")
 
@@ -89,7 +94,7 @@ class MergeRecipe(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _unique_names(self) -> "MergeRecipe":
+    def _unique_names(self) -> MergeRecipe:
         names = [e.name for e in self.experts if e.name]
         dup = {n for n in names if names.count(n) > 1}
         if dup:

@@ -74,7 +74,9 @@ def perturbed(base_state: dict, scale: float, seed: int, frozen: str | None = No
     return state
 
 
-def make_family(root: Path, experts: int = 3, frozen: str | None = None, config_changes: dict | None = None, seed: int = 0):
+def make_family(
+    root: Path, experts: int = 3, frozen: str | None = None, config_changes: dict | None = None, seed: int = 0
+):
     """Write a base and `experts` fine-tune-like copies; return (base_dir, [expert_dirs])."""
     from transformers import WhisperForConditionalGeneration
 

@@ -11,10 +11,14 @@ from conftest import tiny_config
 
 # The multilingual vocabulary's special ids (WhisperConfig's defaults are the English-only ones),
 # and a short decoder context: random models never stop early, so they decode context // 2 tokens.
-TINY_DECODER = dict(decoder_start_token_id=50258, pad_token_id=50257, bos_token_id=50257, eos_token_id=50257, max_target_positions=24)
+TINY_DECODER = dict(
+    decoder_start_token_id=50258, pad_token_id=50257, bos_token_id=50257, eos_token_id=50257, max_target_positions=24
+)
 
 
-def write_tiny_whisper(directory: Path, seed: int, encoder_from: Path | None = None, decoder_noise: float = 0.0) -> Path:
+def write_tiny_whisper(
+    directory: Path, seed: int, encoder_from: Path | None = None, decoder_noise: float = 0.0
+) -> Path:
     """A tiny random multilingual Whisper as a complete HF directory.
 
     With `encoder_from`, the encoder is copied bit for bit from that directory (a frozen-encoder
@@ -40,7 +44,9 @@ def write_tiny_whisper(directory: Path, seed: int, encoder_from: Path | None = N
     return directory
 
 
-def write_clips(folder: Path, count: int, language: str = "es", task: str = "transcribe", seed: int = 0, name: str = "clips.jsonl") -> Path:
+def write_clips(
+    folder: Path, count: int, language: str = "es", task: str = "transcribe", seed: int = 0, name: str = "clips.jsonl"
+) -> Path:
     """A manifest of `count` short synthetic clips (tones in noise, 0.6-1.4 s) with text."""
     from speechmerge.data.audio import write_wav
     from speechmerge.data.manifest import Utterance, write_manifest
@@ -56,8 +62,14 @@ def write_clips(folder: Path, count: int, language: str = "es", task: str = "tra
         write_wav(audio, samples.astype(np.float32))
         utterances.append(
             Utterance(
-                id=f"{language}-{index}", audio=audio.resolve(), text=f"hola número {index}", translation=f"hello number {index}",
-                language=language, task=task, domain="synthetic", split="test",
+                id=f"{language}-{index}",
+                audio=audio.resolve(),
+                text=f"hola número {index}",
+                translation=f"hello number {index}",
+                language=language,
+                task=task,
+                domain="synthetic",
+                split="test",
             )
         )
     manifest = folder / name

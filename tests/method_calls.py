@@ -16,8 +16,9 @@ def tensor_context(name: str = MATRIX, role: str = "mlp", is_matrix: bool = True
     return TensorContext(name, TensorRole(name, role, name.split(".")[1], 0), is_matrix, seed, torch.device("cpu"))
 
 
-def call_method(method: str, tasks: torch.Tensor, base: torch.Tensor | None = None, ctx: TensorContext | None = None,
-                **params) -> torch.Tensor:
+def call_method(
+    method: str, tasks: torch.Tensor, base: torch.Tensor | None = None, ctx: TensorContext | None = None, **params
+) -> torch.Tensor:
     declared = get_method(method)
     values = declared.validate(params, "params")
     tasks, ctx = tasks.clone(), ctx or tensor_context()

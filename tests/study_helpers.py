@@ -9,7 +9,15 @@ import yaml
 
 # Training labels of the tiny corpus' sentences need more than the evaluation helpers' 24 positions.
 TRAINABLE = {**eval_models.TINY_DECODER, "max_target_positions": 64}
-TRAINING = {"mode": "decoder", "steps": 2, "learning_rate": 1e-3, "batch_size": 2, "eval_every": 2, "patience": 0, "warmup_ratio": 0.0}
+TRAINING = {
+    "mode": "decoder",
+    "steps": 2,
+    "learning_rate": 1e-3,
+    "batch_size": 2,
+    "eval_every": 2,
+    "patience": 0,
+    "warmup_ratio": 0.0,
+}
 
 
 def tiny_base(directory: Path) -> Path:
@@ -25,8 +33,12 @@ def given_experts(root: Path, base: Path) -> list[dict]:
     """Two frozen-encoder experts of the tiny base, as a recipe's `experts.given`."""
     made = []
     for index, (task, scale) in enumerate((("transcribe", 0.02), ("translate", 0.04))):
-        path = eval_models.write_tiny_whisper(root / f"expert-{task}", seed=10 + index, encoder_from=base, decoder_noise=scale)
-        made.append({"name": f"es-{task}", "path": str(path), "languages": ["es"], "tasks": [task], "domains": ["general"]})
+        path = eval_models.write_tiny_whisper(
+            root / f"expert-{task}", seed=10 + index, encoder_from=base, decoder_noise=scale
+        )
+        made.append(
+            {"name": f"es-{task}", "path": str(path), "languages": ["es"], "tasks": [task], "domains": ["general"]}
+        )
     return made
 
 

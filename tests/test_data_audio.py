@@ -111,7 +111,10 @@ def test_babble_is_the_sum_of_the_talkers_at_equal_loudness():
     assert rms_db(babble) == pytest.approx(10 * np.log10(2.0), abs=0.2)
 
 
-@pytest.mark.parametrize("frequency, lowest, highest", [(100.0, -60.0, -15.0), (1000.0, -1.0, 1.0), (2500.0, -1.0, 1.0), (6000.0, -200.0, -30.0)])
+@pytest.mark.parametrize(
+    "frequency, lowest, highest",
+    [(100.0, -60.0, -15.0), (1000.0, -1.0, 1.0), (2500.0, -1.0, 1.0), (6000.0, -200.0, -30.0)],
+)
 def test_telephone_band_passes_300_to_3400_hz_only(frequency, lowest, highest):
     tone = sine(frequency, 1.0, 16000)
     out = telephone_band(tone)
@@ -150,4 +153,7 @@ def test_clean_condition_is_identity():
     speech = 0.5 * sine(440.0, 0.5, 16000)
     np.testing.assert_array_equal(apply_condition(speech, Condition(), np.random.default_rng(0)), speech)
     assert Condition().describe() == "clean"
-    assert Condition(noise="pink", snr_db=10, telephone=True).describe() == "pink noise at 10 dB SNR, telephone band (300-3400 Hz, 8 kHz)"
+    assert (
+        Condition(noise="pink", snr_db=10, telephone=True).describe()
+        == "pink noise at 10 dB SNR, telephone band (300-3400 Hz, 8 kHz)"
+    )

@@ -11,12 +11,12 @@ from collections import defaultdict
 import numpy as np
 import pytest
 import soundfile
-
 from conftest import run_cli
+
 from speechmerge.data.corpus import build_corpus, open_corpus
 from speechmerge.data.designs import SIZES
 from speechmerge.data.manifest import read_manifest
-from speechmerge.data.sentences import read_tsv, TEXT_DIR
+from speechmerge.data.sentences import TEXT_DIR, read_tsv
 from speechmerge.errors import SpeechmergeError
 
 if shutil.which("espeak-ng") is None:
@@ -112,7 +112,9 @@ def test_multidomain_has_domains_and_out_of_domain_sets(multidomain):
     assert "telephone" in multidomain.index.domains["law"]
     brazilian = read_manifest(multidomain.manifest("pt", "transcribe", "general-br", "test"))
     assert all(u.speaker.startswith("pt-br-") for u in brazilian)
-    european = {u.id.split("-")[1]: u.text for u in read_manifest(multidomain.manifest("pt", "transcribe", "general", "test"))}
+    european = {
+        u.id.split("-")[1]: u.text for u in read_manifest(multidomain.manifest("pt", "transcribe", "general", "test"))
+    }
     assert any(european.get(u.id.split("-")[2]) not in (None, u.text) for u in brazilian)  # Brazilian wording differs
 
 
@@ -130,7 +132,14 @@ def test_the_telephone_domain_has_no_energy_above_4_khz_and_the_clean_one_does(m
 
 def test_rebuilding_speaks_nothing_and_reopens_the_same_index(root, multilingual):
     spoken = []
-    again = build_corpus("multilingual", "tiny", root=root, seed=0, languages=["es", "de"], on_clip=lambda done, total: spoken.append(done))
+    again = build_corpus(
+        "multilingual",
+        "tiny",
+        root=root,
+        seed=0,
+        languages=["es", "de"],
+        on_clip=lambda done, total: spoken.append(done),
+    )
     assert spoken == []
     assert again.index == multilingual.index == open_corpus(multilingual.directory).index
 
@@ -151,7 +160,14 @@ def test_same_seed_same_audio_other_seed_other_voices(tmp_path, multilingual):
 def test_a_larger_build_reuses_the_clips_it_shares(tmp_path):
     small = build_corpus("multilingual", "tiny", root=tmp_path, seed=0, languages=["es"])
     spoken = []
-    bigger = build_corpus("multilingual", "tiny", root=tmp_path, seed=0, languages=["es", "de"], on_clip=lambda done, total: spoken.append(total))
+    bigger = build_corpus(
+        "multilingual",
+        "tiny",
+        root=tmp_path,
+        seed=0,
+        languages=["es", "de"],
+        on_clip=lambda done, total: spoken.append(total),
+    )
     shared = set(u.audio for u in small.utterances()) & set(u.audio for u in bigger.utterances())
     assert shared == set(u.audio for u in small.utterances())
     assert spoken and spoken[-1] == len({u.audio for u in bigger.utterances()}) - len(shared)
@@ -193,12 +209,16 @@ def test_an_interrupted_build_leaves_no_manifests_and_resumes(tmp_path, monkeypa
     assert not list((tmp_path / "audio").rglob("*.tmp"))
     monkeypatch.setattr(corpus_module, "speak", real_speak)
     spoken = []
-    build_corpus("multilingual", "tiny", root=tmp_path, languages=["es"], on_clip=lambda done, total: spoken.append(total))
+    build_corpus(
+        "multilingual", "tiny", root=tmp_path, languages=["es"], on_clip=lambda done, total: spoken.append(total)
+    )
     assert spoken[-1] == 22 - len(written)
 
 
 def test_selection_errors_name_what_exists(multilingual):
-    with pytest.raises(SpeechmergeError, match="no manifest for fr/transcribe/general/test; this corpus has: de/transcribe"):
+    with pytest.raises(
+        SpeechmergeError, match="no manifest for fr/transcribe/general/test; this corpus has: de/transcribe"
+    ):
         multilingual.manifest("fr", "transcribe", "general", "test")
     with pytest.raises(SpeechmergeError, match="languages \\['xx'\\]"):
         build_corpus("multilingual", "tiny", languages=["xx"])
@@ -209,7 +229,10 @@ def test_selection_errors_name_what_exists(multilingual):
 
 
 def test_cli_build_prints_the_manifests(tmp_path, capsys):
-    code, out, _ = run_cli(["data", "build", "--corpus", "multilingual", "--size", "tiny", "--languages", "es", "--output", tmp_path], capsys)
+    code, out, _ = run_cli(
+        ["data", "build", "--corpus", "multilingual", "--size", "tiny", "--languages", "es", "--output", tmp_path],
+        capsys,
+    )
     assert code == 0
     assert "multilingual corpus" in out and "heldout" in out and "translate" in out
     index = json.loads(next(tmp_path.glob("multilingual-*/corpus.json")).read_text())
@@ -222,10 +245,22 @@ def test_vocabulary_overlap_rows_follow_the_training_text(multilingual, multidom
     from speechmerge.data.stats import corpus_overlaps, overlap, words
 
     rows = {(r.language, r.domain, r.split): r for r in corpus_overlaps(multilingual)}
-    assert set(rows) == {(language, domain, split) for language in ("de", "en", "es") for domain, split in (("general", "test"), ("general", "validation"), ("heldout", "test"))}
-    train = {w for u in read_manifest(multilingual.manifest("es", "transcribe", "general", "train")) for w in words(u.text)}
-    test = list(dict.fromkeys(u.text for u in read_manifest(multilingual.manifest("es", "transcribe", "general", "test"))))
-    assert rows[("es", "general", "test")].all_training == overlap(train, test) == rows[("es", "general", "test")].own_domain
+    assert set(rows) == {
+        (language, domain, split)
+        for language in ("de", "en", "es")
+        for domain, split in (("general", "test"), ("general", "validation"), ("heldout", "test"))
+    }
+    train = {
+        w for u in read_manifest(multilingual.manifest("es", "transcribe", "general", "train")) for w in words(u.text)
+    }
+    test = list(
+        dict.fromkeys(u.text for u in read_manifest(multilingual.manifest("es", "transcribe", "general", "test")))
+    )
+    assert (
+        rows[("es", "general", "test")].all_training
+        == overlap(train, test)
+        == rows[("es", "general", "test")].own_domain
+    )
     assert rows[("es", "heldout", "test")].own_domain is None
     domain_rows = {(r.domain, r.split): r for r in corpus_overlaps(multidomain) if r.language == "pt"}
     assert domain_rows[("culture", "test")].own_domain is None and domain_rows[("law", "test")].own_domain is not None
@@ -247,7 +282,9 @@ def test_a_custom_size_speaks_each_domain_evaluation_sentence_in_several_unseen_
     assert len(voices) == TINY.test and all(len(speakers) == 2 for speakers in voices.values())
     train_speakers = {u.speaker for u in read_manifest(corpus.manifest("pt", "transcribe", "cooking", "train"))}
     assert not train_speakers & set().union(*voices.values())
-    assert len(read_manifest(corpus.manifest("pt", "transcribe", "general", "test"))) == TINY.test  # one voice out of domain
+    assert (
+        len(read_manifest(corpus.manifest("pt", "transcribe", "general", "test"))) == TINY.test
+    )  # one voice out of domain
 
 
 def test_naming_the_default_languages_is_the_default_build(tmp_path):
@@ -270,5 +307,7 @@ def test_an_index_from_another_design_is_rewritten_without_speaking(tmp_path):
     stale["plan"], stale["manifests"] = "0" * 16, stale["manifests"][:1]
     index_path.write_text(json.dumps(stale))
     spoken = []
-    rebuilt = build_corpus("multilingual", "tiny", root=tmp_path, languages=["es"], on_clip=lambda done, total: spoken.append(done))
+    rebuilt = build_corpus(
+        "multilingual", "tiny", root=tmp_path, languages=["es"], on_clip=lambda done, total: spoken.append(done)
+    )
     assert spoken == [] and rebuilt.index == corpus.index and open_corpus(corpus.directory).index == corpus.index

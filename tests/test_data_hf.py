@@ -10,8 +10,8 @@ import logging
 import numpy as np
 import pytest
 import soundfile
-
 from conftest import run_cli
+
 from speechmerge.data.hf_import import import_dataset, parse_columns, read_dataset
 from speechmerge.data.manifest import load_audio, read_manifest
 from speechmerge.errors import SpeechmergeError
@@ -29,7 +29,13 @@ def tone_bytes(frequency: float, seconds: float, rate: int, channels: int, fmt: 
 
 def saved_dataset(folder, rows_by_split: dict[str, list[dict]]):
     """A DatasetDict with an `Audio` column holding encoded bytes, saved with save_to_disk."""
-    features = datasets.Features({"audio": {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}, "sentence": datasets.Value("string"), "locale": datasets.Value("string")})
+    features = datasets.Features(
+        {
+            "audio": {"bytes": datasets.Value("binary"), "path": datasets.Value("string")},
+            "sentence": datasets.Value("string"),
+            "locale": datasets.Value("string"),
+        }
+    )
     parts = {}
     for split, rows in rows_by_split.items():
         table = {key: [row[key] for row in rows] for key in ("audio", "sentence", "locale")}
@@ -38,16 +44,39 @@ def saved_dataset(folder, rows_by_split: dict[str, list[dict]]):
     return folder
 
 
-def row(sentence: str, seconds: float = 1.0, rate: int = 44100, channels: int = 2, locale: str = "es", audio: bytes | None = None) -> dict:
-    return {"audio": {"bytes": audio if audio is not None else tone_bytes(330.0, seconds, rate, channels), "path": "clip.wav"}, "sentence": sentence, "locale": locale}
+def row(
+    sentence: str,
+    seconds: float = 1.0,
+    rate: int = 44100,
+    channels: int = 2,
+    locale: str = "es",
+    audio: bytes | None = None,
+) -> dict:
+    return {
+        "audio": {
+            "bytes": audio if audio is not None else tone_bytes(330.0, seconds, rate, channels),
+            "path": "clip.wav",
+        },
+        "sentence": sentence,
+        "locale": locale,
+    }
 
 
 def test_saved_dataset_with_column_mapping_becomes_16_khz_manifests(tmp_path):
-    source = saved_dataset(tmp_path / "ds", {"train": [row("hola"), row("adiós", seconds=0.5, rate=22050, channels=1)], "test": [row("buenos días", rate=48000)]})
+    source = saved_dataset(
+        tmp_path / "ds",
+        {
+            "train": [row("hola"), row("adiós", seconds=0.5, rate=22050, channels=1)],
+            "test": [row("buenos días", rate=48000)],
+        },
+    )
     manifests = import_dataset(source, tmp_path / "out", parse_columns(["text=sentence", "language=locale"]))
     assert sorted(manifests) == ["test", "train"]
     train = read_manifest(manifests["train"])
-    assert [(u.text, u.language, u.split, u.task) for u in train] == [("hola", "es", "train", "transcribe"), ("adiós", "es", "train", "transcribe")]
+    assert [(u.text, u.language, u.split, u.task) for u in train] == [
+        ("hola", "es", "train", "transcribe"),
+        ("adiós", "es", "train", "transcribe"),
+    ]
     assert [round(u.duration, 3) for u in train] == [1.0, 0.5]
     info = soundfile.info(train[0].audio)
     assert (info.samplerate, info.channels) == (16000, 1)
@@ -62,7 +91,9 @@ def test_fixed_language_and_translate_task_with_a_translation_column(tmp_path):
     source = saved_dataset(tmp_path / "ds", {"train": [row("bonjour", locale="")]})
     with pytest.raises(SpeechmergeError, match="row 0: id 'train-000000': missing 'language'"):
         import_dataset(source, tmp_path / "out", {"text": "sentence", "language": "locale"})
-    manifests = import_dataset(source, tmp_path / "out", {"text": "sentence", "translation": "sentence"}, language="fr", task="translate")
+    manifests = import_dataset(
+        source, tmp_path / "out", {"text": "sentence", "translation": "sentence"}, language="fr", task="translate"
+    )
     (utterance,) = read_manifest(manifests["train"])
     assert (utterance.language, utterance.task, utterance.reference) == ("fr", "translate", "bonjour")
 
@@ -84,14 +115,21 @@ def test_jsonl_audiofolder_at_the_top_is_the_train_split(tmp_path):
     folder = tmp_path / "af"
     folder.mkdir()
     (folder / "x.wav").write_bytes(tone_bytes(440.0, 0.4, 16000, 1))
-    (folder / "metadata.jsonl").write_text(json.dumps({"file_name": "x.wav", "text": "hallo", "language": "de", "id": "clip one"}) + "\n")
+    (folder / "metadata.jsonl").write_text(
+        json.dumps({"file_name": "x.wav", "text": "hallo", "language": "de", "id": "clip one"}) + "\n"
+    )
     manifests = import_dataset(folder, tmp_path / "out")
     (utterance,) = read_manifest(manifests["train"])
     assert (utterance.id, utterance.text, utterance.language) == ("clip_one", "hallo", "de")
 
 
 def test_bad_rows_are_named_and_skip_bad_reports_them(tmp_path, caplog):
-    rows = [row("uno"), row(""), row("tres", audio=b"not audio at all"), row("cuatro", seconds=31.0, rate=8000, channels=1)]
+    rows = [
+        row("uno"),
+        row(""),
+        row("tres", audio=b"not audio at all"),
+        row("cuatro", seconds=31.0, rate=8000, channels=1),
+    ]
     source = saved_dataset(tmp_path / "ds", {"train": rows})
     with pytest.raises(SpeechmergeError) as raised:
         import_dataset(source, tmp_path / "out", {"text": "sentence", "language": "locale"})
@@ -119,7 +157,10 @@ def test_column_errors(tmp_path, columns, message):
         import_dataset(source, tmp_path / "out", parse_columns(columns), language="es")
 
 
-@pytest.mark.parametrize("pair, message", [("text", "expected FIELD=COLUMN"), ("colour=red", "unknown field 'colour'"), ("text=", "expected FIELD=COLUMN")])
+@pytest.mark.parametrize(
+    "pair, message",
+    [("text", "expected FIELD=COLUMN"), ("colour=red", "unknown field 'colour'"), ("text=", "expected FIELD=COLUMN")],
+)
 def test_column_mapping_syntax(pair, message):
     with pytest.raises(SpeechmergeError, match=message):
         parse_columns([pair])
@@ -149,7 +190,9 @@ def test_read_dataset_converts_once_into_the_cache(tmp_path):
 
 def test_cli_import(tmp_path, capsys):
     source = saved_dataset(tmp_path / "ds", {"validation": [row("hola")]})
-    code, out, _ = run_cli(["data", "import", source, tmp_path / "out", "--column", "text=sentence", "-c", "language=locale"], capsys)
+    code, out, _ = run_cli(
+        ["data", "import", source, tmp_path / "out", "--column", "text=sentence", "-c", "language=locale"], capsys
+    )
     assert code == 0 and f"validation: {tmp_path / 'out' / 'validation.jsonl'}" in out
     code, _, err = run_cli(["data", "import", source, tmp_path / "out", "--column", "text=sentence"], capsys)
     assert code == 2 and "already exists" in err

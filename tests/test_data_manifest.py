@@ -9,8 +9,8 @@ import logging
 import numpy as np
 import pytest
 import soundfile
-
 from conftest import run_cli
+
 from speechmerge.data.manifest import FIELDS, read_manifest, scan_manifest, write_manifest
 from speechmerge.errors import SpeechmergeError
 
@@ -34,7 +34,15 @@ def folder(tmp_path):
 def good_rows() -> list[dict]:
     return [
         {"id": "a", "audio": "clips/a.wav", "text": "hola", "language": "es", "split": "train", "speaker": "s1"},
-        {"id": "a-t", "audio": "clips/a.wav", "text": "hola", "translation": "hello", "language": "es", "task": "translate", "domain": "chat"},
+        {
+            "id": "a-t",
+            "audio": "clips/a.wav",
+            "text": "hola",
+            "translation": "hello",
+            "language": "es",
+            "task": "translate",
+            "domain": "chat",
+        },
         {"id": "b", "audio": "clips/b.flac", "text": "bonjour", "language": "fr"},
     ]
 
@@ -71,14 +79,18 @@ def test_paths_are_relative_inside_the_manifest_folder_and_absolute_outside(fold
     write_manifest(folder / "elsewhere" / "there.jsonl", original)
     write_manifest(folder / "elsewhere" / "rel.jsonl", original, relative_audio=True)
     assert json.loads((folder / "here.jsonl").read_text().splitlines()[0])["audio"] == "clips/a.wav"
-    assert json.loads((folder / "elsewhere" / "there.jsonl").read_text().splitlines()[0])["audio"] == str((folder / "clips" / "a.wav").resolve())
+    assert json.loads((folder / "elsewhere" / "there.jsonl").read_text().splitlines()[0])["audio"] == str(
+        (folder / "clips" / "a.wav").resolve()
+    )
     assert json.loads((folder / "elsewhere" / "rel.jsonl").read_text().splitlines()[0])["audio"] == "../clips/a.wav"
     assert read_manifest(folder / "elsewhere" / "rel.jsonl") == original
 
 
 def test_csv_with_extra_columns_and_empty_optional_cells(folder):
     path = folder / "m.csv"
-    path.write_text("id,audio,text,language,task,translation,notes\nx,clips/a.wav,ciao,it,,,whatever\n", encoding="utf-8")
+    path.write_text(
+        "id,audio,text,language,task,translation,notes\nx,clips/a.wav,ciao,it,,,whatever\n", encoding="utf-8"
+    )
     (utterance,) = read_manifest(path)
     assert utterance.task == "transcribe" and utterance.translation is None and utterance.language == "it"
 
@@ -113,12 +125,18 @@ def test_malformed_json_and_non_object_lines(folder):
     path = folder / "m.jsonl"
     path.write_text(json.dumps(good_rows()[0]) + "\n{not json\n\n[1, 2]\n", encoding="utf-8")
     scan = scan_manifest(path)
-    assert [(bad.line, bad.reasons[0].split(" (")[0]) for bad in scan.bad] == [(2, "not valid JSON"), (4, "expected a JSON object, found list")]
+    assert [(bad.line, bad.reasons[0].split(" (")[0]) for bad in scan.bad] == [
+        (2, "not valid JSON"),
+        (4, "expected a JSON object, found list"),
+    ]
     assert len(scan.utterances) == 1
 
 
 def test_skip_bad_keeps_the_good_lines_and_reports_each_skipped_one(folder, caplog):
-    rows = good_rows() + [{"id": "c", "audio": "clips/none.wav", "text": "x", "language": "es"}, {"id": "d", "audio": "clips/a.wav", "text": "", "language": "es"}]
+    rows = good_rows() + [
+        {"id": "c", "audio": "clips/none.wav", "text": "x", "language": "es"},
+        {"id": "d", "audio": "clips/a.wav", "text": "", "language": "es"},
+    ]
     path = write_jsonl(folder / "m.jsonl", rows)
     with caplog.at_level(logging.WARNING, logger="speechmerge.data"):
         utterances = read_manifest(path, skip_bad=True)
@@ -176,7 +194,10 @@ def test_a_failed_write_leaves_the_old_manifest_and_no_temporary_file(folder, mo
 
 
 def test_data_check_lists_every_bad_line_and_exits_2(folder, capsys):
-    rows = good_rows() + [{"id": "c", "audio": "clips/none.wav", "text": "x", "language": "es"}, {"id": "a", "audio": "clips/a.wav", "text": "y", "language": "zz"}]
+    rows = good_rows() + [
+        {"id": "c", "audio": "clips/none.wav", "text": "x", "language": "es"},
+        {"id": "a", "audio": "clips/a.wav", "text": "y", "language": "zz"},
+    ]
     path = write_jsonl(folder / "m.jsonl", rows)
     code, out, err = run_cli(["data", "check", path], capsys)
     assert code == 2

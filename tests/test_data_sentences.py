@@ -8,7 +8,15 @@ import re
 import pytest
 
 from speechmerge.data.designs import DOMAINS, STUDY_LANGUAGES, UNSEEN_DOMAIN
-from speechmerge.data.sentences import TEXT_DIR, available_languages, available_sets, ordered_split, read_tsv, sentences, split_of
+from speechmerge.data.sentences import (
+    TEXT_DIR,
+    available_languages,
+    available_sets,
+    ordered_split,
+    read_tsv,
+    sentences,
+    split_of,
+)
 from speechmerge.errors import SpeechmergeError
 
 ALL = (*STUDY_LANGUAGES, "en")

@@ -42,9 +42,13 @@ def test_builtin_whisper_transcribes_english_corpus_clips(tmp_path):
 
     processor = WhisperProcessor.from_pretrained(model_dir)
     model = WhisperForConditionalGeneration.from_pretrained(model_dir).eval()
-    features = processor.feature_extractor([load_audio(u.audio) for u in clips], sampling_rate=16000, return_tensors="pt").input_features
+    features = processor.feature_extractor(
+        [load_audio(u.audio) for u in clips], sampling_rate=16000, return_tensors="pt"
+    ).input_features
     with torch.inference_mode():
-        tokens = model.generate(features, language="en", task="transcribe", do_sample=False, num_beams=1, max_new_tokens=64)
+        tokens = model.generate(
+            features, language="en", task="transcribe", do_sample=False, num_beams=1, max_new_tokens=64
+        )
     hypotheses = processor.batch_decode(tokens, skip_special_tokens=True)
 
     normalise = BasicTextNormalizer()

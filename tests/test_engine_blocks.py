@@ -24,9 +24,18 @@ ENTRYWISE = [
     ("lors", {}),
 ]
 WITH_STATISTICS = [
-    ("model_stock", {}), ("karcher", {}), ("multislerp", {}), ("pcb", {"density": 0.3}), ("sce", {"select_topk": 0.5}),
-    ("breadcrumbs", {"density": 0.3}), ("breadcrumbs", {"density": 0.3, "scope": "row"}), ("della", {}),
-    ("tsv_m", {}), ("boosted_tsv_m", {}), ("iso_c", {}), ("iso_cts", {}),
+    ("model_stock", {}),
+    ("karcher", {}),
+    ("multislerp", {}),
+    ("pcb", {"density": 0.3}),
+    ("sce", {"select_topk": 0.5}),
+    ("breadcrumbs", {"density": 0.3}),
+    ("breadcrumbs", {"density": 0.3, "scope": "row"}),
+    ("della", {}),
+    ("tsv_m", {}),
+    ("boosted_tsv_m", {}),
+    ("iso_c", {}),
+    ("iso_cts", {}),
 ]
 
 
@@ -39,8 +48,17 @@ def whole_and_blocks(tmp_path, family, method: str, params: dict, small_budget: 
     base, experts = family
     outputs, reports = [], []
     for budget in ("1GB", small_budget):
-        recipe = parse_recipe({"base": str(base), "experts": [str(e) for e in experts], "method": method,
-                               "params": params, "output": str(tmp_path / budget), "memory_budget": budget, "seed": seed})
+        recipe = parse_recipe(
+            {
+                "base": str(base),
+                "experts": [str(e) for e in experts],
+                "method": method,
+                "params": params,
+                "output": str(tmp_path / budget),
+                "memory_budget": budget,
+                "seed": seed,
+            }
+        )
         out, report = merge(recipe, show_progress=False)
         outputs.append(load_state(out))
         reports.append(report)

@@ -62,10 +62,18 @@ def test_peak_memory_stays_under_the_plan_bound(tmp_path, big_family, method, pa
     base, experts = big_family
     largest = 51865 * BIG["d_model"] * 4
     budget = int(fraction * (EXPERTS + 2) * largest)
-    recipe = {"base": str(base), "experts": [str(e) for e in experts], "method": method, "params": params,
-              "output": str(tmp_path / "out"), "device": "cpu", "memory_budget": str(budget)}
-    child = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(recipe)], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
+    recipe = {
+        "base": str(base),
+        "experts": [str(e) for e in experts],
+        "method": method,
+        "params": params,
+        "output": str(tmp_path / "out"),
+        "device": "cpu",
+        "memory_budget": str(budget),
+    }
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, json.dumps(recipe)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     baseline = int(child.stdout.readline())
     peak = rss_anon(child.pid)
     child.stdin.write("go\n")
@@ -80,7 +88,9 @@ def test_peak_memory_stays_under_the_plan_bound(tmp_path, big_family, method, pa
     bound = budget + SLACK
     full_load = sum(f.stat().st_size for d in [base, *experts] for f in Path(d).glob("*.safetensors"))
     assert full_load > 3 * bound
-    assert peak - baseline < bound, f"peak {(peak - baseline) / 2**20:.0f} MiB above baseline, bound {bound / 2**20:.0f} MiB"
+    assert peak - baseline < bound, (
+        f"peak {(peak - baseline) / 2**20:.0f} MiB above baseline, bound {bound / 2**20:.0f} MiB"
+    )
     record = json.loads((tmp_path / "out" / "speechmerge_merge.json").read_text())
     assert record["memory"]["budget_bytes"] == budget
     assert ("model.decoder.embed_tokens.weight" in record["tensors_streamed_in_row_blocks"]) == (fraction <= 1)

@@ -28,7 +28,9 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def base_model():
     xdg = os.environ.get("XDG_CACHE_HOME")
-    os.environ.setdefault("SPEECHMERGE_MODEL_CACHE", str((Path(xdg) if xdg else Path.home() / ".cache") / "speechmerge" / "models"))
+    os.environ.setdefault(
+        "SPEECHMERGE_MODEL_CACHE", str((Path(xdg) if xdg else Path.home() / ".cache") / "speechmerge" / "models")
+    )
     return "builtin:whisper-base"
 
 

@@ -43,9 +43,13 @@ def reference_texts(model_dir, manifest, task: str) -> list[str]:
     processor = WhisperProcessor.from_pretrained(model_dir)
     model = WhisperForConditionalGeneration.from_pretrained(model_dir).eval()
     utterances = read_manifest(manifest)
-    features = processor.feature_extractor([load_audio(u.audio) for u in utterances], sampling_rate=16000, return_tensors="pt").input_features
+    features = processor.feature_extractor(
+        [load_audio(u.audio) for u in utterances], sampling_rate=16000, return_tensors="pt"
+    ).input_features
     with torch.no_grad():
-        ids = model.generate(features, language=utterances[0].language, task=task, max_new_tokens=model.config.max_target_positions // 2)
+        ids = model.generate(
+            features, language=utterances[0].language, task=task, max_new_tokens=model.config.max_target_positions // 2
+        )
     return [text.strip() for text in processor.batch_decode(ids, skip_special_tokens=True)]
 
 
@@ -55,13 +59,17 @@ def hypotheses(result) -> list[str]:
 
 def test_transformers_backend_matches_plain_generate(models, data):
     result = evaluate(models["base"], [data["transcribe"], data["translate"]], options(encoder_cache=False))
-    expected = reference_texts(models["base"], data["transcribe"], "transcribe") + reference_texts(models["base"], data["translate"], "translate")
+    expected = reference_texts(models["base"], data["transcribe"], "transcribe") + reference_texts(
+        models["base"], data["translate"], "translate"
+    )
     assert hypotheses(result) == expected
     assert all(p.decoded_language == "es" for p in result.predictions)
     assert {(g.task, g.utterances) for g in result.groups} == {("transcribe", 3), ("translate", 2)}
 
 
 def test_encoder_cache_is_exact_and_shared_by_a_frozen_encoder_expert(models, tmp_path):
+    from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
+
     from speechmerge.data.manifest import load_audio, read_manifest
     from speechmerge.evaluation.encoder_cache import (
         EncoderOutputCache,
@@ -69,7 +77,6 @@ def test_encoder_cache_is_exact_and_shared_by_a_frozen_encoder_expert(models, tm
         directory_encoder_key,
         module_encoder_key,
     )
-    from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
 
     manifest = write_clips(tmp_path, 3, "es", "transcribe", seed=7)  # clips no other test encoded
     first = evaluate(models["base"], [manifest], options())
@@ -79,7 +86,9 @@ def test_encoder_cache_is_exact_and_shared_by_a_frozen_encoder_expert(models, tm
     model = WhisperForConditionalGeneration.from_pretrained(models["base"]).eval()
     extractor = WhisperFeatureExtractor.from_pretrained(models["base"])
     utterances = read_manifest(manifest)
-    features = extractor([load_audio(u.audio) for u in utterances], sampling_rate=16000, return_tensors="pt").input_features
+    features = extractor(
+        [load_audio(u.audio) for u in utterances], sampling_rate=16000, return_tensors="pt"
+    ).input_features
     with torch.no_grad():
         fresh = model.model.encoder(features).last_hidden_state
     key = directory_encoder_key(models["base"])
@@ -104,7 +113,9 @@ def test_ctranslate2_float32_agrees_with_transformers(models, data):
     pytest.importorskip("ctranslate2")
     sources = [data["transcribe"], data["translate"]]
     reference = evaluate(models["base"], sources, options(language_id=True))
-    exported = evaluate(models["base"], sources, options(backend="ctranslate2", quantization="float32", language_id=True))
+    exported = evaluate(
+        models["base"], sources, options(backend="ctranslate2", quantization="float32", language_id=True)
+    )
     assert hypotheses(exported) == hypotheses(reference)
     assert [p.detected_language for p in exported.predictions] == [p.detected_language for p in reference.predictions]
     quantised = evaluate(models["base"], sources, options(backend="ctranslate2", quantization="int8"))
@@ -142,10 +153,14 @@ def test_prediction_cache_hit_avoids_decoding(models, data, monkeypatch, tmp_pat
 
     evaluate(models["expert"], [data["transcribe"]], EvalOptions(decode=DecodeOptions(batch_size=2, beam_size=2)))
     assert len(calls) == 4  # other decoding options: decoded again
-    evaluate(models["expert"], [data["transcribe"]], EvalOptions(decode=DecodeOptions(batch_size=2), prediction_cache=False))
+    evaluate(
+        models["expert"], [data["transcribe"]], EvalOptions(decode=DecodeOptions(batch_size=2), prediction_cache=False)
+    )
     assert len(calls) == 6  # the cache was not read
     assert all(p.detected_language is None for p in again.predictions)
-    identified = evaluate(models["expert"], [data["transcribe"]], EvalOptions(decode=DecodeOptions(batch_size=2, language_id=True)))
+    identified = evaluate(
+        models["expert"], [data["transcribe"]], EvalOptions(decode=DecodeOptions(batch_size=2, language_id=True))
+    )
     assert len(calls) == 8 and all(p.detected_language for p in identified.predictions)  # entries lacked the language
     assert hypotheses(identified) == hypotheses(first)
     evaluate(models["expert"], [data["transcribe"]], cached)
@@ -157,7 +172,15 @@ def test_batches_group_by_task_and_language_sorted_by_duration(tmp_path):
     from speechmerge.evaluation.decoding import plan_batches
 
     def utterance(i, language, task, duration):
-        return Utterance(id=str(i), audio=tmp_path / f"{i}.wav", text="x", translation="y", language=language, task=task, duration=duration)
+        return Utterance(
+            id=str(i),
+            audio=tmp_path / f"{i}.wav",
+            text="x",
+            translation="y",
+            language=language,
+            task=task,
+            duration=duration,
+        )
 
     utterances = [
         utterance(0, "es", "transcribe", 3.0),

@@ -83,7 +83,9 @@ def test_model_without_tokenizer_or_with_a_wrong_start_token(tiny, clips, tmp_pa
 
     wrong_start = variant(tiny, tmp_path, edit_generation=start_at_eot)
     code, _, err = run_cli(["eval", wrong_start, clips["transcribe"], "-o", tmp_path / "b"], capsys)
-    assert_one_line_error(code, err, "generation_config.json", "decoder_start_token_id is 50257", "<|startoftranscript|> is 50258")
+    assert_one_line_error(
+        code, err, "generation_config.json", "decoder_start_token_id is 50257", "<|startoftranscript|> is 50258"
+    )
 
 
 def test_translate_on_a_model_without_the_task_token(tiny, clips, tmp_path, capsys):
@@ -128,7 +130,11 @@ def test_duplicate_ids_across_manifests(tiny, clips, tmp_path, capsys):
     copy = tmp_path / "again.jsonl"
     shutil.copy(clips["transcribe"], copy)
     records = [json.loads(line) for line in copy.read_text().splitlines()]
-    copy.write_text("".join(json.dumps(dict(r, audio=str((clips["transcribe"].parent / r["audio"]).resolve()))) + "\n" for r in records))
+    copy.write_text(
+        "".join(
+            json.dumps(dict(r, audio=str((clips["transcribe"].parent / r["audio"]).resolve()))) + "\n" for r in records
+        )
+    )
     code, _, err = run_cli(["eval", tiny, clips["transcribe"], copy, "-o", tmp_path / "out"], capsys)
     assert_one_line_error(code, err, "again.jsonl", "utterance id 'es-0'", "unique")
 

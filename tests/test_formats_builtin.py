@@ -96,12 +96,20 @@ def _whisper_parameter_count(d: int, layers: int, ffn: int, vocab: int, mels: in
 def test_builtin_directory_is_complete_and_loads_strictly(base_dir):
     from transformers import GenerationConfig, WhisperForConditionalGeneration
 
-    for name in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-                 "tokenizer_config.json", "preprocessor_config.json"):
+    for name in (
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "preprocessor_config.json",
+    ):
         assert (base_dir / name).is_file(), name
     model, info = WhisperForConditionalGeneration.from_pretrained(base_dir, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
-    assert sum(p.numel() for p in model.parameters()) == _whisper_parameter_count(d=512, layers=6, ffn=2048, vocab=51865)
+    assert sum(p.numel() for p in model.parameters()) == _whisper_parameter_count(
+        d=512, layers=6, ffn=2048, vocab=51865
+    )
     assert model.proj_out.weight.data_ptr() == model.model.decoder.embed_tokens.weight.data_ptr()
     generation = GenerationConfig.from_pretrained(base_dir)
     assert generation.decoder_start_token_id == 50258 and generation.no_timestamps_token_id == 50363
@@ -119,7 +127,9 @@ def test_builtin_decodes_token_for_token_like_ctranslate2(base_dir, ct2_package_
         theirs = _ct2_greedy(ct2_package_model, input_features, language_id)
         their_encoding = _ct2_encoding(ct2_package_model, input_features)
         with torch.no_grad():
-            generated = model.generate(input_features, language=language, task="transcribe", return_dict_in_generate=True)
+            generated = model.generate(
+                input_features, language=language, task="transcribe", return_dict_in_generate=True
+            )
             ours = generated.sequences[0].tolist()
             our_encoding = model.model.encoder(input_features).last_hidden_state.numpy()
         assert ours[:4] == [50258, language_id, 50359, 50363]
@@ -129,7 +139,9 @@ def test_builtin_decodes_token_for_token_like_ctranslate2(base_dir, ct2_package_
         assert np.abs(our_encoding - their_encoding).max() <= 2.0**-11 * np.abs(their_encoding).max()
 
 
-def test_export_rebuilds_the_package_byte_for_byte_and_transcribes(base_dir, ct2_package_dir, ct2_package_model, features, tmp_path):
+def test_export_rebuilds_the_package_byte_for_byte_and_transcribes(
+    base_dir, ct2_package_dir, ct2_package_model, features, tmp_path
+):
     from speechmerge.checkpoints.export import export_ct2
 
     exported = export_ct2(base_dir, tmp_path / "ct2", quantization="float16")

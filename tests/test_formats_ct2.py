@@ -89,7 +89,11 @@ def test_every_stored_weight_type_reads_back(tiny_hf, tiny_ct2, tmp_path, quanti
     assert set(converted) == set(original) - {"proj_out.weight"}  # proj_out is tied to embed_tokens
     for name, tensor in converted.items():
         error = (tensor.float() - original[name].float()).abs()
-        assert torch.all(error <= _bound(original, name, quantization) * 1.0001 + 1e-12), (quantization, name, float(error.max()))
+        assert torch.all(error <= _bound(original, name, quantization) * 1.0001 + 1e-12), (
+            quantization,
+            name,
+            float(error.max()),
+        )
 
 
 def test_converted_tiny_model_loads_strictly_and_computes_the_same(tiny_hf, tiny_ct2, tmp_path):
@@ -145,7 +149,10 @@ def _first_dtype_offset(data: bytes) -> int:
     [
         (lambda data: data[: len(data) // 2], "truncated: variable"),
         (lambda data: data.replace(b"WhisperSpec", b"WhisperSpek", 1), "spec 'WhisperSpek'"),
-        (lambda data: data[: _first_dtype_offset(data)] + bytes([9]) + data[_first_dtype_offset(data) + 1 :], "unknown CTranslate2 dtype id 9"),
+        (
+            lambda data: data[: _first_dtype_offset(data)] + bytes([9]) + data[_first_dtype_offset(data) + 1 :],
+            "unknown CTranslate2 dtype id 9",
+        ),
         (lambda data: struct.pack("<I", 5) + data[4:], "binary version 5"),
     ],
     ids=["truncated", "unknown-spec", "unknown-dtype", "old-version"],
@@ -200,7 +207,9 @@ def test_generation_config_comes_from_the_ct2_config(tiny_ct2, tmp_path):
 def test_convert_command_round_trips_through_ctranslate2(tiny_hf, tmp_path, capsys):
     from conftest import run_cli
 
-    code, _, err = run_cli(["convert", tiny_hf[0], tmp_path / "ct2", "--to", "ct2", "--quantization", "float32"], capsys)
+    code, _, err = run_cli(
+        ["convert", tiny_hf[0], tmp_path / "ct2", "--to", "ct2", "--quantization", "float32"], capsys
+    )
     assert code == 0, err
     assert (tmp_path / "ct2" / "model.bin").is_file() and (tmp_path / "ct2" / "tokenizer.json").is_file()
     code, _, err = run_cli(["convert", tmp_path / "ct2", tmp_path / "hf"], capsys)

@@ -50,11 +50,18 @@ def _expert(base_dir, adapter_dir):
 OPTIONS = {
     "plain": dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "fc1"]),
     "rslora-patterns": dict(
-        r=4, lora_alpha=8, use_rslora=True, target_modules=["q_proj", "v_proj", "fc1", "out_proj"],
-        rank_pattern={"fc1": 2, "encoder.layers.1.self_attn.q_proj": 6}, alpha_pattern={"v_proj": 3},
+        r=4,
+        lora_alpha=8,
+        use_rslora=True,
+        target_modules=["q_proj", "v_proj", "fc1", "out_proj"],
+        rank_pattern={"fc1": 2, "encoder.layers.1.self_attn.q_proj": 6},
+        alpha_pattern={"v_proj": 3},
     ),
     "conv-embedding-saved": dict(
-        r=2, lora_alpha=4, target_modules=["conv1", "embed_tokens", "k_proj"], modules_to_save=["model.encoder.layer_norm"],
+        r=2,
+        lora_alpha=4,
+        target_modules=["conv1", "embed_tokens", "k_proj"],
+        modules_to_save=["model.encoder.layer_norm"],
     ),
 }
 
@@ -111,7 +118,9 @@ def test_adapter_for_another_base_is_refused(base, tmp_path):
     from transformers import WhisperForConditionalGeneration
 
     other = tmp_path / "wider"
-    WhisperForConditionalGeneration(tiny_config(d_model=32, encoder_ffn_dim=64, decoder_ffn_dim=64)).save_pretrained(other)
+    WhisperForConditionalGeneration(tiny_config(d_model=32, encoder_ffn_dim=64, decoder_ffn_dim=64)).save_pretrained(
+        other
+    )
     adapter = _adapter(base, tmp_path / "adapter", r=2, lora_alpha=2, target_modules=["q_proj"])
     with pytest.raises(SpeechmergeError) as caught:
         _expert(other, adapter)
@@ -138,7 +147,9 @@ def test_merging_a_lora_expert_alone_with_task_arithmetic_gives_peft_merged_mode
     from speechmerge.recipe import MergeRecipe
 
     adapter = _adapter(base, tmp_path / "adapter", **OPTIONS["plain"])
-    recipe = MergeRecipe(base=str(base), experts=[str(adapter)], method="task_arithmetic", params={"scale": 1.0}, device="cpu")
+    recipe = MergeRecipe(
+        base=str(base), experts=[str(adapter)], method="task_arithmetic", params={"scale": 1.0}, device="cpu"
+    )
     output, _ = merge(recipe, output=tmp_path / "merged", show_progress=False)
     merged, reference = load_file(output / "model.safetensors"), _peft_merged(base, adapter)
     for name, tensor in merged.items():

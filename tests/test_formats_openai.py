@@ -21,12 +21,19 @@ HF_TO_OPENAI = [
     (r"model\.encoder\.layer_norm\.", "encoder.ln_post."),
     (r"model\.decoder\.layer_norm\.", "decoder.ln."),
     (r"model\.(encoder|decoder)\.layers\.(\d+)\.", r"\1.blocks.\2."),
-    (r"self_attn\.q_proj", "attn.query"), (r"self_attn\.k_proj", "attn.key"),
-    (r"self_attn\.v_proj", "attn.value"), (r"self_attn\.out_proj", "attn.out"),
-    (r"encoder_attn\.q_proj", "cross_attn.query"), (r"encoder_attn\.k_proj", "cross_attn.key"),
-    (r"encoder_attn\.v_proj", "cross_attn.value"), (r"encoder_attn\.out_proj", "cross_attn.out"),
-    (r"self_attn_layer_norm", "attn_ln"), (r"encoder_attn_layer_norm", "cross_attn_ln"),
-    (r"final_layer_norm", "mlp_ln"), (r"\.fc1\.", ".mlp.0."), (r"\.fc2\.", ".mlp.2."),
+    (r"self_attn\.q_proj", "attn.query"),
+    (r"self_attn\.k_proj", "attn.key"),
+    (r"self_attn\.v_proj", "attn.value"),
+    (r"self_attn\.out_proj", "attn.out"),
+    (r"encoder_attn\.q_proj", "cross_attn.query"),
+    (r"encoder_attn\.k_proj", "cross_attn.key"),
+    (r"encoder_attn\.v_proj", "cross_attn.value"),
+    (r"encoder_attn\.out_proj", "cross_attn.out"),
+    (r"self_attn_layer_norm", "attn_ln"),
+    (r"encoder_attn_layer_norm", "cross_attn_ln"),
+    (r"final_layer_norm", "mlp_ln"),
+    (r"\.fc1\.", ".mlp.0."),
+    (r"\.fc2\.", ".mlp.2."),
 ]
 
 
@@ -45,8 +52,18 @@ def tiny(tmp_path_factory):
     config = tiny_config(max_target_positions=448)
     model = WhisperForConditionalGeneration(config).eval()
     state = {k: v.clone() for k, v in model.state_dict().items() if k != "proj_out.weight"}
-    dims = dict(n_mels=80, n_vocab=config.vocab_size, n_audio_ctx=1500, n_audio_state=16, n_audio_head=2,
-                n_audio_layer=2, n_text_ctx=448, n_text_state=16, n_text_head=2, n_text_layer=2)
+    dims = dict(
+        n_mels=80,
+        n_vocab=config.vocab_size,
+        n_audio_ctx=1500,
+        n_audio_state=16,
+        n_audio_head=2,
+        n_audio_layer=2,
+        n_text_ctx=448,
+        n_text_state=16,
+        n_text_head=2,
+        n_text_layer=2,
+    )
     path = tmp_path_factory.mktemp("openai") / "tiny.pt"
     torch.save({"dims": dims, "model_state_dict": {_openai_name(k): v for k, v in state.items()}}, path)
     return path, state
@@ -100,8 +117,14 @@ def test_pickled_model_object_is_refused_with_a_resave_recipe(tmp_path):
     [
         (lambda ckpt: ckpt.pop("dims"), "expected an openai-whisper checkpoint"),
         (lambda ckpt: ckpt["dims"].pop("n_text_head"), "dims lacks n_text_head"),
-        (lambda ckpt: ckpt["model_state_dict"].pop("decoder.blocks.1.mlp.2.weight"), "no tensor for model.decoder.layers.1.fc2.weight"),
-        (lambda ckpt: ckpt["model_state_dict"].update({"decoder.extra": torch.zeros(1)}), "decoder.extra has no Hugging Face"),
+        (
+            lambda ckpt: ckpt["model_state_dict"].pop("decoder.blocks.1.mlp.2.weight"),
+            "no tensor for model.decoder.layers.1.fc2.weight",
+        ),
+        (
+            lambda ckpt: ckpt["model_state_dict"].update({"decoder.extra": torch.zeros(1)}),
+            "decoder.extra has no Hugging Face",
+        ),
     ],
     ids=["no-dims", "short-dims", "missing-tensor", "unknown-tensor"],
 )

@@ -40,7 +40,9 @@ def test_builtin_tokenizer_encodes_known_strings(package_folder, tokenizer):
     assert tokenizer.encode("El gato ") == [50258, 50262, 50358, 50363, 17356, 290, 2513, 220, 50257]
     tokenizer.set_prefix_tokens(language=None, task=None)
     # Language and task tokens are special: decoding with skip_special_tokens drops them.
-    assert tokenizer.decode([50258, 50262, 50358, 50363, 17356, 290, 2513, 50257], skip_special_tokens=True) == "El gato"
+    assert (
+        tokenizer.decode([50258, 50262, 50358, 50363, 17356, 290, 2513, 50257], skip_special_tokens=True) == "El gato"
+    )
 
 
 def _break_first_merge(source, target):

@@ -33,7 +33,9 @@ def test_selection_handles_ties_zeros_and_tiny_values():
 def test_stream_over_chunks_equals_one_flat_sort(monkeypatch):
     monkeypatch.setattr(linalg, "CHUNK", 37)  # force many chunk boundaries
     g = torch.Generator().manual_seed(0)
-    tensors = [torch.randn(shape, generator=g) * scale for shape, scale in [((40, 30), 1e-2), ((7,), 5.0), ((3, 5, 11), 1e-4)]]
+    tensors = [
+        torch.randn(shape, generator=g) * scale for shape, scale in [((40, 30), 1e-2), ((7,), 5.0), ((3, 5, 11), 1e-4)]
+    ]
     flat = torch.cat([t.flatten() for t in tensors])
     for k in [1, 10, 600, flat.numel() - 1]:
         selector = linalg.MagnitudeSelector()

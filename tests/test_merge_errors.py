@@ -91,8 +91,14 @@ def test_shape_mismatch_names_tensor_and_both_shapes(workspace, capsys):
     state.pop("proj_out.weight", None)
     state["model.decoder.layers.1.fc1.weight"] = torch.zeros(31, 16)
     save_file(state, odd / "model.safetensors", metadata={"format": "pt"})
-    check_refused(capsys, folder, recipe_file(folder, **basic(base, [odd])),
-                  "model.decoder.layers.1.fc1.weight", "(31, 16)", "(32, 16)")
+    check_refused(
+        capsys,
+        folder,
+        recipe_file(folder, **basic(base, [odd])),
+        "model.decoder.layers.1.fc1.weight",
+        "(31, 16)",
+        "(32, 16)",
+    )
 
 
 def test_missing_tensor(workspace, capsys):
@@ -101,7 +107,9 @@ def test_missing_tensor(workspace, capsys):
     state = load_state(holed)
     del state["model.encoder.layers.0.fc2.bias"]
     save_file(state, holed / "model.safetensors", metadata={"format": "pt"})
-    check_refused(capsys, folder, recipe_file(folder, **basic(base, [holed])), "model.encoder.layers.0.fc2.bias", "missing")
+    check_refused(
+        capsys, folder, recipe_file(folder, **basic(base, [holed])), "model.encoder.layers.0.fc2.bias", "missing"
+    )
 
 
 def test_nan_in_an_expert(workspace, capsys):
@@ -110,8 +118,14 @@ def test_nan_in_an_expert(workspace, capsys):
     state = load_state(bad)
     state["model.decoder.layers.0.fc1.weight"][3, 4] = float("nan")
     save_file(state, bad / "model.safetensors", metadata={"format": "pt"})
-    check_refused(capsys, folder, recipe_file(folder, **basic(base, [bad, experts[1]])),
-                  "nan-expert", "model.decoder.layers.0.fc1.weight", "NaN")
+    check_refused(
+        capsys,
+        folder,
+        recipe_file(folder, **basic(base, [bad, experts[1]])),
+        "nan-expert",
+        "model.decoder.layers.0.fc1.weight",
+        "NaN",
+    )
 
 
 def test_a_numerical_failure_inside_a_method_names_the_method_and_tensor(workspace, capsys, monkeypatch):
@@ -122,8 +136,13 @@ def test_a_numerical_failure_inside_a_method_names_the_method_and_tensor(workspa
         raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge (error code: 1).")
 
     monkeypatch.setattr(torch.linalg, "svd", never_converges)
-    line = check_refused(capsys, folder, recipe_file(folder, **basic(base, experts, method="iso_c")),
-                         "method iso_c failed on tensor model.", "failed to converge")
+    line = check_refused(
+        capsys,
+        folder,
+        recipe_file(folder, **basic(base, experts, method="iso_c")),
+        "method iso_c failed on tensor model.",
+        "failed to converge",
+    )
     assert "weight (" in line  # the tensor's shape follows its name
 
 
@@ -145,7 +164,9 @@ def test_pickle_only_checkpoint_is_refused(workspace, capsys):
 
 def test_unknown_method_suggests_the_closest(workspace, capsys):
     folder, base, experts = workspace
-    line = check_refused(capsys, folder, recipe_file(folder, **basic(base, experts, method="tie")), "unknown merge method")
+    line = check_refused(
+        capsys, folder, recipe_file(folder, **basic(base, experts, method="tie")), "unknown merge method"
+    )
     assert "ties" in line
 
 
@@ -206,7 +227,9 @@ def test_failure_midway_leaves_the_old_output_untouched(workspace, capsys):
     state[last][0] = float("inf")
     state.pop("proj_out.weight")
     save_file(state, bad / "model.safetensors", metadata={"format": "pt"})
-    code, _, err = run_cli(["merge", recipe_file(folder, **basic(base, [bad])), "-o", folder / "out", "--force"], capsys)
+    code, _, err = run_cli(
+        ["merge", recipe_file(folder, **basic(base, [bad])), "-o", folder / "out", "--force"], capsys
+    )
     assert code == 2 and "late-nan" in err
     assert (folder / "out" / "precious.txt").read_text() == "keep me"
     assert not list(folder.glob(".out.*"))

@@ -17,7 +17,8 @@ TIED = "proj_out.weight"
 
 def run_merge(tmp_path, base, experts, method, params=None, weights=None, **extra):
     experts_spec = [
-        {"path": str(e), **({"weight": w} if weights else {})} for e, w in zip(experts, weights or [None] * len(experts))
+        {"path": str(e), **({"weight": w} if weights else {})}
+        for e, w in zip(experts, weights or [None] * len(experts))
     ]
     recipe = parse_recipe(
         {
@@ -84,6 +85,7 @@ def test_task_arithmetic_of_identical_experts_with_mean_scale_returns_the_expert
 
 # --- TIES: reference written from Yadav et al. (2023), Algorithm 1 -------------------------
 
+
 def reference_ties(base, names, taus, density, lam, global_topk):
     """Trim (keep top-k% |τ| of each task vector), elect sign by mass, disjoint mean, scale."""
     T = len(taus)
@@ -135,6 +137,7 @@ def test_ties_global_spends_its_budget_on_trained_tensors(tmp_path, frozen_famil
 
 # --- DARE: Yu et al. (2024): drop with probability p, rescale survivors by 1/(1-p) --------
 
+
 def test_dare_without_dropping_is_task_arithmetic(tmp_path, family):
     base_dir, expert_dirs = family
     dare, _ = run_merge(tmp_path, base_dir, expert_dirs, "dare", {"drop": 0.0, "scale": 0.4})
@@ -182,7 +185,10 @@ def test_dare_expectation_is_task_arithmetic(tmp_path, family):
     base, names, taus = deltas(base_dir, expert_dirs)
     name = "model.decoder.layers.0.self_attn.q_proj.weight"
     runs = torch.stack(
-        [run_merge(tmp_path / f"s{s}", base_dir, expert_dirs, "dare", {"drop": p}, seed=s)[0][name] for s in range(seeds)]
+        [
+            run_merge(tmp_path / f"s{s}", base_dir, expert_dirs, "dare", {"drop": p}, seed=s)[0][name]
+            for s in range(seeds)
+        ]
     )
     ta = base[name] + sum(t[name] for t in taus) / 3
     # Var of one merged entry: Σ_t (τ_t/3)^2 · p/(1-p); the mean over seeds has that / seeds.
@@ -192,12 +198,19 @@ def test_dare_expectation_is_task_arithmetic(tmp_path, family):
 
 # --- MP-only (LoRS ablation): per block matrix, keep the top ρ by magnitude ---------------
 
+
 def test_lors_mp_prunes_block_matrices_only(tmp_path, family):
     base_dir, expert_dirs = family
     density = 0.3
     merged, _ = run_merge(tmp_path, base_dir, expert_dirs, "lors_mp", {"density": density})
     base, names, taus = deltas(base_dir, expert_dirs)
-    matrices = {n for n in names if n.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "out_proj.weight", "fc1.weight", "fc2.weight"))}
+    matrices = {
+        n
+        for n in names
+        if n.endswith(
+            ("q_proj.weight", "k_proj.weight", "v_proj.weight", "out_proj.weight", "fc1.weight", "fc2.weight")
+        )
+    }
     expected = {}
     for n in names:
         pruned = []

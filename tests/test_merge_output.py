@@ -46,8 +46,16 @@ def test_cli_merge_writes_a_complete_model_directory(tmp_path, family_with_proce
     code, _, err = run_cli(["merge", recipe], capsys)
     assert code == 0, err
     out = tmp_path / "merged"
-    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                 "model.safetensors", "speechmerge_recipe.yaml", "speechmerge_merge.json", "README.md"):
+    for name in (
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "model.safetensors",
+        "speechmerge_recipe.yaml",
+        "speechmerge_merge.json",
+        "README.md",
+    ):
         assert (out / name).is_file(), name
     # transformers 5 saves the feature extractor inside processor_config.json
     assert (out / "processor_config.json").is_file() or (out / "preprocessor_config.json").is_file()
@@ -66,8 +74,14 @@ def test_output_reloads_generates_and_runs_in_the_asr_pipeline(tmp_path, family_
     from transformers import WhisperForConditionalGeneration, pipeline
 
     base, experts = family_with_processor
-    recipe = parse_recipe({"base": str(base), "experts": [str(e) for e in experts], "method": "task_arithmetic",
-                           "output": str(tmp_path / "m")})
+    recipe = parse_recipe(
+        {
+            "base": str(base),
+            "experts": [str(e) for e in experts],
+            "method": "task_arithmetic",
+            "output": str(tmp_path / "m"),
+        }
+    )
     out, _ = merge(recipe, show_progress=False)
     model = WhisperForConditionalGeneration.from_pretrained(out)
     state = load_state(out)
@@ -87,8 +101,15 @@ def test_small_shard_size_gives_an_index_that_transformers_loads(tmp_path, famil
     from transformers import WhisperForConditionalGeneration
 
     base, experts = family
-    recipe = parse_recipe({"base": str(base), "experts": [str(e) for e in experts], "method": "soup",
-                           "output": str(tmp_path / "sharded"), "shard_size": "1MB"})
+    recipe = parse_recipe(
+        {
+            "base": str(base),
+            "experts": [str(e) for e in experts],
+            "method": "soup",
+            "output": str(tmp_path / "sharded"),
+            "shard_size": "1MB",
+        }
+    )
     out, _ = merge(recipe, show_progress=False)
     index = json.loads((out / "model.safetensors.index.json").read_text())
     shards = sorted(out.glob("model-*-of-*.safetensors"))
@@ -96,7 +117,9 @@ def test_small_shard_size_gives_an_index_that_transformers_loads(tmp_path, famil
     assert "proj_out.weight" not in index["weight_map"]
     model = WhisperForConditionalGeneration.from_pretrained(out)
     reference = load_state(out)
-    assert torch.equal(model.state_dict()["model.decoder.layers.1.fc1.weight"], reference["model.decoder.layers.1.fc1.weight"])
+    assert torch.equal(
+        model.state_dict()["model.decoder.layers.1.fc1.weight"], reference["model.decoder.layers.1.fc1.weight"]
+    )
 
 
 def test_sharded_input_and_float16_output(tmp_path, family):
@@ -106,8 +129,15 @@ def test_sharded_input_and_float16_output(tmp_path, family):
     resharded = tmp_path / "base-sharded"
     WhisperForConditionalGeneration.from_pretrained(base).save_pretrained(resharded, max_shard_size="1MB")
     assert (resharded / "model.safetensors.index.json").is_file()
-    recipe = parse_recipe({"base": str(resharded), "experts": [str(e) for e in experts], "method": "task_arithmetic",
-                           "output": str(tmp_path / "o"), "output_dtype": "float16"})
+    recipe = parse_recipe(
+        {
+            "base": str(resharded),
+            "experts": [str(e) for e in experts],
+            "method": "task_arithmetic",
+            "output": str(tmp_path / "o"),
+            "output_dtype": "float16",
+        }
+    )
     out, _ = merge(recipe, show_progress=False)
     state = load_state(out)
     from safetensors import safe_open
@@ -115,9 +145,14 @@ def test_sharded_input_and_float16_output(tmp_path, family):
     with safe_open(str(out / "model.safetensors"), "pt") as handle:
         assert handle.get_tensor("model.encoder.conv1.weight").dtype == torch.float16
     assert json.loads((out / "config.json").read_text())["dtype"] == "float16"
-    expected = load_state(base)["model.encoder.conv1.weight"] + sum(
-        load_state(e)["model.encoder.conv1.weight"] - load_state(base)["model.encoder.conv1.weight"] for e in experts
-    ) / 3
+    expected = (
+        load_state(base)["model.encoder.conv1.weight"]
+        + sum(
+            load_state(e)["model.encoder.conv1.weight"] - load_state(base)["model.encoder.conv1.weight"]
+            for e in experts
+        )
+        / 3
+    )
     torch.testing.assert_close(state["model.encoder.conv1.weight"], expected, atol=1e-3, rtol=1e-3)
 
 
@@ -128,8 +163,15 @@ def test_pytorch_bin_input_is_read_with_weights_only(tmp_path, family):
     state = load_state(experts[0])
     torch.save(state, bin_dir / "pytorch_model.bin")
     (bin_dir / "config.json").write_text((experts[0] / "config.json").read_text())
-    recipe = parse_recipe({"base": str(base), "experts": [str(bin_dir), str(experts[1])], "method": "task_arithmetic",
-                           "params": {"scale": 1.0}, "output": str(tmp_path / "o")})
+    recipe = parse_recipe(
+        {
+            "base": str(base),
+            "experts": [str(bin_dir), str(experts[1])],
+            "method": "task_arithmetic",
+            "params": {"scale": 1.0},
+            "output": str(tmp_path / "o"),
+        }
+    )
     out, _ = merge(recipe, show_progress=False)
     merged = load_state(out)
     b = load_state(base)
@@ -139,8 +181,14 @@ def test_pytorch_bin_input_is_read_with_weights_only(tmp_path, family):
 
 def test_frozen_tensors_are_left_as_base_and_reported(tmp_path, frozen_family):
     base, experts = frozen_family
-    recipe = parse_recipe({"base": str(base), "experts": [str(e) for e in experts], "method": "task_arithmetic",
-                           "output": str(tmp_path / "o")})
+    recipe = parse_recipe(
+        {
+            "base": str(base),
+            "experts": [str(e) for e in experts],
+            "method": "task_arithmetic",
+            "output": str(tmp_path / "o"),
+        }
+    )
     out, report = merge(recipe, show_progress=False)
     base_state, merged = load_state(base), load_state(out)
     encoder = [n for n in base_state if n.startswith("model.encoder.")]
@@ -152,15 +200,20 @@ def test_frozen_tensors_are_left_as_base_and_reported(tmp_path, frozen_family):
 
 def test_overrides_change_scale_and_keep_base(tmp_path, family):
     base, experts = family
-    recipe = parse_recipe({
-        "base": str(base), "experts": [str(e) for e in experts], "method": "task_arithmetic",
-        "params": {"scale": 1.0}, "output": str(tmp_path / "o"),
-        "overrides": [
-            {"match": r"model\.encoder\..*", "params": {"scale": 0.25}},
-            {"match": r"model\.decoder\.embed_positions\.weight", "keep": "base"},
-            {"match": r"model\.decoder\.layers\.0\..*", "method": "soup"},
-        ],
-    })
+    recipe = parse_recipe(
+        {
+            "base": str(base),
+            "experts": [str(e) for e in experts],
+            "method": "task_arithmetic",
+            "params": {"scale": 1.0},
+            "output": str(tmp_path / "o"),
+            "overrides": [
+                {"match": r"model\.encoder\..*", "params": {"scale": 0.25}},
+                {"match": r"model\.decoder\.embed_positions\.weight", "keep": "base"},
+                {"match": r"model\.decoder\.layers\.0\..*", "method": "soup"},
+            ],
+        }
+    )
     out, report = merge(recipe, show_progress=False)
     b = load_state(base)
     es = [load_state(e) for e in experts]

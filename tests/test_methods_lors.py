@@ -31,8 +31,8 @@ def is_block_matrix(name: str) -> bool:
 def reference(taus, names, base, prune, lam):
     """θ_0 + λ Σ_t w_t τ̂_t with τ̂ = prune(τ) on block matrices and raw τ elsewhere."""
     return {
-        n: base[n].double() + lam * sum(w * (prune(t[n].double()) if is_block_matrix(n) else t[n].double())
-                                         for w, t in zip(WEIGHTS, taus))
+        n: base[n].double()
+        + lam * sum(w * (prune(t[n].double()) if is_block_matrix(n) else t[n].double()) for w, t in zip(WEIGHTS, taus))
         for n in names
     }
 
@@ -56,6 +56,7 @@ def test_lors_matches_the_official_scripts(tmp_path, family):
 
 def test_lors_rank_fraction_is_floored_and_at_least_one(tmp_path, family):
     """r = max(1, ⌊0.01 · 16⌋) = 1 for the tiny 16-wide matrices; λ defaults to 1/T."""
+
     def prune(tau):
         low = low_rank(tau, 1)
         return low + magnitude_pruned(tau - low, 0.2)

@@ -41,8 +41,9 @@ def exp_map(m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return m if size == 0 else math.cos(size) * m + math.sin(size) * v / size
 
 
-def reference_karcher(experts: list[torch.Tensor], weights: list[float], iterations: int = 10,
-                      tol: float = 1e-5) -> torch.Tensor:
+def reference_karcher(
+    experts: list[torch.Tensor], weights: list[float], iterations: int = 10, tol: float = 1e-5
+) -> torch.Tensor:
     """Weighted Fréchet mean on the unit sphere by Riemannian gradient descent (step 1), from the
     normalised Euclidean mean, then scaled by the weighted mean norm."""
     a = [w / sum(weights) for w in weights]
@@ -117,8 +118,9 @@ def test_karcher_matches_riemannian_gradient_descent(tmp_path, family, weights):
 @pytest.mark.parametrize("weights", [None, [1.0, 2.0, 0.5]])
 def test_multislerp_matches_mergekits_procedure(tmp_path, family, weights):
     w = weights or [1.0, 1.0, 1.0]
-    merged_against(tmp_path, family, "multislerp", lambda base, experts: reference_multislerp(experts, w),
-                   weights=weights)
+    merged_against(
+        tmp_path, family, "multislerp", lambda base, experts: reference_multislerp(experts, w), weights=weights
+    )
 
 
 @pytest.mark.parametrize("method", ["model_stock", "karcher", "multislerp"])

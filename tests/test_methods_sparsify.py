@@ -63,14 +63,16 @@ def reference_breadcrumbs_mask(tau: torch.Tensor, density: float, gamma: float, 
     n = rows.shape[1]
     top, keep = int(gamma * n), linalg.kept_count(n, density)
     order = rows.abs().argsort(dim=1, descending=True)
-    mask.scatter_(1, order[:, top:top + keep], True)
+    mask.scatter_(1, order[:, top : top + keep], True)
     return mask.reshape(tau.shape)
 
 
 def mostly_close(actual: torch.Tensor, expected: torch.Tensor, name: str, atol: float = 1e-6) -> None:
     """Close everywhere but at a few entries: a top-k on float32 scores may swap near-tied entries."""
     wrong = ~torch.isclose(actual.double(), expected.double(), atol=atol, rtol=1e-4)
-    assert int(wrong.sum()) <= max(2, expected.numel() // 2000), f"{name}: {int(wrong.sum())} of {expected.numel()} differ"
+    assert int(wrong.sum()) <= max(2, expected.numel() // 2000), (
+        f"{name}: {int(wrong.sum())} of {expected.numel()} differ"
+    )
 
 
 def compare(tmp_path, family, method, params, rule, exact=True):
@@ -86,8 +88,14 @@ def compare(tmp_path, family, method, params, rule, exact=True):
 
 
 def test_pcb_matches_the_paper(tmp_path, family):
-    compare(tmp_path, family, "pcb", {"density": 0.2, "scale": 1.1},
-            lambda taus: 1.1 * reference_pcb(taus, WEIGHTS, 0.2), exact=False)
+    compare(
+        tmp_path,
+        family,
+        "pcb",
+        {"density": 0.2, "scale": 1.1},
+        lambda taus: 1.1 * reference_pcb(taus, WEIGHTS, 0.2),
+        exact=False,
+    )
 
 
 def test_sce_matches_fusechat(tmp_path, family):

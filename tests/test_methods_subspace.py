@@ -92,14 +92,17 @@ def test_iso_c_matches_the_paper_and_has_a_flat_spectrum(tmp_path, family):
 
 
 def test_iso_cts_matches_the_paper(tmp_path, family):
-    compare_to_reference(tmp_path, family, "iso_cts", {"common_fraction": 0.6},
-                         lambda taus: reference_iso_cts(taus, 0.6), 1.0)
+    compare_to_reference(
+        tmp_path, family, "iso_cts", {"common_fraction": 0.6}, lambda taus: reference_iso_cts(taus, 0.6), 1.0
+    )
 
 
 @pytest.mark.parametrize("orthogonaliser", ["svd", "newton_schulz"])
 def test_boosted_tsv_m_with_beta_one_is_tsv_m(tmp_path, family, orthogonaliser):
     base_dir, experts = family
-    boosted, _ = run_merge(tmp_path, base_dir, experts, "boosted_tsv_m", {"beta": 1.0, "orthogonaliser": orthogonaliser})
+    boosted, _ = run_merge(
+        tmp_path, base_dir, experts, "boosted_tsv_m", {"beta": 1.0, "orthogonaliser": orthogonaliser}
+    )
     plain, _ = run_merge(tmp_path / "plain", base_dir, experts, "tsv_m", {"orthogonaliser": orthogonaliser})
     for name in plain:
         if name != TIED:
@@ -118,8 +121,9 @@ def test_tsv_m_with_one_task_returns_its_task_vector(tmp_path, family):
 @pytest.mark.parametrize("coefficients,bound", [("muon", 0.5), ("polar_express", 0.3)])
 def test_newton_schulz_and_procrustes_tsv_m_agree(tmp_path, family, coefficients, bound):
     base_dir, experts = family
-    ns, _ = run_merge(tmp_path, base_dir, experts, "tsv_m", {"orthogonaliser": "newton_schulz",
-                                                              "ns_coefficients": coefficients})
+    ns, _ = run_merge(
+        tmp_path, base_dir, experts, "tsv_m", {"orthogonaliser": "newton_schulz", "ns_coefficients": coefficients}
+    )
     svd, _ = run_merge(tmp_path / "svd", base_dir, experts, "tsv_m")
     base = load_state(base_dir)
     for name in [n for n in svd if n.endswith(("fc1.weight", "q_proj.weight"))]:
@@ -134,9 +138,16 @@ def call(method: str, tasks: torch.Tensor, **params) -> torch.Tensor:
     return call_method(method, tasks, **params)
 
 
-SUBSPACE = [("tsv_m", {}), ("tsv_m", {"orthogonaliser": "newton_schulz"}), ("tsv_m", {"svd": "randomised"}),
-            ("boosted_tsv_m", {}), ("boosted_tsv_m", {"orthogonaliser": "svd", "spectrum": "full"}),
-            ("iso_c", {}), ("iso_cts", {}), ("iso_cts", {"orthogonaliser": "newton_schulz", "svd": "randomised"})]
+SUBSPACE = [
+    ("tsv_m", {}),
+    ("tsv_m", {"orthogonaliser": "newton_schulz"}),
+    ("tsv_m", {"svd": "randomised"}),
+    ("boosted_tsv_m", {}),
+    ("boosted_tsv_m", {"orthogonaliser": "svd", "spectrum": "full"}),
+    ("iso_c", {}),
+    ("iso_cts", {}),
+    ("iso_cts", {"orthogonaliser": "newton_schulz", "svd": "randomised"}),
+]
 
 
 def ill_conditioned_stacks() -> dict[str, torch.Tensor]:

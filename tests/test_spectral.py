@@ -72,7 +72,6 @@ def test_polar_factor_of_duplicated_subspaces_merges_them_instead_of_inflating_n
     assert torch.equal(spectral.polar_factor(torch.zeros(6, 3)), torch.zeros(6, 3))
 
 
-
 def test_polar_factor_keeps_small_but_genuine_singular_values():
     """M = Q₁ diag(σ) Q₂ᵀ has polar factor Q₁ Q₂ᵀ whatever σ > 0. With σ_min/σ_max = 1e-5 on a
     256 × 256 matrix — above the SVD's rounding level √n·ε ≈ 2e-6, the size of the smallest
@@ -142,6 +141,7 @@ def test_an_svd_that_fails_to_converge_in_float32_is_retried_in_float64(monkeypa
             if matrix.dtype == torch.float32:
                 raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge (error code: 1).")
             return real(matrix, *args, **kwargs)
+
         return decompose
 
     monkeypatch.setattr(torch.linalg, "svd", failing_in_float32(real_svd))

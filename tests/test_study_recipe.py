@@ -15,7 +15,11 @@ def test_lists_are_grid_axes_and_every_point_is_resolved_with_defaults(tmp_path)
     from speechmerge.merging.registry import get_method
     from speechmerge.study.recipe import load_study, method_grid
 
-    methods = {"ties": {"density": [0.1, 0.2], "scale": [0.5, 1.0]}, "soup": None, "task_arithmetic": {"scale": [0.5, 0.5]}}
+    methods = {
+        "ties": {"density": [0.1, 0.2], "scale": [0.5, 1.0]},
+        "soup": None,
+        "task_arithmetic": {"scale": [0.5, 0.5]},
+    }
     grid = method_grid(load_study(write_recipe(tmp_path / "s.yaml", _recipe(tmp_path, methods=methods))))
     defaults = get_method("ties").defaults()
     assert grid["ties"] == [{**defaults, "density": d, "scale": s} for d in (0.1, 0.2) for s in (0.5, 1.0)]
@@ -27,7 +31,13 @@ def test_all_methods_adds_every_registered_method_at_its_defaults(tmp_path):
     from speechmerge.merging.registry import all_methods
     from speechmerge.study.recipe import load_study, method_grid
 
-    grid = method_grid(load_study(write_recipe(tmp_path / "s.yaml", _recipe(tmp_path, all_methods=True, methods={"ties": {"density": [0.1, 0.3]}}))))
+    grid = method_grid(
+        load_study(
+            write_recipe(
+                tmp_path / "s.yaml", _recipe(tmp_path, all_methods=True, methods={"ties": {"density": [0.1, 0.3]}})
+            )
+        )
+    )
     assert set(grid) == {m.name for m in all_methods()}
     assert all(points == [m.defaults()] for m in all_methods() if m.name != "ties" for points in [grid[m.name]])
     assert [p["density"] for p in grid["ties"]] == [0.1, 0.3]
@@ -37,14 +47,20 @@ def test_all_methods_adds_every_registered_method_at_its_defaults(tmp_path):
     "changes, expected",
     [
         ({"methods": {"ties": {"densty": 0.2}}}, "methods.ties.densty: unknown key for method 'ties'"),
-        ({"methods": {"ties": {"density": [0.2, 1.5]}}}, "methods.ties.density: Input should be less than or equal to 1"),
+        (
+            {"methods": {"ties": {"density": [0.2, 1.5]}}},
+            "methods.ties.density: Input should be less than or equal to 1",
+        ),
         ({"methods": {"tiess": {}}}, "unknown merge method 'tiess'; did you mean ties"),
         ({"methods": {"ties": {"density": []}}}, "methods.ties.density: an empty list"),
         ({"method": {"ties": {}}}, "method: unknown key"),
         ({"methods": {}}, "no merge method"),
         ({"experts": {"training": {"stepz": 3}}}, "experts.training: Value error, stepz: unknown training setting"),
         ({"experts": {"training": {"steps": 0}}}, "steps: Input should be greater than or equal to 1"),
-        ({"corpus": {"builtin": "multilingual", "manifests": {"train": ["a"], "validation": ["b"], "test": ["c"]}}}, "not both or neither"),
+        (
+            {"corpus": {"builtin": "multilingual", "manifests": {"train": ["a"], "validation": ["b"], "test": ["c"]}}},
+            "not both or neither",
+        ),
         ({"corpus": {"builtin": "multilingua"}}, "corpus.builtin: Input should be 'multilingual' or 'multidomain'"),
         ({"evaluation": {"batch_size": 0}}, "evaluation.batch_size: Input should be greater than or equal to 1"),
         ({"name": "my study"}, "name: String should match pattern"),
@@ -73,7 +89,9 @@ def test_missing_or_unparsable_recipe_files_fail_in_one_line(tmp_path, capsys):
 
 
 def test_missing_manifests_and_bad_executor_options_fail_in_one_line(tmp_path, capsys):
-    manifests = {"manifests": {"train": [str(tmp_path / "train.jsonl")], "validation": ["v.jsonl"], "test": ["t.jsonl"]}}
+    manifests = {
+        "manifests": {"train": [str(tmp_path / "train.jsonl")], "validation": ["v.jsonl"], "test": ["t.jsonl"]}
+    }
     path = write_recipe(tmp_path / "m.yaml", _recipe(tmp_path, corpus=manifests))
     code, _, err = run_cli(["study", path], capsys)
     assert code == 2 and "corpus.manifests.train: manifest" in err and "train.jsonl' not found" in err

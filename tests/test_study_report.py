@@ -21,35 +21,80 @@ from speechmerge.study.report import write_report
 from speechmerge.study.rows import ScoreRow, StudyFacts
 from speechmerge.study.summary import Group, names_group
 
-GROUPS = [("es", "transcribe", "wer"), ("de", "transcribe", "wer"), ("es", "translate", "bleu"), ("de", "translate", "bleu")]
+GROUPS = [
+    ("es", "transcribe", "wer"),
+    ("de", "transcribe", "wer"),
+    ("es", "translate", "bleu"),
+    ("de", "translate", "bleu"),
+]
 # test-stage in-domain scores, in GROUPS order
 BASE = [0.50, 0.60, 10.0, 20.0]
 EXPERT = [0.20, 0.30, 30.0, 40.0]
 JOINT = [0.30, 0.40, 25.0, 30.0]
-MERGES = {"task_arithmetic": ({"scale": 0.4}, [0.25, 0.45, 28.0, 30.0]), "ties": ({"scale": 0.5, "density": 0.2}, [0.30, 0.35, 26.0, 36.0])}
+MERGES = {
+    "task_arithmetic": ({"scale": 0.4}, [0.25, 0.45, 28.0, 30.0]),
+    "ties": ({"scale": 0.5, "density": 0.2}, [0.30, 0.35, 26.0, 36.0]),
+}
 # validation: (setting, in-domain scores in GROUPS order)
 SEARCH = {
     "task_arithmetic": [({"scale": 0.2}, [0.40, 0.50, 20.0, 25.0]), ({"scale": 0.4}, [0.26, 0.44, 27.0, 31.0])],
-    "ties": [({"scale": 0.3, "density": 0.2}, [0.35, 0.40, 22.0, 33.0]), ({"scale": 0.5, "density": 0.2}, [0.31, 0.36, 25.0, 35.0])],
+    "ties": [
+        ({"scale": 0.3, "density": 0.2}, [0.35, 0.40, 22.0, 33.0]),
+        ({"scale": 0.5, "density": 0.2}, [0.31, 0.36, 25.0, 35.0]),
+    ],
 }
 CHOSEN = {"task_arithmetic": {"scale": 0.4}, "ties": {"scale": 0.5, "density": 0.2}}
 OOD = {"base": 0.70, "task_arithmetic": 0.60, "ties": 0.50}  # es, pt-br style held-out set, WER
-RETENTION = {"base": {"en": 0.20, "it": 0.50}, "task_arithmetic": {"en": 0.25, "it": 0.55}, "ties": {"en": 0.22, "it": 0.60}}
+RETENTION = {
+    "base": {"en": 0.20, "it": 0.50},
+    "task_arithmetic": {"en": 0.25, "it": 0.55},
+    "ties": {"en": 0.22, "it": 0.60},
+}
 
 
-def score(kind, model, stage, scope, language, task, metric, value, method=None, setting=None, selected=True, evaluation=None, utterances=12):
+def score(
+    kind,
+    model,
+    stage,
+    scope,
+    language,
+    task,
+    metric,
+    value,
+    method=None,
+    setting=None,
+    selected=True,
+    evaluation=None,
+    utterances=12,
+):
     return ScoreRow(
-        job=f"{model}:{stage}:{evaluation or language}", model_kind=kind, model=model, method=method, setting=setting or {},
-        stage=stage, selected=selected, scope=scope, evaluation=evaluation or f"{language}.{task}.{stage}", language=language,
-        task=task, metric=metric, value=value, utterances=utterances,
+        job=f"{model}:{stage}:{evaluation or language}",
+        model_kind=kind,
+        model=model,
+        method=method,
+        setting=setting or {},
+        stage=stage,
+        selected=selected,
+        scope=scope,
+        evaluation=evaluation or f"{language}.{task}.{stage}",
+        language=language,
+        task=task,
+        metric=metric,
+        value=value,
+        utterances=utterances,
     )
 
 
 def in_domain(kind, model, stage, values, **labels):
-    return [score(kind, model, stage, "in_domain", lang, task, metric, v, **labels) for (lang, task, metric), v in zip(GROUPS, values)]
+    return [
+        score(kind, model, stage, "in_domain", lang, task, metric, v, **labels)
+        for (lang, task, metric), v in zip(GROUPS, values)
+    ]
 
 
-def study_rows(validation=True, test=True, baseline=True, ood=True, retention=True, experts=tuple(EXPERT)) -> list[ScoreRow]:
+def study_rows(
+    validation=True, test=True, baseline=True, ood=True, retention=True, experts=tuple(EXPERT)
+) -> list[ScoreRow]:
     rows = []
     stages = [s for s, keep in (("validation", validation), ("test", test)) if keep]
     for stage in stages:
@@ -61,26 +106,70 @@ def study_rows(validation=True, test=True, baseline=True, ood=True, retention=Tr
     if validation:
         for method, points in SEARCH.items():
             for setting, values in points:
-                rows += in_domain("merge", f"{method}-{len(rows)}", "validation", values, method=method, setting=setting, selected=setting == CHOSEN[method])
+                rows += in_domain(
+                    "merge",
+                    f"{method}-{len(rows)}",
+                    "validation",
+                    values,
+                    method=method,
+                    setting=setting,
+                    selected=setting == CHOSEN[method],
+                )
     if test:
         for method, (setting, values) in MERGES.items():
             rows += in_domain("merge", f"{method}-chosen", "test", values, method=method, setting=setting)
-        models = {"base": ("base", "whisper-base", {}), **{m: ("merge", f"{m}-chosen", {"method": m, "setting": MERGES[m][0]}) for m in MERGES}}
+        models = {
+            "base": ("base", "whisper-base", {}),
+            **{m: ("merge", f"{m}-chosen", {"method": m, "setting": MERGES[m][0]}) for m in MERGES},
+        }
         for name, (kind, model, labels) in models.items():
             if ood:
-                rows.append(score(kind, model, "test", "out_of_domain", "es", "transcribe", "wer", OOD[name], evaluation="es.heldout", **labels))
+                rows.append(
+                    score(
+                        kind,
+                        model,
+                        "test",
+                        "out_of_domain",
+                        "es",
+                        "transcribe",
+                        "wer",
+                        OOD[name],
+                        evaluation="es.heldout",
+                        **labels,
+                    )
+                )
             if retention:
                 for lang, value in RETENTION[name].items():
-                    rows.append(score(kind, model, "test", "retention", lang, "transcribe", "wer", value, evaluation=f"{lang}.general", **labels))
+                    rows.append(
+                        score(
+                            kind,
+                            model,
+                            "test",
+                            "retention",
+                            lang,
+                            "transcribe",
+                            "wer",
+                            value,
+                            evaluation=f"{lang}.general",
+                            **labels,
+                        )
+                    )
     return rows
 
 
 def facts(**changes) -> StudyFacts:
     values = {
-        "name": "synthetic", "recipe": {"methods": {"ties": {"scale": [0.3, 0.5]}}}, "recipe_path": "recipes/synthetic.yaml",
-        "command": "speechmerge study recipes/synthetic.yaml", "hardware": "2-core CPU (test)", "executor": "local",
-        "started": "2026-11-23T10:00:00+00:00", "finished": "2026-11-23T11:02:05+00:00", "wall_seconds": 3725.0,
-        "job_seconds": {"evaluate": 3000.0, "merge": 600.0, "train_expert": 125.0}, "versions": {"speechmerge": "0.1.0", "torch": "2.13.0"},
+        "name": "synthetic",
+        "recipe": {"methods": {"ties": {"scale": [0.3, 0.5]}}},
+        "recipe_path": "recipes/synthetic.yaml",
+        "command": "speechmerge study recipes/synthetic.yaml",
+        "hardware": "2-core CPU (test)",
+        "executor": "local",
+        "started": "2026-11-23T10:00:00+00:00",
+        "finished": "2026-11-23T11:02:05+00:00",
+        "wall_seconds": 3725.0,
+        "job_seconds": {"evaluate": 3000.0, "merge": 600.0, "train_expert": 125.0},
+        "versions": {"speechmerge": "0.1.0", "torch": "2.13.0"},
         "hyperparameters": {"task_arithmetic": ["scale"], "ties": ["scale"]},
     }
     return StudyFacts(**{**values, **changes})
@@ -191,10 +280,20 @@ def test_best_merge_per_column_is_bold_and_references_never_are(full):
     table = markdown_table(markdown, MAIN)
     bold = bold_cells(markdown, MAIN)
     lower_better = {"ID WER % ↓", "OOD WER % ↓", "ret. en WER % ↓", "ret. other WER % ↓"}
-    for column in ["ID WER % ↓", "ID BLEU ↑", "OOD WER % ↓", "ret. en WER % ↓", "ret. other WER % ↓", "norm. vs experts % ↑", "norm. gain kept % ↑"]:
+    for column in [
+        "ID WER % ↓",
+        "ID BLEU ↑",
+        "OOD WER % ↓",
+        "ret. en WER % ↓",
+        "ret. other WER % ↓",
+        "norm. vs experts % ↑",
+        "norm. gain kept % ↑",
+    ]:
         shown = {method: float(table[method][column]) for method in MERGES}
         best = (min if column in lower_better else max)(shown.values())
-        assert {(m, column) for m, v in shown.items() if v == best} == {cell for cell in bold if cell[1] == column}, column
+        assert {(m, column) for m, v in shown.items() if v == best} == {cell for cell in bold if cell[1] == column}, (
+            column
+        )
     assert not any(name.startswith(("base", "experts", "baseline")) for name, _ in bold)
 
 
@@ -205,7 +304,9 @@ def test_per_group_tables_hold_each_score(full):
     for method, (_, values) in MERGES.items():
         assert (wer[method]["es"], wer[method]["de"]) == (pct(values[0]), pct(values[1]))
         assert (bleu[method]["es"], bleu[method]["de"]) == (f"{values[2]:.1f}", f"{values[3]:.1f}")
-        assert wer[method]["vs base % ↑"] == pct(fmean([(1 - values[0]) / (1 - BASE[0]), (1 - values[1]) / (1 - BASE[1])]))
+        assert wer[method]["vs base % ↑"] == pct(
+            fmean([(1 - values[0]) / (1 - BASE[0]), (1 - values[1]) / (1 - BASE[1])])
+        )
     assert wer["experts (own sets)"]["es"] == pct(EXPERT[0])
     retention = markdown_table(markdown, "retention WER % ↓")
     assert retention["ties"]["it"] == pct(RETENTION["ties"]["it"])
@@ -225,7 +326,9 @@ def test_id_against_ood_table(full):
 
 def test_validation_search_table_marks_the_chosen_settings(full):
     _, markdown = full
-    lines = [line for line in markdown.split("**Validation: every setting searched", 1)[1].split("\n\n")[1].splitlines()[2:]]
+    lines = [
+        line for line in markdown.split("**Validation: every setting searched", 1)[1].split("\n\n")[1].splitlines()[2:]
+    ]
     chosen = {}
     for line in lines:
         cells = [c.strip().strip("*") for c in line.strip("|").split("|")]
@@ -309,7 +412,9 @@ def test_merge_scored_on_only_some_groups_is_marked_partial(tmp_path):
 
 
 def test_experts_scoring_zero_leave_normalised_scores_undefined_and_their_plots_skipped(tmp_path):
-    paths = write_report(facts(), study_rows(validation=False, experts=(1.0, 1.2, 0.0, 0.0)), tmp_path / "r")  # s(expert) <= 0 everywhere
+    paths = write_report(
+        facts(), study_rows(validation=False, experts=(1.0, 1.2, 0.0, 0.0)), tmp_path / "r"
+    )  # s(expert) <= 0 everywhere
     markdown = paths["markdown"].read_text(encoding="utf-8")
     for method in MERGES:
         row = markdown_table(markdown, MAIN)[method]
@@ -320,17 +425,26 @@ def test_experts_scoring_zero_leave_normalised_scores_undefined_and_their_plots_
 
 
 def test_each_group_takes_its_own_expert_even_when_another_scores_better_there(tmp_path):
-    rows = study_rows(validation=False) + [score("expert", "de-transcribe", "test", "in_domain", "es", "transcribe", "wer", 0.10)]
+    rows = study_rows(validation=False) + [
+        score("expert", "de-transcribe", "test", "in_domain", "es", "transcribe", "wer", 0.10)
+    ]
     markdown = write_report(facts(), rows, tmp_path / "r")["markdown"].read_text(encoding="utf-8")
     assert markdown_table(markdown, "in-domain WER % ↓")["experts (own sets)"]["es"] == pct(EXPERT[0])
     assert "each group scored by the expert trained for it (named for it)." in markdown
 
 
 def test_groups_no_expert_is_named_for_take_the_best_expert_and_say_so(tmp_path):
-    others = [score("expert", name, "test", "retention", "en", "transcribe", "wer", wer, evaluation="en.general") for name, wer in (("es-transcribe", 0.30), ("de-transcribe", 0.25))]
-    markdown = write_report(facts(), study_rows(validation=False) + others, tmp_path / "r")["markdown"].read_text(encoding="utf-8")
+    others = [
+        score("expert", name, "test", "retention", "en", "transcribe", "wer", wer, evaluation="en.general")
+        for name, wer in (("es-transcribe", 0.30), ("de-transcribe", 0.25))
+    ]
+    markdown = write_report(facts(), study_rows(validation=False) + others, tmp_path / "r")["markdown"].read_text(
+        encoding="utf-8"
+    )
     assert markdown_table(markdown, "retention WER % ↓")["experts (own sets)"]["en"] == "25.0"
-    assert "groups no expert is named for (retention 1) take the best of the experts scored there (an oracle)" in markdown
+    assert (
+        "groups no expert is named for (retention 1) take the best of the experts scored there (an oracle)" in markdown
+    )
 
 
 @pytest.mark.parametrize(
@@ -378,9 +492,22 @@ def test_empty_rows_give_one_line_and_write_nothing(tmp_path):
     [
         (lambda rows: rows + [rows[0]], "given twice"),
         (lambda rows: rows + [rows[0].model_copy(update={"metric": "meteor"})], "unknown metric 'meteor'"),
-        (lambda rows: rows + [rows[0].model_copy(update={"metric": "cer", "value": float("nan")})], "not a finite non-negative score"),
+        (
+            lambda rows: rows + [rows[0].model_copy(update={"metric": "cer", "value": float("nan")})],
+            "not a finite non-negative score",
+        ),
         (lambda rows: rows + [rows[0].model_copy(update={"model": "whisper-small", "metric": "cer"})], "2 base models"),
-        (lambda rows: rows + [r.model_copy(update={"setting": {"scale": 9}}) for r in rows if r.method == "ties" and r.stage == "test"], "more than one selected setting"),
+        (
+            lambda rows: (
+                rows
+                + [
+                    r.model_copy(update={"setting": {"scale": 9}})
+                    for r in rows
+                    if r.method == "ties" and r.stage == "test"
+                ]
+            ),
+            "more than one selected setting",
+        ),
     ],
 )
 def test_inconsistent_rows_give_one_line(tmp_path, change, expected):

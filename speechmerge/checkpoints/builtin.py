@@ -71,7 +71,9 @@ def builtin_files(name: str):
     for index, folder in enumerate(folders, start=1):
         part = folder / f"model.bin.part{index}"
         if not part.is_file():
-            raise SpeechmergeError(f"{part}: missing from package {model.packages[index - 1]}; reinstall it with pip install --force-reinstall")
+            raise SpeechmergeError(
+                f"{part}: missing from package {model.packages[index - 1]}; reinstall it with pip install --force-reinstall"
+            )
         parts.append(part)
     return Ct2Files(tuple(parts), folders[-1])
 

@@ -27,7 +27,9 @@ def detect_format(source: str) -> str:
     if path.is_dir() and (path / "config.json").is_file():
         return "hf"
     if not path.exists():
-        raise SpeechmergeError(f"{path}: no such file or directory; give builtin:whisper-base, a CTranslate2 directory, an openai-whisper .pt or a Hugging Face directory")
+        raise SpeechmergeError(
+            f"{path}: no such file or directory; give builtin:whisper-base, a CTranslate2 directory, an openai-whisper .pt or a Hugging Face directory"
+        )
     raise SpeechmergeError(
         f"{path}: not a recognised Whisper model (no model.bin, no config.json, not a .pt file); "
         "give builtin:whisper-base, a CTranslate2 directory, an openai-whisper .pt or a Hugging Face directory"
@@ -57,7 +59,9 @@ def convert_model(
 
         return export_ct2(resolve_model_dir(source), output, quantization=quantization, force=force)
     if kind == "hf":
-        raise SpeechmergeError(f"{source}: already a Hugging Face Whisper directory; use --to ct2 to export it to CTranslate2")
+        raise SpeechmergeError(
+            f"{source}: already a Hugging Face Whisper directory; use --to ct2 to export it to CTranslate2"
+        )
     if kind == "openai":
         from speechmerge.checkpoints.openai import convert_openai
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from speechmerge.errors import SpeechmergeError
 
@@ -65,11 +65,28 @@ def check_state_names(tensors: list[HFTensor], config, source) -> None:
     names = [t.name for t in tensors]
     missing, unexpected = sorted(expected - set(names)), sorted(set(names) - expected)
     if missing or unexpected or len(names) != len(set(names)):
-        what = f"no tensor for {missing[0]}" if missing else f"unexpected tensor {unexpected[0]}" if unexpected else "duplicate tensors"
-        raise SpeechmergeError(f"{source}: {what} ({len(missing)} missing, {len(unexpected)} unexpected); the checkpoint is incomplete or not Whisper")
+        what = (
+            f"no tensor for {missing[0]}"
+            if missing
+            else f"unexpected tensor {unexpected[0]}"
+            if unexpected
+            else "duplicate tensors"
+        )
+        raise SpeechmergeError(
+            f"{source}: {what} ({len(missing)} missing, {len(unexpected)} unexpected); the checkpoint is incomplete or not Whisper"
+        )
 
 
-def write_hf_model(target: Path, tensors: list[HFTensor], shape, tokenizer, facts, dtype: str = "float32", force: bool = False, source="source") -> Path:
+def write_hf_model(
+    target: Path,
+    tensors: list[HFTensor],
+    shape,
+    tokenizer,
+    facts,
+    dtype: str = "float32",
+    force: bool = False,
+    source="source",
+) -> Path:
     """Write `tensors` with config, generation config, tokenizer and feature extractor into
     `target`, atomically; `source` names the input in errors."""
     from rich.console import Console
@@ -86,7 +103,9 @@ def write_hf_model(target: Path, tensors: list[HFTensor], shape, tokenizer, fact
     with atomic_output_dir(Path(target), force=force) as tmp:
         writer = StreamingSafetensorsWriter(tmp, slots, SHARD_BYTES, metadata={"converted_by": "speechmerge"})
         try:
-            progress = track(tensors, description=f"converting to {Path(target).name}", transient=True, console=Console(stderr=True))
+            progress = track(
+                tensors, description=f"converting to {Path(target).name}", transient=True, console=Console(stderr=True)
+            )
             for item in progress:
                 writer.write(item.name, item.load().to(out_dtype))
             writer.close()

@@ -41,6 +41,7 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+
 import torch
 
 from speechmerge.checkpoints.converted import HFTensor
@@ -144,7 +145,9 @@ class Ct2ModelFile:
             dtype = CT2_DTYPES[dtype_id]
             expected = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
             if nbytes != expected:
-                raise SpeechmergeError(f"{self.label}: variable {name} {shape} {dtype} holds {nbytes} bytes, not {expected}; the file is damaged")
+                raise SpeechmergeError(
+                    f"{self.label}: variable {name} {shape} {dtype} holds {nbytes} bytes, not {expected}; the file is damaged"
+                )
             self._require(position + nbytes, f"variable {name}")
             self.variables[name] = Ct2Variable(name, shape, dtype, position, nbytes)
             position += nbytes
@@ -169,7 +172,11 @@ class Ct2ModelFile:
             return self._cached[1]
         var = self.variables[name]
         data = bytearray(self._read(var.offset, var.nbytes, f"variable {name}"))
-        tensor = torch.frombuffer(data, dtype=var.dtype).reshape(var.shape) if var.nbytes else torch.empty(var.shape, dtype=var.dtype)
+        tensor = (
+            torch.frombuffer(data, dtype=var.dtype).reshape(var.shape)
+            if var.nbytes
+            else torch.empty(var.shape, dtype=var.dtype)
+        )
         self._cached = (name, tensor)
         return tensor
 
@@ -179,7 +186,9 @@ class Ct2ModelFile:
         scale_name = f"{self.resolve(name)}_scale"
         if scale_name not in self.variables:
             if not tensor.is_floating_point():
-                raise SpeechmergeError(f"{self.label}: variable {name} is {tensor.dtype} without {scale_name}; cannot dequantise it")
+                raise SpeechmergeError(
+                    f"{self.label}: variable {name} is {tensor.dtype} without {scale_name}; cannot dequantise it"
+                )
             return tensor
         scale = self.raw(scale_name).float()
         if scale.numel() > 1:
@@ -233,11 +242,15 @@ class _Mapper:
         shape = self.shape(ct2)
         block = shape[0] // len(hf_names)
         if block * len(hf_names) != shape[0]:
-            raise SpeechmergeError(f"{self.model.label}: variable {ct2} has {shape[0]} rows, not {len(hf_names)} equal blocks")
+            raise SpeechmergeError(
+                f"{self.model.label}: variable {ct2} has {shape[0]} rows, not {len(hf_names)} equal blocks"
+            )
         for index, hf in enumerate(hf_names):
             if hf is not None:
                 self.tensors.append(
-                    HFTensor(hf, (block, *shape[1:]), lambda i=index: self.model.weight(ct2)[i * block : (i + 1) * block])
+                    HFTensor(
+                        hf, (block, *shape[1:]), lambda i=index: self.model.weight(ct2)[i * block : (i + 1) * block]
+                    )
                 )
 
     def linear(self, hf: str, ct2: str) -> None:
@@ -334,7 +347,9 @@ def check_vocabulary(directory: Path, tokenizer, vocab_size: int) -> None:
     else:
         return
     if len(tokens) != vocab_size:
-        raise SpeechmergeError(f"{source}: {len(tokens)} tokens but the model has {vocab_size}; the files belong to different models")
+        raise SpeechmergeError(
+            f"{source}: {len(tokens)} tokens but the model has {vocab_size}; the files belong to different models"
+        )
     ours = tokenizer.convert_ids_to_tokens(list(range(vocab_size)))
     for index, (theirs, mine) in enumerate(zip(tokens, ours)):
         if theirs != mine:
@@ -353,12 +368,14 @@ class Ct2Files:
     folder: Path
 
     @classmethod
-    def of_directory(cls, directory: Path) -> "Ct2Files":
+    def of_directory(cls, directory: Path) -> Ct2Files:
         directory = Path(directory)
         return cls(tuple(model_bin_parts(directory)), directory)
 
 
-def convert_ct2(files: Ct2Files, target: Path, dtype: str = "float32", force: bool = False, tokenizer_source: Path | None = None) -> Path:
+def convert_ct2(
+    files: Ct2Files, target: Path, dtype: str = "float32", force: bool = False, tokenizer_source: Path | None = None
+) -> Path:
     """Convert a CTranslate2 Whisper model into a complete Hugging Face directory `target`."""
     from speechmerge.checkpoints.converted import write_hf_model
     from speechmerge.checkpoints.tokenizer import check_tokenizer, load_tokenizer, tokenizer_file

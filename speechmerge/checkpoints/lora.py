@@ -64,12 +64,18 @@ class LoraExpert:
         try:
             adapter = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as error:
-            raise SpeechmergeError(f"{path}: unreadable adapter config ({error}); expected a PEFT LoRA adapter") from None
+            raise SpeechmergeError(
+                f"{path}: unreadable adapter config ({error}); expected a PEFT LoRA adapter"
+            ) from None
         if adapter.get("peft_type", "LORA") != "LORA":
-            raise SpeechmergeError(f"{path}: peft_type is {adapter.get('peft_type')!r}; speechmerge merges LoRA adapters only")
+            raise SpeechmergeError(
+                f"{path}: peft_type is {adapter.get('peft_type')!r}; speechmerge merges LoRA adapters only"
+            )
         for key, what in UNSUPPORTED.items():
             if adapter.get(key):
-                raise SpeechmergeError(f"{path}: {what} cannot be turned into a plain task vector; merge it with PEFT's merge_and_unload() and give the merged model")
+                raise SpeechmergeError(
+                    f"{path}: {what} cannot be turned into a plain task vector; merge it with PEFT's merge_and_unload() and give the merged model"
+                )
         return adapter
 
     def _find_weights(self) -> Path:
@@ -91,14 +97,18 @@ class LoraExpert:
             try:
                 self._handle = safe_open(str(self._weights_file), framework="pt", device="cpu")
             except (SafetensorError, OSError) as error:
-                raise SpeechmergeError(f"{self._weights_file}: corrupt or truncated safetensors file ({error})") from None
+                raise SpeechmergeError(
+                    f"{self._weights_file}: corrupt or truncated safetensors file ({error})"
+                ) from None
         return self._handle
 
     def _bin(self) -> dict:
         if self._handle is None:
             from speechmerge.checkpoints.torch_files import load_tensors_only
 
-            self._handle = load_tensors_only(self._weights_file, "re-save the adapter with PEFT's save_pretrained() (safetensors)")
+            self._handle = load_tensors_only(
+                self._weights_file, "re-save the adapter with PEFT's save_pretrained() (safetensors)"
+            )
         return self._handle
 
     def _tensor(self, key: str):
@@ -119,7 +129,9 @@ class LoraExpert:
         shapes = self._keys_and_shapes()
         for key in shapes:
             if not key.startswith(PREFIX):
-                raise SpeechmergeError(f"{self._weights_file}: tensor {key} does not start with {PREFIX!r}; expected a PEFT adapter")
+                raise SpeechmergeError(
+                    f"{self._weights_file}: tensor {key} does not start with {PREFIX!r}; expected a PEFT adapter"
+                )
             inner = key.removeprefix(PREFIX)
             if match := _LORA_KEY.fullmatch(inner):
                 module = match.group(1) or match.group(3)
@@ -134,7 +146,9 @@ class LoraExpert:
                     self._shape_error(name, shapes[key])
         for name, parts in self._modules.items():
             if "A" not in parts or "B" not in parts:
-                raise SpeechmergeError(f"{self._weights_file}: {name} has only one of its two LoRA matrices; the adapter is damaged")
+                raise SpeechmergeError(
+                    f"{self._weights_file}: {name} has only one of its two LoRA matrices; the adapter is damaged"
+                )
             self._check_shape(name, parts["kind"], shapes[parts["A"]], shapes[parts["B"]])
 
     def _check_shape(self, name: str, kind: str, a: tuple[int, ...], b: tuple[int, ...]) -> None:

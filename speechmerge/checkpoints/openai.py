@@ -33,8 +33,18 @@ from speechmerge.checkpoints.processor import DecodingFacts, WhisperShape
 from speechmerge.checkpoints.torch_files import load_tensors_only
 from speechmerge.errors import SpeechmergeError
 
-DIMS = ("n_mels", "n_vocab", "n_audio_ctx", "n_audio_state", "n_audio_head", "n_audio_layer",
-        "n_text_ctx", "n_text_state", "n_text_head", "n_text_layer")
+DIMS = (
+    "n_mels",
+    "n_vocab",
+    "n_audio_ctx",
+    "n_audio_state",
+    "n_audio_head",
+    "n_audio_layer",
+    "n_text_ctx",
+    "n_text_state",
+    "n_text_head",
+    "n_text_layer",
+)
 MULTILINGUAL_VOCAB = 51865
 
 _BLOCK_PARTS = {
@@ -59,8 +69,12 @@ _GLOBAL = {
 }
 _BLOCK = re.compile(r"(encoder|decoder)\.blocks\.(\d+)\.(.+)\.(weight|bias)")
 _MODULE = re.compile(r"(encoder\.conv1|encoder\.conv2|encoder\.ln_post|decoder\.ln)\.(weight|bias)")
-_MODULES = {"encoder.conv1": "model.encoder.conv1", "encoder.conv2": "model.encoder.conv2",
-            "encoder.ln_post": "model.encoder.layer_norm", "decoder.ln": "model.decoder.layer_norm"}
+_MODULES = {
+    "encoder.conv1": "model.encoder.conv1",
+    "encoder.conv2": "model.encoder.conv2",
+    "encoder.ln_post": "model.encoder.layer_norm",
+    "decoder.ln": "model.decoder.layer_norm",
+}
 
 RESAVE_HINT = (
     "re-saved as a state dict, in a Python where the file is trusted and openai-whisper is importable: "
@@ -118,7 +132,9 @@ def hf_tensors(path: Path, dims: dict, state: dict) -> tuple[list[HFTensor], Whi
     """The Hugging Face state dict of an openai-whisper checkpoint, its shape and what it says
     about decoding (alignment heads, when the checkpoint carries them)."""
     if dims["n_audio_state"] != dims["n_text_state"]:
-        raise SpeechmergeError(f"{path}: n_audio_state {dims['n_audio_state']} != n_text_state {dims['n_text_state']}; HF Whisper needs one width")
+        raise SpeechmergeError(
+            f"{path}: n_audio_state {dims['n_audio_state']} != n_text_state {dims['n_text_state']}; HF Whisper needs one width"
+        )
     tensors, facts = [], DecodingFacts()
     for name, tensor in state.items():
         if name == "alignment_heads":
@@ -126,7 +142,9 @@ def hf_tensors(path: Path, dims: dict, state: dict) -> tuple[list[HFTensor], Whi
             continue
         target = hf_name(name)
         if target is None:
-            raise SpeechmergeError(f"{path}: tensor {name} has no Hugging Face Whisper counterpart; expected openai-whisper names")
+            raise SpeechmergeError(
+                f"{path}: tensor {name} has no Hugging Face Whisper counterpart; expected openai-whisper names"
+            )
         tensors.append(HFTensor(target, tuple(tensor.shape), lambda t=tensor: t))
     for required in ("encoder.blocks.0.mlp.0.weight", "decoder.blocks.0.mlp.0.weight"):
         if required not in state:
@@ -145,7 +163,9 @@ def default_tokenizer(path: Path, vocab_size: int) -> Path:
     return builtin_files("whisper-base").folder
 
 
-def convert_openai(path: Path, target: Path, dtype: str = "float32", force: bool = False, tokenizer_source: Path | None = None) -> Path:
+def convert_openai(
+    path: Path, target: Path, dtype: str = "float32", force: bool = False, tokenizer_source: Path | None = None
+) -> Path:
     """Convert an openai-whisper `.pt` into a complete Hugging Face directory `target`."""
     from speechmerge.checkpoints.converted import write_hf_model
     from speechmerge.checkpoints.tokenizer import check_tokenizer, load_tokenizer, tokenizer_file
@@ -157,7 +177,9 @@ def convert_openai(path: Path, target: Path, dtype: str = "float32", force: bool
     tokenizer = load_tokenizer(source)
     check_tokenizer(source, tokenizer)
     if len(tokenizer) != shape.vocab_size:
-        raise SpeechmergeError(f"{source}: {len(tokenizer)} tokens but {path} has n_vocab {shape.vocab_size}; give this model's tokenizer with --tokenizer")
+        raise SpeechmergeError(
+            f"{source}: {len(tokenizer)} tokens but {path} has n_vocab {shape.vocab_size}; give this model's tokenizer with --tokenizer"
+        )
     return write_hf_model(target, tensors, shape, tokenizer, facts, dtype, force, source=path)
 
 

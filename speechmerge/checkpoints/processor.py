@@ -76,7 +76,9 @@ def generation_config(config, tokenizer, facts: DecodingFacts):
     eos = _token_id(tokenizer, "<|endoftext|>")
     lang_ids = facts.lang_ids if facts.lang_ids is not None else language_token_ids(tokenizer)
     layers, heads = config.decoder_layers, config.decoder_attention_heads
-    alignment = facts.alignment_heads or [[layer, head] for layer in range(layers // 2, layers) for head in range(heads)]
+    alignment = facts.alignment_heads or [
+        [layer, head] for layer in range(layers // 2, layers) for head in range(heads)
+    ]
     fields = dict(
         decoder_start_token_id=config.decoder_start_token_id,
         bos_token_id=eos,

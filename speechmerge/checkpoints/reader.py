@@ -221,7 +221,9 @@ def parse_safetensors_header(file: Path) -> dict[str, tuple[tuple[int, ...], obj
             raise SpeechmergeError(f"{damaged} ({size} bytes); re-download or re-save the model")
         length = int.from_bytes(prefix, "little")
         if length > size - 8:
-            raise SpeechmergeError(f"{damaged} (header of {length} bytes in a {size}-byte file); re-download or re-save the model")
+            raise SpeechmergeError(
+                f"{damaged} (header of {length} bytes in a {size}-byte file); re-download or re-save the model"
+            )
         try:
             header = json.loads(handle.read(length))
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -251,9 +253,16 @@ def _torch_dtype(code: str, file: Path, name: str):
     import torch
 
     dtypes = {
-        "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-        "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-        "U8": torch.uint8, "BOOL": torch.bool,
+        "F64": torch.float64,
+        "F32": torch.float32,
+        "F16": torch.float16,
+        "BF16": torch.bfloat16,
+        "I64": torch.int64,
+        "I32": torch.int32,
+        "I16": torch.int16,
+        "I8": torch.int8,
+        "U8": torch.uint8,
+        "BOOL": torch.bool,
     }
     if code not in dtypes:
         raise SpeechmergeError(f"{file}: tensor {name} has dtype {code}, which speechmerge cannot merge")
@@ -314,7 +323,9 @@ def resolve_model_dir(spec: str | Path) -> Path:
         raise SpeechmergeError(f"{path}: not a model directory or an openai-whisper .pt file")
     if text.count("/") == 1 and not text.startswith((".", "/", "~")):
         return _hub_snapshot(text)
-    raise SpeechmergeError(f"{path}: no such file or directory; give a model directory, a .pt file, a hub id or builtin:whisper-base")
+    raise SpeechmergeError(
+        f"{path}: no such file or directory; give a model directory, a .pt file, a hub id or builtin:whisper-base"
+    )
 
 
 def _hub_snapshot(repo_id: str) -> Path:

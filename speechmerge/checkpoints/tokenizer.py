@@ -40,10 +40,36 @@ MULTILINGUAL_PINS = (
     ("This is a test", [5723, 307, 257, 1500]),
     (
         " Mr. Quilter is the apostle of the middle classes, and we are glad to welcome his gospel.",
-        [2221, 13, 2326, 388, 391, 307, 264, 50244, 295, 264, 2808, 5359, 11, 293, 321, 366, 5404, 281, 2928, 702, 14943, 13],
+        [
+            2221,
+            13,
+            2326,
+            388,
+            391,
+            307,
+            264,
+            50244,
+            295,
+            264,
+            2808,
+            5359,
+            11,
+            293,
+            321,
+            366,
+            5404,
+            281,
+            2928,
+            702,
+            14943,
+            13,
+        ],
     ),
     ("El gato se sentó", [17356, 290, 2513, 369, 2279, 812]),
-    ("다람쥐 헌 쳇바퀴에 타고파", [9835, 22855, 168, 98, 238, 13431, 234, 43517, 229, 47053, 169, 222, 19086, 19840, 1313, 17974]),
+    (
+        "다람쥐 헌 쳇바퀴에 타고파",
+        [9835, 22855, 168, 98, 238, 13431, 234, 43517, 229, 47053, 169, 222, 19086, 19840, 1313, 17974],
+    ),
     (
         "Hey! How are you feeling? J'ai l'impression que 郷さん est prêt",
         [7057, 0, 1012, 366, 291, 2633, 30, 508, 6, 1301, 287, 6, 36107, 631, 220, 11178, 115, 15567, 871, 44393],
@@ -83,7 +109,9 @@ def read_tokenizer_json(path: Path) -> dict:
         raise SpeechmergeError(f"{path}: not valid JSON ({error}); the tokenizer file is damaged") from None
     model = data.get("model") if isinstance(data, dict) else None
     if not isinstance(model, dict) or model.get("type") != "BPE" or "vocab" not in model or "merges" not in model:
-        raise SpeechmergeError(f"{path}: not a byte-level BPE tokenizer.json (no model.vocab / model.merges); expected Whisper's")
+        raise SpeechmergeError(
+            f"{path}: not a byte-level BPE tokenizer.json (no model.vocab / model.merges); expected Whisper's"
+        )
     return data
 
 
@@ -159,7 +187,7 @@ def check_tokenizer(source: Path, tokenizer=None) -> None:
         if (got := tokenizer.convert_tokens_to_ids(token)) != expected
     ]
     if defects or wrong:
-        problems = "; ".join((wrong[:1] + defects[:1] + wrong[1:2])) or "damaged"
+        problems = "; ".join(wrong[:1] + defects[:1] + wrong[1:2]) or "damaged"
         raise SpeechmergeError(
             f"{path}: broken Whisper tokenizer ({len(defects)} BPE merge defects, {len(wrong)} wrong encodings: {problems}); "
             "it would silently corrupt training labels; use the tokenizer of builtin:whisper-base or the model's original tokenizer.json"
@@ -197,12 +225,26 @@ def non_speech_token_ids(tokenizer) -> list[int]:
     symbols = list('"#()*+/:;<=>@[\\]^_`{|}~「」『』')
     symbols += "<< >> <<< >>> -- --- -( -[ (' (\" (( )) ((( ))) [[ ]] {{ }} ♪♪ ♪♪♪".split()
     music = set("♩♪♫♬♭♮♯")
-    suppressed = {tokenizer.encode(" -", add_special_tokens=False)[0], tokenizer.encode(" '", add_special_tokens=False)[0]}
+    suppressed = {
+        tokenizer.encode(" -", add_special_tokens=False)[0],
+        tokenizer.encode(" '", add_special_tokens=False)[0],
+    }
     for symbol in symbols + sorted(music):
-        for ids in (tokenizer.encode(symbol, add_special_tokens=False), tokenizer.encode(" " + symbol, add_special_tokens=False)):
+        for ids in (
+            tokenizer.encode(symbol, add_special_tokens=False),
+            tokenizer.encode(" " + symbol, add_special_tokens=False),
+        ):
             if len(ids) == 1 or symbol in music:
                 suppressed.add(ids[0])
-    for token in ("<|translate|>", "<|transcribe|>", "<|startoftranscript|>", "<|startofprev|>", "<|startoflm|>", "<|nospeech|>", "<|nocaptions|>"):
+    for token in (
+        "<|translate|>",
+        "<|transcribe|>",
+        "<|startoftranscript|>",
+        "<|startofprev|>",
+        "<|startoflm|>",
+        "<|nospeech|>",
+        "<|nocaptions|>",
+    ):
         token_id = tokenizer.convert_tokens_to_ids(token)
         if token_id is not None and token_id != tokenizer.unk_token_id:
             suppressed.add(token_id)

@@ -29,4 +29,6 @@ def load_tensors_only(path: Path, pickled_hint: str):
             f"{path}: holds pickled Python objects, which speechmerge does not unpickle (weights_only=True); {pickled_hint}"
         ) from None
     except (RuntimeError, EOFError, OSError) as error:
-        raise SpeechmergeError(f"{path}: unreadable PyTorch checkpoint ({error}); the file is damaged or truncated") from None
+        raise SpeechmergeError(
+            f"{path}: unreadable PyTorch checkpoint ({error}); the file is damaged or truncated"
+        ) from None

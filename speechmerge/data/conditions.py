@@ -15,8 +15,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal, Optional, Sequence
+from typing import Literal, Optional
 
 import numpy as np
 
@@ -119,7 +120,9 @@ def telephone_band(speech: np.ndarray, rate: int = SAMPLE_RATE) -> np.ndarray:
     return np.pad(wide, (0, len(speech) - len(wide)))
 
 
-def apply_condition(speech: np.ndarray, condition: Condition, rng: np.random.Generator, talkers: Sequence[np.ndarray] = ()) -> np.ndarray:
+def apply_condition(
+    speech: np.ndarray, condition: Condition, rng: np.random.Generator, talkers: Sequence[np.ndarray] = ()
+) -> np.ndarray:
     """Room, then noise, then channel; the result is scaled down if it would clip."""
     out = speech.astype(np.float32)
     if condition.rt60:

@@ -20,11 +20,12 @@ import json
 import os
 import threading
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Optional
 
 import numpy as np
 from pydantic import BaseModel
@@ -97,10 +98,20 @@ class Corpus:
     def domains(self) -> list[str]:
         return sorted({info.domain for info in self.index.manifests})
 
-    def select(self, language: Optional[str] = None, task: Optional[str] = None, domain: Optional[str] = None, split: Optional[str] = None) -> list[ManifestInfo]:
+    def select(
+        self,
+        language: Optional[str] = None,
+        task: Optional[str] = None,
+        domain: Optional[str] = None,
+        split: Optional[str] = None,
+    ) -> list[ManifestInfo]:
         """Every manifest matching the given labels (None matches anything)."""
         wanted = {"language": language, "task": task, "domain": domain, "split": split}
-        return [info for info in self.index.manifests if all(value is None or getattr(info, key) == value for key, value in wanted.items())]
+        return [
+            info
+            for info in self.index.manifests
+            if all(value is None or getattr(info, key) == value for key, value in wanted.items())
+        ]
 
     def path(self, info: ManifestInfo) -> Path:
         """Absolute path of a manifest."""
@@ -111,12 +122,24 @@ class Corpus:
         found = self.select(language, task, domain, split)
         if not found:
             have = ", ".join(sorted({f"{i.language}/{i.task}/{i.domain}/{i.split}" for i in self.index.manifests}))
-            raise SpeechmergeError(f"{self.directory}: no manifest for {language}/{task}/{domain}/{split}; this corpus has: {have}")
+            raise SpeechmergeError(
+                f"{self.directory}: no manifest for {language}/{task}/{domain}/{split}; this corpus has: {have}"
+            )
         return self.path(found[0])
 
-    def utterances(self, language: Optional[str] = None, task: Optional[str] = None, domain: Optional[str] = None, split: Optional[str] = None) -> list[Utterance]:
+    def utterances(
+        self,
+        language: Optional[str] = None,
+        task: Optional[str] = None,
+        domain: Optional[str] = None,
+        split: Optional[str] = None,
+    ) -> list[Utterance]:
         """The utterances of every matching manifest, in index order."""
-        return [utterance for info in self.select(language, task, domain, split) for utterance in read_manifest(self.path(info))]
+        return [
+            utterance
+            for info in self.select(language, task, domain, split)
+            for utterance in read_manifest(self.path(info))
+        ]
 
 
 def open_corpus(directory: Path) -> Corpus:
@@ -127,11 +150,15 @@ def open_corpus(directory: Path) -> Corpus:
     try:
         index = CorpusIndex.model_validate_json(index_path.read_text(encoding="utf-8"))
     except ValueError as error:
-        raise SpeechmergeError(f"{index_path}: unreadable corpus index ({error}); rebuild it with `speechmerge data build`") from error
+        raise SpeechmergeError(
+            f"{index_path}: unreadable corpus index ({error}); rebuild it with `speechmerge data build`"
+        ) from error
     return Corpus(Path(directory), index)
 
 
-def corpus_folder_name(name: str, size: str | CorpusSize, seed: int, languages: Optional[Iterable[str]], domains: Optional[Iterable[str]]) -> str:
+def corpus_folder_name(
+    name: str, size: str | CorpusSize, seed: int, languages: Optional[Iterable[str]], domains: Optional[Iterable[str]]
+) -> str:
     """`<name>-<size>-seed<seed>`, plus a short hash of any non-default choice of size, languages or domains."""
     label = size if isinstance(size, str) else "custom"
     options = {
@@ -189,7 +216,9 @@ def build_corpus(
     return Corpus(directory, index)
 
 
-def chosen_options(name: str, size: CorpusSize, languages: Optional[Iterable[str]], domains: Optional[Iterable[str]]) -> tuple:
+def chosen_options(
+    name: str, size: CorpusSize, languages: Optional[Iterable[str]], domains: Optional[Iterable[str]]
+) -> tuple:
     """Languages and domains as given, or None where they are the corpus's defaults (English and,
     for multidomain, Portuguese are always in), so that equal choices share one build folder."""
     implied = {"en"} if name == "multilingual" else {"en", "pt"}
@@ -203,7 +232,9 @@ def chosen_options(name: str, size: CorpusSize, languages: Optional[Iterable[str
 
 
 def _plan_digest(jobs: list[_Job]) -> str:
-    labels = [(job.key, job.plan.id, job.plan.language, job.plan.domain, job.plan.split, job.plan.tasks) for job in jobs]
+    labels = [
+        (job.key, job.plan.id, job.plan.language, job.plan.domain, job.plan.split, job.plan.tasks) for job in jobs
+    ]
     return hashlib.sha256(json.dumps(labels).encode()).hexdigest()[:16]
 
 
@@ -217,8 +248,16 @@ def _is_current(directory: Path, digest: str) -> bool:
 
 def _job(plan: ClipPlan, seed: int, root: Path) -> _Job:
     condition = plan.condition
-    voice = speaker_voice(plan.voice_language, plan.pool, plan.speaker, seed, condition.speed_factor, condition.pitch_shift)
-    what = {"version": CORPUS_VERSION, "text": plan.sentence.text, "voice": voice.arguments(), "condition": condition.as_dict(), "seed": seed}
+    voice = speaker_voice(
+        plan.voice_language, plan.pool, plan.speaker, seed, condition.speed_factor, condition.pitch_shift
+    )
+    what = {
+        "version": CORPUS_VERSION,
+        "text": plan.sentence.text,
+        "voice": voice.arguments(),
+        "condition": condition.as_dict(),
+        "seed": seed,
+    }
     key = hashlib.sha256(json.dumps(what, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:32]
     return _Job(plan, voice, key, root / "audio" / plan.voice_language / key[:2] / f"{key}.wav")
 
@@ -263,7 +302,9 @@ class _BabbleTalkers:
 
     def _speak(self, voice_language: str) -> list[np.ndarray]:
         by_id = {sentence.id: sentence for sentence in sentences("general", voice_language)}
-        chosen = [by_id[key] for key in ordered_split("general", "train") if key in by_id][-BABBLE_TALKERS * SENTENCES_PER_TALKER :]
+        chosen = [by_id[key] for key in ordered_split("general", "train") if key in by_id][
+            -BABBLE_TALKERS * SENTENCES_PER_TALKER :
+        ]
         talkers = []
         for talker in range(BABBLE_TALKERS):
             voice = speaker_voice(voice_language, f"{voice_language}-babble", talker, self.seed)
@@ -272,7 +313,9 @@ class _BabbleTalkers:
         return talkers
 
 
-def _write_build(directory: Path, name: str, size, seed: int, languages: list[str], domains, jobs: list[_Job], digest: str) -> CorpusIndex:
+def _write_build(
+    directory: Path, name: str, size, seed: int, languages: list[str], domains, jobs: list[_Job], digest: str
+) -> CorpusIndex:
     """Write every manifest and the index into a temporary folder, then rename it into place."""
     groups: dict[tuple[str, str, str, str], list[Utterance]] = defaultdict(list)
     for job in jobs:
@@ -299,7 +342,17 @@ def _write_build(directory: Path, name: str, size, seed: int, languages: list[st
             relative = f"manifests/{language}.{domain}.{split}.{task}.jsonl"
             write_manifest(tmp / relative, utterances, relative_audio=True)
             seconds = round(sum(u.duration for u in utterances), 2)
-            infos.append(ManifestInfo(language=language, task=task, domain=domain, split=split, path=relative, utterances=len(utterances), seconds=seconds))
+            infos.append(
+                ManifestInfo(
+                    language=language,
+                    task=task,
+                    domain=domain,
+                    split=split,
+                    path=relative,
+                    utterances=len(utterances),
+                    seconds=seconds,
+                )
+            )
         index = CorpusIndex(
             version=CORPUS_VERSION,
             plan=digest,
@@ -317,8 +370,13 @@ def _write_build(directory: Path, name: str, size, seed: int, languages: list[st
 
 def _domain_descriptions(name: str, domains) -> dict[str, str]:
     if name == "multilingual":
-        return {"general": "everyday sentences; clean", "heldout": "questions, dialogue, headlines, instructions (test only); clean"}
-    described = {domain: f"{DOMAINS[domain].topic}; {DOMAINS[domain].condition.describe()}" for domain in (domains or DOMAINS)}
+        return {
+            "general": "everyday sentences; clean",
+            "heldout": "questions, dialogue, headlines, instructions (test only); clean",
+        }
+    described = {
+        domain: f"{DOMAINS[domain].topic}; {DOMAINS[domain].condition.describe()}" for domain in (domains or DOMAINS)
+    }
     described[UNSEEN_DOMAIN] = f"{UNSEEN.topic}; {UNSEEN.condition.describe()}"
     described["general"] = "everyday sentences (test only); clean"
     described["general-br"] = "everyday sentences in Brazilian Portuguese, espeak pt-br (test only); clean"
@@ -329,4 +387,3 @@ def _progress_bar():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-

@@ -47,16 +47,40 @@ class CorpusSize:
 
 SIZES = {
     "tiny": CorpusSize(
-        train=4, validation=2, test=3, heldout=2, train_speakers=2, eval_speakers=1, voices_per_sentence=1,
-        domain_eval_voices=1, multilingual_languages=("es",), multidomain_languages=("es",),
+        train=4,
+        validation=2,
+        test=3,
+        heldout=2,
+        train_speakers=2,
+        eval_speakers=1,
+        voices_per_sentence=1,
+        domain_eval_voices=1,
+        multilingual_languages=("es",),
+        multidomain_languages=("es",),
     ),
     "demo": CorpusSize(
-        train=48, validation=8, test=16, heldout=8, train_speakers=4, eval_speakers=2, voices_per_sentence=1,
-        domain_eval_voices=1, multilingual_languages=("es", "de", "fr"), multidomain_languages=("es",),
+        train=48,
+        validation=8,
+        test=16,
+        heldout=8,
+        train_speakers=4,
+        eval_speakers=2,
+        voices_per_sentence=1,
+        domain_eval_voices=1,
+        multilingual_languages=("es", "de", "fr"),
+        multidomain_languages=("es",),
     ),
     "full": CorpusSize(
-        train=200, validation=50, test=50, heldout=40, train_speakers=12, eval_speakers=4, voices_per_sentence=2,
-        domain_eval_voices=2, multilingual_languages=STUDY_LANGUAGES, multidomain_languages=tuple(x for x in STUDY_LANGUAGES if x != "pt"),
+        train=200,
+        validation=50,
+        test=50,
+        heldout=40,
+        train_speakers=12,
+        eval_speakers=4,
+        voices_per_sentence=2,
+        domain_eval_voices=2,
+        multilingual_languages=STUDY_LANGUAGES,
+        multidomain_languages=tuple(x for x in STUDY_LANGUAGES if x != "pt"),
     ),
 }
 
@@ -119,14 +143,22 @@ def default_languages(name: str, size: CorpusSize) -> tuple[str, ...]:
     return size.multilingual_languages if name == "multilingual" else size.multidomain_languages
 
 
-def plan_corpus(name: str, size: CorpusSize, seed: int, languages: Optional[tuple[str, ...]] = None, domains: Optional[tuple[str, ...]] = None) -> list[ClipPlan]:
+def plan_corpus(
+    name: str,
+    size: CorpusSize,
+    seed: int,
+    languages: Optional[tuple[str, ...]] = None,
+    domains: Optional[tuple[str, ...]] = None,
+) -> list[ClipPlan]:
     """Every clip of a corpus, in a deterministic order."""
     if name not in CORPORA:
         raise SpeechmergeError(f"corpus {name!r}: unknown; choose one of {', '.join(CORPORA)}")
     chosen = tuple(languages) if languages is not None else default_languages(name, size)
     unknown = [code for code in chosen if code not in STUDY_LANGUAGES and code != "en"]
     if unknown:
-        raise SpeechmergeError(f"languages {unknown}: the built-in corpus speaks {', '.join(STUDY_LANGUAGES)} and en; choose among them")
+        raise SpeechmergeError(
+            f"languages {unknown}: the built-in corpus speaks {', '.join(STUDY_LANGUAGES)} and en; choose among them"
+        )
     if name == "multilingual":
         return _plan_multilingual(size, [code for code in chosen if code != "en"])
     picked = tuple(domains) if domains else tuple(DOMAINS)
@@ -141,7 +173,9 @@ def _plan_multilingual(size: CorpusSize, languages: list[str]) -> list[ClipPlan]
     for language in [*languages, "en"]:
         tasks = ("transcribe",) if language == "en" else ("transcribe", "translate")
         plans += _plan_trainable(size, "general", language, language, "general", language, CLEAN, tasks, eval_voices=1)
-        plans += _plan_test_only(size, sentences("heldout", language), language, language, "heldout", language, CLEAN, tasks, size.heldout)
+        plans += _plan_test_only(
+            size, sentences("heldout", language), language, language, "heldout", language, CLEAN, tasks, size.heldout
+        )
     return plans
 
 
@@ -149,17 +183,27 @@ def _plan_multidomain(size: CorpusSize, languages: list[str], domains: tuple[str
     asr = ("transcribe",)
     plans = []
     for domain in domains:
-        plans += _plan_trainable(size, domain, "pt", "pt", domain, f"pt-{domain}", DOMAINS[domain].condition, asr, size.domain_eval_voices)
+        plans += _plan_trainable(
+            size, domain, "pt", "pt", domain, f"pt-{domain}", DOMAINS[domain].condition, asr, size.domain_eval_voices
+        )
     unseen = sentences(UNSEEN_DOMAIN, "pt")
-    plans += _plan_test_only(size, unseen, "pt", "pt", UNSEEN_DOMAIN, f"pt-{UNSEEN_DOMAIN}", UNSEEN.condition, asr, size.heldout)
+    plans += _plan_test_only(
+        size, unseen, "pt", "pt", UNSEEN_DOMAIN, f"pt-{UNSEEN_DOMAIN}", UNSEEN.condition, asr, size.heldout
+    )
     plans += _plan_test_only(size, _test_split("general", "pt"), "pt", "pt", "general", "pt", CLEAN, asr, size.test)
-    plans += _plan_test_only(size, _test_split("general", "pt-br"), "pt", "pt-br", "general-br", "pt-br", CLEAN, asr, size.test)
+    plans += _plan_test_only(
+        size, _test_split("general", "pt-br"), "pt", "pt-br", "general-br", "pt-br", CLEAN, asr, size.test
+    )
     for language in [*languages, "en"]:
-        plans += _plan_test_only(size, _test_split("general", language), language, language, "general", language, CLEAN, asr, size.test)
+        plans += _plan_test_only(
+            size, _test_split("general", language), language, language, "general", language, CLEAN, asr, size.test
+        )
     return plans
 
 
-def _plan_trainable(size, set_name, language, voice_language, domain, pool, condition, tasks, eval_voices) -> list[ClipPlan]:
+def _plan_trainable(
+    size, set_name, language, voice_language, domain, pool, condition, tasks, eval_voices
+) -> list[ClipPlan]:
     """Train, validation and test clips of a set: training voices for train, `eval_voices` unseen voices for the rest."""
     by_id = {sentence.id: sentence for sentence in sentences(set_name, voice_language)}
     plans = []
@@ -171,14 +215,28 @@ def _plan_trainable(size, set_name, language, voice_language, domain, pool, cond
         for rank, key in enumerate(ordered_split(set_name, split)[: getattr(size, split)]):
             for voice in range(eval_voices):
                 speaker = size.train_speakers + (rank * eval_voices + voice) % size.eval_speakers
-                plans.append(_clip(language, voice_language, by_id[key], domain, split, pool, speaker, condition, tasks))
+                plans.append(
+                    _clip(language, voice_language, by_id[key], domain, split, pool, speaker, condition, tasks)
+                )
     return plans
 
 
-def _plan_test_only(size, sentences_, language, voice_language, domain, pool, condition, tasks, count) -> list[ClipPlan]:
+def _plan_test_only(
+    size, sentences_, language, voice_language, domain, pool, condition, tasks, count
+) -> list[ClipPlan]:
     """Test clips of evaluation-only sentences, spoken by voices never heard in training."""
     return [
-        _clip(language, voice_language, sentence, domain, "test", pool, size.train_speakers + rank % size.eval_speakers, condition, tasks)
+        _clip(
+            language,
+            voice_language,
+            sentence,
+            domain,
+            "test",
+            pool,
+            size.train_speakers + rank % size.eval_speakers,
+            condition,
+            tasks,
+        )
         for rank, sentence in enumerate(sentences_[:count])
     ]
 

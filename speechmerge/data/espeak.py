@@ -21,8 +21,18 @@ from speechmerge.errors import SpeechmergeError
 
 # Whisper language code -> espeak-ng voice; `pt-br` is the Brazilian Portuguese voice.
 ESPEAK_VOICES = {
-    "ca": "ca", "de": "de", "en": "en-us", "es": "es", "fr": "fr-fr", "id": "id", "it": "it",
-    "nl": "nl", "pt": "pt", "pt-br": "pt-br", "ru": "ru", "sv": "sv",
+    "ca": "ca",
+    "de": "de",
+    "en": "en-us",
+    "es": "es",
+    "fr": "fr-fr",
+    "id": "id",
+    "it": "it",
+    "nl": "nl",
+    "pt": "pt",
+    "pt-br": "pt-br",
+    "ru": "ru",
+    "sv": "sv",
 }
 # Human-sounding variants (the robotic, whispering and croaking ones are left out).
 MALE_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "klatt", "klatt3")
@@ -48,18 +58,24 @@ def espeak_binary() -> str:
     """Path of `espeak-ng`; a one-line error saying how to install it where it is missing."""
     found = shutil.which("espeak-ng")
     if found is None:
-        raise SpeechmergeError("espeak-ng: not found on PATH; the built-in corpus is spoken by it: install it: apt-get install espeak-ng")
+        raise SpeechmergeError(
+            "espeak-ng: not found on PATH; the built-in corpus is spoken by it: install it: apt-get install espeak-ng"
+        )
     return found
 
 
 def espeak_voice(language: str) -> str:
     """The espeak-ng voice name of a corpus language (`pt-br` included)."""
     if language not in ESPEAK_VOICES:
-        raise SpeechmergeError(f"language {language!r}: the built-in corpus speaks {', '.join(sorted(ESPEAK_VOICES))}; choose one of them")
+        raise SpeechmergeError(
+            f"language {language!r}: the built-in corpus speaks {', '.join(sorted(ESPEAK_VOICES))}; choose one of them"
+        )
     return ESPEAK_VOICES[language]
 
 
-def speaker_voice(language: str, pool: str, speaker: int, seed: int, speed_factor: float = 1.0, pitch_shift: int = 0) -> Voice:
+def speaker_voice(
+    language: str, pool: str, speaker: int, seed: int, speed_factor: float = 1.0, pitch_shift: int = 0
+) -> Voice:
     """The voice of speaker number `speaker` of a speaker pool (e.g. `es`, `pt-health`) in a language.
 
     Variant, speed and pitch are drawn from a generator seeded by (seed, pool, speaker); even
@@ -82,5 +98,7 @@ def speak(text: str, voice: Voice) -> np.ndarray:
         result = subprocess.run(command, input=text.encode("utf-8"), capture_output=True, timeout=120)
         if result.returncode != 0 or not wav.is_file():
             reason = result.stderr.decode("utf-8", "replace").strip() or f"exit status {result.returncode}"
-            raise SpeechmergeError(f"espeak-ng: could not speak {text[:40]!r} with {' '.join(voice.arguments())} ({reason}); check the espeak-ng installation")
+            raise SpeechmergeError(
+                f"espeak-ng: could not speak {text[:40]!r} with {' '.join(voice.arguments())} ({reason}); check the espeak-ng installation"
+            )
         return load_audio(wav)

@@ -25,7 +25,7 @@ import logging
 import re
 import tempfile
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -48,12 +48,14 @@ def parse_columns(pairs: list[str]) -> dict[str, str]:
         if not sep or not field.strip() or not column.strip():
             raise SpeechmergeError(f"--column {pair!r}: expected FIELD=COLUMN, e.g. text=sentence")
         if field.strip() not in MAPPABLE:
-            raise SpeechmergeError(f"--column {pair!r}: unknown field {field.strip()!r}; fields are {', '.join(MAPPABLE)}")
+            raise SpeechmergeError(
+                f"--column {pair!r}: unknown field {field.strip()!r}; fields are {', '.join(MAPPABLE)}"
+            )
         mapping[field.strip()] = column.strip()
     return mapping
 
 
-def open_dataset_splits(source: Path) -> dict[str, tuple["datasets.Dataset", Path]]:  # noqa: F821
+def open_dataset_splits(source: Path) -> dict[str, tuple[datasets.Dataset, Path]]:  # noqa: F821
     """`split -> (dataset, folder its relative audio paths start from)` for a saved dataset or an audiofolder."""
     source = Path(source)
     if not source.is_dir():
@@ -63,7 +65,9 @@ def open_dataset_splits(source: Path) -> dict[str, tuple["datasets.Dataset", Pat
     metadata = sorted(path for name in METADATA_FILES for path in source.glob(f"**/{name}"))
     if metadata:
         return _audiofolder_splits(source, metadata)
-    raise SpeechmergeError(f"{source}: neither a saved dataset (no dataset_dict.json or state.json) nor an audiofolder (no metadata.csv or metadata.jsonl); see docs/data.md")
+    raise SpeechmergeError(
+        f"{source}: neither a saved dataset (no dataset_dict.json or state.json) nor an audiofolder (no metadata.csv or metadata.jsonl); see docs/data.md"
+    )
 
 
 def _saved_splits(source: Path) -> dict:
@@ -72,9 +76,13 @@ def _saved_splits(source: Path) -> dict:
     try:
         loaded = datasets.load_from_disk(str(source))
     except Exception as error:  # datasets raises FileNotFoundError, ValueError, pyarrow errors
-        raise SpeechmergeError(f"{source}: cannot load the saved dataset ({error}); re-save it with save_to_disk") from error
+        raise SpeechmergeError(
+            f"{source}: cannot load the saved dataset ({error}); re-save it with save_to_disk"
+        ) from error
     parts = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
-    return {split: (dataset, source / split if (source / split).is_dir() else source) for split, dataset in parts.items()}
+    return {
+        split: (dataset, source / split if (source / split).is_dir() else source) for split, dataset in parts.items()
+    }
 
 
 def _audiofolder_splits(source: Path, metadata: list[Path]) -> dict:
@@ -86,12 +94,16 @@ def _audiofolder_splits(source: Path, metadata: list[Path]) -> dict:
         for path in metadata:
             split = "train" if path.parent == source else path.parent.relative_to(source).parts[0]
             if split in splits:
-                raise SpeechmergeError(f"{path}: a second metadata file for split {split!r}; keep one metadata.csv or metadata.jsonl per split")
+                raise SpeechmergeError(
+                    f"{path}: a second metadata file for split {split!r}; keep one metadata.csv or metadata.jsonl per split"
+                )
             reader = datasets.Dataset.from_csv if path.suffix == ".csv" else datasets.Dataset.from_json
             try:
                 splits[split] = (reader(str(path), cache_dir=scratch, keep_in_memory=True), path.parent)
             except Exception as error:  # datasets wraps parser errors in its own types
-                raise SpeechmergeError(f"{path}: cannot read the metadata ({error}); it needs a header with file_name and one row per file") from error
+                raise SpeechmergeError(
+                    f"{path}: cannot read the metadata ({error}); it needs a header with file_name and one row per file"
+                ) from error
     datasets.enable_progress_bars()
     return splits
 
@@ -121,12 +133,16 @@ def import_dataset(
             manifest = tmp / f"{split}.jsonl"
             kept = _convert_split(source, dataset, folder, split, mapping, fixed, tmp, manifest, skip_bad)
             if not kept:
-                raise SpeechmergeError(f"{source}: split {split!r}: no usable row; check the column mapping (--column) and --language")
+                raise SpeechmergeError(
+                    f"{source}: split {split!r}: no usable row; check the column mapping (--column) and --language"
+                )
             written[split] = output / manifest.name
     return written
 
 
-def _resolve_columns(source: Path, split: str, available: list[str], columns: dict[str, str], fixed: dict) -> dict[str, str]:
+def _resolve_columns(
+    source: Path, split: str, available: list[str], columns: dict[str, str], fixed: dict
+) -> dict[str, str]:
     """Our field -> the dataset's column, checked against the columns the split has."""
     mapping = {field: field for field in MAPPABLE if field in available}
     if "audio" not in available and "file_name" in available:
@@ -134,15 +150,29 @@ def _resolve_columns(source: Path, split: str, available: list[str], columns: di
     mapping.update(columns)
     missing = [column for column in columns.values() if column not in available]
     if missing:
-        raise SpeechmergeError(f"{source}: split {split!r} has no column {missing[0]!r} (columns: {', '.join(available)}); fix --column")
+        raise SpeechmergeError(
+            f"{source}: split {split!r} has no column {missing[0]!r} (columns: {', '.join(available)}); fix --column"
+        )
     for field in ("audio", "text", "language"):
         if field not in mapping and not (field in fixed and fixed[field]):
             hint = " or pass --language" if field == "language" else ""
-            raise SpeechmergeError(f"{source}: split {split!r} has no {field!r} column (columns: {', '.join(available)}); map one with --column {field}=COLUMN{hint}")
+            raise SpeechmergeError(
+                f"{source}: split {split!r} has no {field!r} column (columns: {', '.join(available)}); map one with --column {field}=COLUMN{hint}"
+            )
     return mapping
 
 
-def _convert_split(source: Path, dataset, folder: Path, split: str, mapping: dict, fixed: dict, output: Path, manifest: Path, skip_bad: bool) -> list[Utterance]:
+def _convert_split(
+    source: Path,
+    dataset,
+    folder: Path,
+    split: str,
+    mapping: dict,
+    fixed: dict,
+    output: Path,
+    manifest: Path,
+    skip_bad: bool,
+) -> list[Utterance]:
     """Write each row's audio as a 16 kHz WAV and the split's manifest; check it like any manifest.
 
     A bad row (unreadable audio, or any manifest check) raises naming the dataset, split and row,
@@ -171,7 +201,9 @@ def _convert_split(source: Path, dataset, folder: Path, split: str, mapping: dic
     if bad and not skip_bad:
         index, reason = min(bad)
         more = f" ({len(bad) - 1} more bad rows)" if len(bad) > 1 else ""
-        raise SpeechmergeError(f"{source}: split {split!r}: row {index}: {reason}{more}; fix the data or skip bad rows (--skip-bad)")
+        raise SpeechmergeError(
+            f"{source}: split {split!r}: row {index}: {reason}{more}; fix the data or skip bad rows (--skip-bad)"
+        )
     for index, reason in sorted(bad):
         log.warning("%s: split %r: skipped row %d: %s", source, split, index, reason)
     if scan.bad:
@@ -225,7 +257,13 @@ def _safe_id(value) -> str:
     return re.sub(r"[^\w.\-]", "_", str(value)).strip("._") or "clip"
 
 
-def read_dataset(source: Path, columns: Optional[dict[str, str]] = None, language: Optional[str] = None, task: Optional[str] = None, skip_bad: bool = False) -> list[Utterance]:
+def read_dataset(
+    source: Path,
+    columns: Optional[dict[str, str]] = None,
+    language: Optional[str] = None,
+    task: Optional[str] = None,
+    skip_bad: bool = False,
+) -> list[Utterance]:
     """Read a Hugging Face dataset directly: converted once into the cache (keyed by source and options), then read."""
     import hashlib
 
@@ -233,9 +271,10 @@ def read_dataset(source: Path, columns: Optional[dict[str, str]] = None, languag
 
     source = Path(source).resolve()
     stamp = max((path.stat().st_mtime_ns for path in source.rglob("*") if path.is_file()), default=0)
-    key = hashlib.sha256(json.dumps([str(source), stamp, columns, language, task, skip_bad], sort_keys=True).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        json.dumps([str(source), stamp, columns, language, task, skip_bad], sort_keys=True).encode()
+    ).hexdigest()[:16]
     target = cache_dir("datasets") / key
     if not target.is_dir():
         import_dataset(source, target, columns, language, task, skip_bad)
     return [utterance for manifest in sorted(target.glob("*.jsonl")) for utterance in read_manifest(manifest)]
-

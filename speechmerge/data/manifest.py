@@ -18,10 +18,11 @@ import csv
 import json
 import logging
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Iterable, Iterator, Literal, Optional
+from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict
 
@@ -109,7 +110,11 @@ def read_manifest(path: Path, skip_bad: bool = False) -> list[Utterance]:
     scan = scan_manifest(path)
     if scan.bad and not skip_bad:
         first = scan.bad[0]
-        more = f" ({len(scan.bad) - 1} more bad lines: `speechmerge data check {path}` lists them)" if len(scan.bad) > 1 else ""
+        more = (
+            f" ({len(scan.bad) - 1} more bad lines: `speechmerge data check {path}` lists them)"
+            if len(scan.bad) > 1
+            else ""
+        )
         raise SpeechmergeError(f"{path}: {first}{more}; fix the line or skip bad lines (--skip-bad)")
     for bad in scan.bad:
         log.warning("%s: skipped %s", path, bad)
@@ -179,7 +184,9 @@ def _rows(path: Path) -> Iterator[tuple[int, dict | str]]:
     if not path.is_file():
         raise SpeechmergeError(f"{path}: manifest not found; give the path of a .jsonl or .csv manifest")
     if not _is_csv(path) and path.suffix.lower() not in JSONL_SUFFIXES:
-        raise SpeechmergeError(f"{path}: unknown manifest format {path.suffix!r}; name it .jsonl (one JSON object a line) or .csv")
+        raise SpeechmergeError(
+            f"{path}: unknown manifest format {path.suffix!r}; name it .jsonl (one JSON object a line) or .csv"
+        )
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as error:
@@ -201,7 +208,9 @@ def _rows(path: Path) -> Iterator[tuple[int, dict | str]]:
 def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, dict]]:
     reader = csv.DictReader(text.splitlines(keepends=True))
     if not reader.fieldnames or not {"audio", "text"} <= set(reader.fieldnames):
-        raise SpeechmergeError(f"{path}: line 1: CSV header must name the columns {', '.join(FIELDS)} (at least id, audio, text, language); add a header line")
+        raise SpeechmergeError(
+            f"{path}: line 1: CSV header must name the columns {', '.join(FIELDS)} (at least id, audio, text, language); add a header line"
+        )
     for row in reader:
         if any(_text(value) for value in row.values()):
             yield reader.line_num, row
@@ -224,7 +233,9 @@ def _check_row(row: dict | str, folder: Path) -> tuple[Optional[Utterance], list
         reasons.append("empty text")
     language = (values["language"] or "").lower()
     if values["language"] is not None and language not in whisper_languages():
-        reasons.append(f"unknown language code {values['language']!r} (not in Whisper's list; use a code such as 'es', 'pt', 'en')")
+        reasons.append(
+            f"unknown language code {values['language']!r} (not in Whisper's list; use a code such as 'es', 'pt', 'en')"
+        )
     task = (values["task"] or "transcribe").lower()
     if task not in TASKS:
         reasons.append(f"unknown task {values['task']!r} (expected transcribe or translate)")

@@ -20,9 +20,15 @@ def print_corpus(corpus: Corpus, console: Console | None = None) -> None:
     for column in ("language", "task", "domain", "split", "utterances", "minutes"):
         table.add_column(column, justify="right" if column in ("utterances", "minutes") else "left", no_wrap=True)
     for info in sorted(corpus.index.manifests, key=lambda i: (i.language, i.domain, i.split, i.task)):
-        table.add_row(info.language, info.task, info.domain, info.split, str(info.utterances), f"{info.seconds / 60:.1f}")
+        table.add_row(
+            info.language, info.task, info.domain, info.split, str(info.utterances), f"{info.seconds / 60:.1f}"
+        )
     console.print(table)
-    console.print(f"manifests: {corpus.directory / 'manifests'} (<language>.<domain>.<split>.<task>.jsonl)", highlight=False, soft_wrap=True)
+    console.print(
+        f"manifests: {corpus.directory / 'manifests'} (<language>.<domain>.<split>.<task>.jsonl)",
+        highlight=False,
+        soft_wrap=True,
+    )
     for domain, description in corpus.index.domains.items():
         console.print(f"  [bold]{domain}[/]: {description}", highlight=False)
 
@@ -42,7 +48,9 @@ def print_scan(scan: ManifestScan, console: Console | None = None) -> None:
         table.add_row(language, task, split, str(count))
     console.print(table)
     if scan.bad:
-        raise SpeechmergeError(f"{scan.path}: {len(scan.bad)} bad lines (listed above); fix them or read with --skip-bad to leave them out")
+        raise SpeechmergeError(
+            f"{scan.path}: {len(scan.bad)} bad lines (listed above); fix them or read with --skip-bad to leave them out"
+        )
 
 
 def print_overlaps(corpus: Corpus, console: Console | None = None) -> None:
@@ -51,13 +59,29 @@ def print_overlaps(corpus: Corpus, console: Console | None = None) -> None:
 
     console = console or Console()
     table = Table(title=f"vocabulary overlap with training text: {corpus.directory}", title_justify="left")
-    columns = ("language", "domain", "split", "sentences", "tokens", "coverage own domain", "new words own domain", "coverage all train", "new words all train")
+    columns = (
+        "language",
+        "domain",
+        "split",
+        "sentences",
+        "tokens",
+        "coverage own domain",
+        "new words own domain",
+        "coverage all train",
+        "new words all train",
+    )
     for column in columns:
         table.add_column(column, justify="left" if column in ("language", "domain", "split") else "right")
     for row in corpus_overlaps(corpus):
-        own = (_percent(row.own_domain.token_coverage), _percent(row.own_domain.new_words)) if row.own_domain else ("-", "-")
+        own = (
+            (_percent(row.own_domain.token_coverage), _percent(row.own_domain.new_words))
+            if row.own_domain
+            else ("-", "-")
+        )
         every = (_percent(row.all_training.token_coverage), _percent(row.all_training.new_words))
-        table.add_row(row.language, row.domain, row.split, str(row.sentences), str(row.all_training.tokens), *own, *every)
+        table.add_row(
+            row.language, row.domain, row.split, str(row.sentences), str(row.all_training.tokens), *own, *every
+        )
     console.print(table)
 
 

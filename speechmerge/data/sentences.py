@@ -55,7 +55,9 @@ def sentences(set_name: str, language: str) -> tuple[Sentence, ...]:
     path = TEXT_DIR / set_name / f"{language}.tsv"
     if not path.is_file():
         have = ", ".join(available_languages(set_name)) or "none"
-        raise SpeechmergeError(f"{path}: no {language!r} text for sentence set {set_name!r} (have: {have}); choose another language")
+        raise SpeechmergeError(
+            f"{path}: no {language!r} text for sentence set {set_name!r} (have: {have}); choose another language"
+        )
     english = read_tsv(TEXT_DIR / set_name / "en.tsv")
     rows = read_tsv(path)
     missing = [key for key in rows if key not in english]
@@ -87,7 +89,9 @@ def split_of(set_name: str) -> dict[str, str]:
     """`id -> split` for a set whose sentences serve training: 1/6 test, 1/6 validation, the rest train."""
     ids = shuffled_ids(set_name)
     held = round(len(ids) / 6)
-    return {key: "test" if rank < held else "validation" if rank < 2 * held else "train" for rank, key in enumerate(ids)}
+    return {
+        key: "test" if rank < held else "validation" if rank < 2 * held else "train" for rank, key in enumerate(ids)
+    }
 
 
 def ordered_split(set_name: str, split: str) -> list[str]:

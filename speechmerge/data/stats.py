@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Optional
 
 from speechmerge.data.corpus import Corpus
 from speechmerge.data.manifest import read_manifest
@@ -59,7 +60,9 @@ def corpus_overlaps(corpus: Corpus) -> list[OverlapRow]:
     """One row per evaluation manifest of a corpus whose language has training text."""
     texts: dict[tuple[str, str, str], list[str]] = {}
     for info in corpus.select(task="transcribe"):
-        unique = dict.fromkeys(u.text for u in read_manifest(corpus.path(info)))  # one entry per sentence, not per voice
+        unique = dict.fromkeys(
+            u.text for u in read_manifest(corpus.path(info))
+        )  # one entry per sentence, not per voice
         texts[(info.language, info.domain, info.split)] = list(unique)
     train_by_domain: dict[tuple[str, str], set[str]] = {}
     train_by_language: dict[str, set[str]] = defaultdict(set)
@@ -73,6 +76,14 @@ def corpus_overlaps(corpus: Corpus) -> list[OverlapRow]:
         if split == "train" or language not in train_by_language:
             continue
         own = train_by_domain.get((language, domain))
-        rows.append(OverlapRow(language, domain, split, len(sentences), overlap(own, sentences) if own is not None else None, overlap(train_by_language[language], sentences)))
+        rows.append(
+            OverlapRow(
+                language,
+                domain,
+                split,
+                len(sentences),
+                overlap(own, sentences) if own is not None else None,
+                overlap(train_by_language[language], sentences),
+            )
+        )
     return rows
-

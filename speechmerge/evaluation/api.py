@@ -9,9 +9,10 @@ prediction cache where possible; the result carries per-utterance predictions, m
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union
+from typing import Optional, Union
 
 from pydantic import BaseModel
 
@@ -83,7 +84,9 @@ class EvalResult(BaseModel):
         return out
 
 
-def load_data(data: Iterable[DataSource], skip_bad: bool = False, labels: LabelFilter = LabelFilter()) -> list[tuple[str, Utterance]]:
+def load_data(
+    data: Iterable[DataSource], skip_bad: bool = False, labels: LabelFilter = LabelFilter()
+) -> list[tuple[str, Utterance]]:
     """(source name, utterance) pairs from manifests, corpus folders and utterance lists."""
     from speechmerge.data.corpus import open_corpus
     from speechmerge.data.manifest import read_manifest
@@ -134,7 +137,9 @@ def evaluate(
     items = load_data(data, skip_bad=skip_bad, labels=labels)
     utterances = [u for _, u in items]
     check_data(eval_model, ((u.language, u.task, f"{name}: id {u.id!r}") for name, u in items))
-    decoded, stats = decode_utterances(eval_model, utterances, options.decode, use_cache=options.prediction_cache, progress=progress)
+    decoded, stats = decode_utterances(
+        eval_model, utterances, options.decode, use_cache=options.prediction_cache, progress=progress
+    )
     start = time.perf_counter()
     predictions = [score_prediction(u, name, d, options.cer) for (name, u), d in zip(items, decoded)]
     groups, signatures = group_scores(predictions)

@@ -16,9 +16,10 @@ exported to CTranslate2. Both read audio the same way (log-mel features from the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Protocol, Sequence
+from typing import Any, Optional, Protocol
 
 from speechmerge.evaluation.model import EvalModel
 

@@ -22,7 +22,11 @@ def default_output(model: str) -> Path:
 def build_options(cer: bool, no_cache: bool, **decode) -> EvalOptions:
     """Options from command-line values; an invalid value becomes one clear line."""
     try:
-        return EvalOptions(decode=DecodeOptions(**{k: v for k, v in decode.items() if v is not None}), cer=cer, prediction_cache=not no_cache)
+        return EvalOptions(
+            decode=DecodeOptions(**{k: v for k, v in decode.items() if v is not None}),
+            cer=cer,
+            prediction_cache=not no_cache,
+        )
     except ValidationError as error:
         first = error.errors()[0]
         option = "--" + str(first["loc"][-1]).replace("_", "-")

@@ -11,8 +11,8 @@ generation. The decoding rules follow the transformers backend: the same prompt,
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from speechmerge.errors import SpeechmergeError
 from speechmerge.evaluation.backend import DecodeSettings, LogMel, language_code, load_tokenizer
@@ -29,7 +29,9 @@ def exported_ct2_dir(model: EvalModel, quantization: str) -> Path:
     from speechmerge.checkpoints.export import export_ct2
 
     if quantization not in QUANTIZATIONS:
-        raise SpeechmergeError(f"quantization {quantization!r}: the CPU CTranslate2 backend takes one of {', '.join(QUANTIZATIONS)}")
+        raise SpeechmergeError(
+            f"quantization {quantization!r}: the CPU CTranslate2 backend takes one of {', '.join(QUANTIZATIONS)}"
+        )
     root = cache_dir("ct2-models")
     target = root / f"{model.key[:32]}-{quantization}"
     if not (target / "model.bin").is_file():
@@ -52,7 +54,9 @@ class Ct2Backend:
         self.model_info = model
         self.ct2 = ctranslate2
         directory = exported_ct2_dir(model, quantization)
-        self.model = ctranslate2.models.Whisper(str(directory), device="cpu", compute_type=quantization, intra_threads=threads)
+        self.model = ctranslate2.models.Whisper(
+            str(directory), device="cpu", compute_type=quantization, intra_threads=threads
+        )
         self.tokenizer = load_tokenizer(model)
         self.log_mel = LogMel(model)
         generation = json.loads((model.directory / "generation_config.json").read_text())

@@ -9,9 +9,10 @@ the backend (model loading) is created only if there is one.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import groupby
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 from speechmerge.data.manifest import Utterance
 from speechmerge.evaluation.backend import Backend, DecodeSettings, make_backend, max_new_tokens
@@ -37,6 +38,7 @@ class DecodeStats:
 
 def plan_batches(utterances: Sequence[Utterance], indices: Sequence[int], batch_size: int) -> list[list[int]]:
     """Indices grouped by (task, language), by duration within a group, cut into batches."""
+
     def order(i: int):
         u = utterances[i]
         return (u.task, u.language, u.duration or 0.0, u.id)
@@ -66,7 +68,9 @@ def decode_utterances(
 
     stats = DecodeStats()
     cache = PredictionCache(model.key, options.prediction_key())
-    keys = [entry_key(clip_key(u.audio), u.language if options.language == "manifest" else None, u.task) for u in utterances]
+    keys = [
+        entry_key(clip_key(u.audio), u.language if options.language == "manifest" else None, u.task) for u in utterances
+    ]
     results: list[Optional[CachedDecode]] = [cache.get(key) if use_cache else None for key in keys]
     if options.detects_language and model.multilingual:  # an entry decoded without identification lacks it
         results = [r if r is not None and r.detected_language is not None else None for r in results]
@@ -84,7 +88,11 @@ def decode_utterances(
         for batch in plan_batches(utterances, todo, options.batch_size):
             members = [utterances[i] for i in batch]
             encoded = backend.encode([u.audio for u in members])
-            detected = backend.detect_languages(encoded) if model.multilingual and options.detects_language else [None] * len(members)
+            detected = (
+                backend.detect_languages(encoded)
+                if model.multilingual and options.detects_language
+                else [None] * len(members)
+            )
             languages = [u.language for u in members] if options.language == "manifest" else detected
             texts = backend.decode(encoded, languages, members[0].task, settings)
             for index, text, language, found in zip(batch, texts, languages, detected):
@@ -107,11 +115,23 @@ class _progress_bar:
         if not self.show:
             return lambda done: None
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.bar = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=Console(stderr=True), transient=True,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
         )
         self.bar.__enter__()
         task = self.bar.add_task(self.description, total=self.total)

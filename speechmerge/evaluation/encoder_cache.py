@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
     import torch
@@ -32,7 +33,7 @@ ENCODER_PREFIX = "model.encoder."
 ENTRY = "encoder_output"
 
 
-def tensors_digest(named_tensors: Iterable[tuple[str, "torch.Tensor"]]) -> str:
+def tensors_digest(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
     """SHA-256 over (name, shape, float32 bytes) of tensors, in name order."""
     import torch
 
@@ -44,7 +45,7 @@ def tensors_digest(named_tensors: Iterable[tuple[str, "torch.Tensor"]]) -> str:
     return digest.hexdigest()
 
 
-def module_encoder_key(encoder: "torch.nn.Module") -> str:
+def module_encoder_key(encoder: torch.nn.Module) -> str:
     """The encoder key of a loaded encoder module (e.g. `model.model.encoder`)."""
     return tensors_digest(encoder.state_dict().items())
 
@@ -96,7 +97,7 @@ class EncoderOutputCache:
     def path(self, clip: str) -> Path:
         return self.root / clip[:2] / f"{clip}.safetensors"
 
-    def load(self, clip: str) -> Optional["torch.Tensor"]:
+    def load(self, clip: str) -> Optional[torch.Tensor]:
         """The stored output [frames, d_model] of a clip, or None."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -113,7 +114,7 @@ class EncoderOutputCache:
         self.hits += 1
         return tensor
 
-    def store(self, clip: str, output: "torch.Tensor") -> None:
+    def store(self, clip: str, output: torch.Tensor) -> None:
         from safetensors.torch import save
 
         path = self.path(clip)
@@ -122,12 +123,12 @@ class EncoderOutputCache:
 
 
 def encode_clips(
-    encode: Callable[["torch.Tensor"], "torch.Tensor"],
-    features: Callable[[Sequence[Path]], "torch.Tensor"],
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    features: Callable[[Sequence[Path]], torch.Tensor],
     audio: Sequence[Path],
     cache: Optional[EncoderOutputCache] = None,
     batch_size: int = 8,
-) -> "torch.Tensor":
+) -> torch.Tensor:
     """Encoder outputs [len(audio), frames, d_model] of clips, from the cache where present.
 
     `features(paths)` turns audio files into log-mel features [n, mels, 3000]; `encode(features)`

@@ -15,8 +15,9 @@ token for token what plain `generate` gives.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from speechmerge.errors import SpeechmergeError
 from speechmerge.evaluation.backend import PROMPT_LENGTH, DecodeSettings, LogMel, language_code, load_tokenizer
@@ -52,16 +53,22 @@ class TransformersBackend:
         self.model_info = model
         self.device = device
         try:
-            self.model = WhisperForConditionalGeneration.from_pretrained(model.directory, dtype=torch.float32).to(device).eval()
+            self.model = (
+                WhisperForConditionalGeneration.from_pretrained(model.directory, dtype=torch.float32).to(device).eval()
+            )
         except (OSError, ValueError, RuntimeError) as error:
-            raise SpeechmergeError(f"{model.directory}: transformers cannot load this Whisper model ({error}); re-save it") from None
+            raise SpeechmergeError(
+                f"{model.directory}: transformers cannot load this Whisper model ({error}); re-save it"
+            ) from None
         self.generation_config = GenerationConfig.from_pretrained(model.directory)
         # generate() falls back to the model's own config for None values: clear suppression there too.
         self.model.generation_config.suppress_tokens = self.model.generation_config.begin_suppress_tokens = None
         self.tokenizer = load_tokenizer(model)
         self.log_mel = LogMel(model)
         self.cache = (
-            EncoderOutputCache(directory_encoder_key(model.directory), self.log_mel.settings, device=device) if encoder_cache else None
+            EncoderOutputCache(directory_encoder_key(model.directory), self.log_mel.settings, device=device)
+            if encoder_cache
+            else None
         )
         self.encoder_calls = 0
 
@@ -75,7 +82,9 @@ class TransformersBackend:
     def encode(self, audio: Sequence[Path]):
         from speechmerge.evaluation.encoder_cache import encode_clips
 
-        return encode_clips(self._encode_features, self.log_mel, audio, self.cache, batch_size=max(1, len(audio))).to(self.device)
+        return encode_clips(self._encode_features, self.log_mel, audio, self.cache, batch_size=max(1, len(audio))).to(
+            self.device
+        )
 
     def _suppression(self, prompt_length: int) -> list[SuppressedTokens]:
         vocab_size = self.model.config.vocab_size
@@ -83,7 +92,9 @@ class TransformersBackend:
         if self.generation_config.suppress_tokens:
             processors.append(SuppressedTokens(self.generation_config.suppress_tokens, vocab_size))
         if self.generation_config.begin_suppress_tokens:
-            processors.append(SuppressedTokens(self.generation_config.begin_suppress_tokens, vocab_size, at_length=prompt_length))
+            processors.append(
+                SuppressedTokens(self.generation_config.begin_suppress_tokens, vocab_size, at_length=prompt_length)
+            )
         return processors
 
     def detect_languages(self, encoded) -> list[str]:
@@ -91,14 +102,15 @@ class TransformersBackend:
         from transformers.modeling_outputs import BaseModelOutput
 
         with torch.no_grad():
-            ids = self.model.detect_language(encoder_outputs=BaseModelOutput(last_hidden_state=encoded), generation_config=self.generation_config)
+            ids = self.model.detect_language(
+                encoder_outputs=BaseModelOutput(last_hidden_state=encoded), generation_config=self.generation_config
+            )
         return [language_code(token) for token in self.tokenizer.convert_ids_to_tokens(ids.tolist())]
 
     def decode(self, encoded, languages: Sequence[str], task: str, settings: DecodeSettings) -> list[str]:
         import torch
-        from transformers.modeling_outputs import BaseModelOutput
-
         from transformers import LogitsProcessorList
+        from transformers.modeling_outputs import BaseModelOutput
 
         config = copy.deepcopy(self.generation_config)
         config.num_beams = settings.beam_size

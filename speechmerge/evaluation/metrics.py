@@ -14,8 +14,11 @@ the signature records every setting and the version.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
+
+# Every metric the evaluator scores, in the order tables show them.
+METRICS = ("wer", "cer", "bleu", "chrf")
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,7 @@ class EditCounts:
     def errors(self) -> int:
         return self.substitutions + self.deletions + self.insertions
 
-    def __add__(self, other: "EditCounts") -> "EditCounts":
+    def __add__(self, other: EditCounts) -> EditCounts:
         return EditCounts(
             self.substitutions + other.substitutions,
             self.deletions + other.deletions,

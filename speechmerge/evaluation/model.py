@@ -11,13 +11,19 @@ model's predictions can be cached and found again under any path.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from speechmerge.errors import SpeechmergeError
 
-DECODING_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "preprocessor_config.json")
+DECODING_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "preprocessor_config.json",
+)
 TASKS = ("transcribe", "translate")
 
 
@@ -98,7 +104,9 @@ def _generation_config(directory: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise SpeechmergeError(f"{path}: not valid JSON ({error}); copy generation_config.json from the base model") from None
+        raise SpeechmergeError(
+            f"{path}: not valid JSON ({error}); copy generation_config.json from the base model"
+        ) from None
 
 
 def _check_start_token(directory: Path, generation: dict) -> None:

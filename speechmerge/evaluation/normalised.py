@@ -24,8 +24,8 @@ a reader can recompute them from the raw scores.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 ERROR_RATES = ("wer", "cer")
 SCORES = ("bleu", "chrf")

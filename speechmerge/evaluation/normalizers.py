@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from functools import cache
-from typing import Callable
 
 from speechmerge.errors import SpeechmergeError
 

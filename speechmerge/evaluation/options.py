@@ -18,7 +18,9 @@ class DecodeOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backend: Literal["transformers", "ctranslate2"] = Field("transformers", description="transformers (reference) or ctranslate2")
+    backend: Literal["transformers", "ctranslate2"] = Field(
+        "transformers", description="transformers (reference) or ctranslate2"
+    )
     beam_size: int = Field(1, ge=1, le=16, description="1 = greedy search")
     language: Literal["manifest", "detect"] = Field(
         "manifest", description="decode in the manifest's language, or in the language Whisper detects"
@@ -26,12 +28,16 @@ class DecodeOptions(BaseModel):
     language_id: bool = Field(
         False, description="also detect each clip's language and report LID accuracy (one more decoder pass per clip)"
     )
-    quantization: Literal["int8", "float32", "int8_float32", "int16"] = Field("int8", description="ctranslate2 weight type")
+    quantization: Literal["int8", "float32", "int8_float32", "int16"] = Field(
+        "int8", description="ctranslate2 weight type"
+    )
     max_new_tokens: Optional[int] = Field(
         None, ge=4, description="token budget per clip (default: half the decoder's context, as openai-whisper)"
     )
     batch_size: int = Field(DEFAULT_BATCH_SIZE, ge=1, le=256, description="clips decoded together")
-    encoder_cache: bool = Field(True, description="reuse encoder outputs across models sharing an encoder (transformers)")
+    encoder_cache: bool = Field(
+        True, description="reuse encoder outputs across models sharing an encoder (transformers)"
+    )
     threads: Optional[int] = Field(None, ge=1, description="CPU threads (default: torch's default)")
 
     @property
@@ -41,7 +47,12 @@ class DecodeOptions(BaseModel):
     def prediction_key(self) -> str:
         """SHA-256 of the choices that change predictions (not batch size, threads, caching or
         whether languages are identified: an entry with a detected language serves both)."""
-        fields = {"backend": self.backend, "beam_size": self.beam_size, "language": self.language, "max_new_tokens": self.max_new_tokens}
+        fields = {
+            "backend": self.backend,
+            "beam_size": self.beam_size,
+            "language": self.language,
+            "max_new_tokens": self.max_new_tokens,
+        }
         if self.backend == "ctranslate2":
             fields["quantization"] = self.quantization
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()

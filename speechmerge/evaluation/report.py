@@ -20,7 +20,19 @@ from typing import Optional
 from speechmerge.evaluation.api import EvalResult
 from speechmerge.evaluation.normalizers import BASIC, ENGLISH
 
-CSV_COLUMNS = ("language", "task", "domain", "split", "utterances", "normaliser", "wer", "cer", "bleu", "chrf", "language_id")
+CSV_COLUMNS = (
+    "language",
+    "task",
+    "domain",
+    "split",
+    "utterances",
+    "normaliser",
+    "wer",
+    "cer",
+    "bleu",
+    "chrf",
+    "language_id",
+)
 PERCENT = ("wer", "cer", "language_id")
 NORMALISER_NOTE = {
     ENGLISH: "Whisper EnglishTextNormalizer (OpenAI spelling map)",
@@ -51,7 +63,18 @@ def markdown_table(result: EvalResult) -> str:
         cells = " | ".join(_cell(name, getattr(m, name)) for name in metrics)
         lines.append(f"| **macro** | | | {m.split} | {m.groups} groups | {cells} |")
     used = sorted({g.normaliser for g in result.groups if g.normaliser})
-    notes = ["", "WER/CER after " + "; ".join(f"{NORMALISER_NOTE[n]} ({', '.join(sorted({g.language for g in result.groups if g.normaliser == n}))})" for n in used)] if used else [""]
+    notes = (
+        [
+            "",
+            "WER/CER after "
+            + "; ".join(
+                f"{NORMALISER_NOTE[n]} ({', '.join(sorted({g.language for g in result.groups if g.normaliser == n}))})"
+                for n in used
+            ),
+        ]
+        if used
+        else [""]
+    )
     if result.bleu_signature:
         notes.append(f"BLEU: sacrebleu {result.bleu_signature}; chrF: sacrebleu {result.chrf_signature}")
     notes.append("LID: share of clips whose detected language is the manifest's. Macro: unweighted mean over groups.")
@@ -65,7 +88,14 @@ def csv_table(result: EvalResult) -> str:
     for g in result.groups:
         writer.writerow({name: getattr(g, name) for name in CSV_COLUMNS})
     for m in result.macro:
-        writer.writerow({"language": "macro", "split": m.split, "utterances": m.groups, **{n: getattr(m, n) for n in ("wer", "cer", "bleu", "chrf", "language_id")}})
+        writer.writerow(
+            {
+                "language": "macro",
+                "split": m.split,
+                "utterances": m.groups,
+                **{n: getattr(m, n) for n in ("wer", "cer", "bleu", "chrf", "language_id")},
+            }
+        )
     return out.getvalue()
 
 

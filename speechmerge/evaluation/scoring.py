@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 from pydantic import BaseModel
 
@@ -99,7 +100,10 @@ def score_prediction(utterance: Utterance, manifest: str, decoded: CachedDecode,
         detected_language=decoded.detected_language,
     )
     if utterance.task == "transcribe":
-        reference, hypothesis = normalise(utterance.reference, utterance.language), normalise(decoded.text, utterance.language)
+        reference, hypothesis = (
+            normalise(utterance.reference, utterance.language),
+            normalise(decoded.text, utterance.language),
+        )
         spaced = uses_spaces(utterance.language)
         fields.update(
             normaliser=normaliser_name(utterance.language),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import platform
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -67,7 +67,11 @@ def merge(
             writer.abort()
         _write_config(plan, tmp)
         _carry_processor_files(carry_from, tmp)
-        resolved = {"method": recipe.method, "params": plan.params, "overrides": [o.model_dump(exclude_none=True) for o in recipe.overrides]}
+        resolved = {
+            "method": recipe.method,
+            "params": plan.params,
+            "overrides": [o.model_dump(exclude_none=True) for o in recipe.overrides],
+        }
         (tmp / "speechmerge_recipe.yaml").write_text(recipe_yaml(recipe, plan.params))
         record = _run_record(plan, report, inputs, resolved)
         (tmp / "speechmerge_merge.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -106,10 +110,18 @@ def merge_from_recipe_file(
 def _inputs(plan: MergePlan) -> list[dict]:
     rows = []
     if plan.base is not None:
-        rows.append({"role": "base", "name": plan.base.label, "path": str(plan.recipe.base), "sha256": plan.base.content_hash()})
+        rows.append(
+            {"role": "base", "name": plan.base.label, "path": str(plan.recipe.base), "sha256": plan.base.content_hash()}
+        )
     for expert, spec in zip(plan.experts, plan.recipe.experts):
         rows.append(
-            {"role": "expert", "name": expert.label, "path": spec.path, "weight": spec.weight, "sha256": expert.content_hash()}
+            {
+                "role": "expert",
+                "name": expert.label,
+                "path": spec.path,
+                "weight": spec.weight,
+                "sha256": expert.content_hash(),
+            }
         )
     return rows
 
@@ -133,9 +145,12 @@ def _run_record(plan: MergePlan, report: MergeReport, inputs: list[dict], resolv
     recipe = plan.recipe
     return {
         "tool": {"name": "speechmerge", "version": speechmerge.__version__, "torch": torch.__version__},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "host": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-                 "device": report.device},
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "host": {
+            "machine": platform.machine(),
+            "processor": platform.processor() or platform.machine(),
+            "device": report.device,
+        },
         "inputs": inputs,
         **resolved,
         "seed": recipe.seed,
@@ -180,7 +195,7 @@ pipeline_tag: automatic-speech-recognition
 
 # Merged Whisper: {method.title}
 
-Made with speechmerge {speechmerge.__version__} on {record['created']} by merging {len(plan.experts)}
+Made with speechmerge {speechmerge.__version__} on {record["created"]} by merging {len(plan.experts)}
 expert(s) with **{method.name}** ({method.source}).
 
 Variant: {method.variant}
@@ -202,10 +217,10 @@ output dtype {plan.recipe.output_dtype}.
 
 ## What happened to each tensor
 
-{tensors['total']} tensors: {tensors['merged']} merged, {len(tensors['frozen_left_as_base'])} left as the base's because
-every expert's task vector was zero there (frozen during fine-tuning), {len(tensors['kept_by_override'])} kept by override.
-Merge time {record['timing']['seconds']} s on {record['host']['device']}; peak anonymous memory
-{record['memory']['peak_anonymous_bytes'] / 2**20:.0f} MiB.
+{tensors["total"]} tensors: {tensors["merged"]} merged, {len(tensors["frozen_left_as_base"])} left as the base's because
+every expert's task vector was zero there (frozen during fine-tuning), {len(tensors["kept_by_override"])} kept by override.
+Merge time {record["timing"]["seconds"]} s on {record["host"]["device"]}; peak anonymous memory
+{record["memory"]["peak_anonymous_bytes"] / 2**20:.0f} MiB.
 
 The full recipe is in `speechmerge_recipe.yaml` and the run record in `speechmerge_merge.json`.
 """

@@ -58,7 +58,7 @@ def methods_markdown() -> str:
         "Generated from the method declarations by `speechmerge methods --markdown > docs/methods.md`; "
         "a test keeps it in step with the code.\n\n"
         "Notation: θ_0 the base, θ_t expert t (t = 1..T) with weight w_t, τ_t = θ_t − θ_0 its task vector. "
-        "\"Block matrices\" are the 2-D linear weights of attention, cross-attention and MLP blocks "
+        '"Block matrices" are the 2-D linear weights of attention, cross-attention and MLP blocks '
         "(decided from the model's structure, see speechmerge/checkpoints/whisper.py); recipe overrides "
         "(`matrix: true|false`) can change that. Every method computes in float32 (or float64 when asked); "
         "tensors whose task vector is zero in every expert are left as the base's and reported.\n\n"

@@ -236,8 +236,14 @@ def compile_steps(plan: MergePlan, budget: int, model_passes: dict) -> list[Step
 class _Executor:
     """Runs the steps in order, keeping the state that spans steps."""
 
-    def __init__(self, plan: MergePlan, writer: StreamingSafetensorsWriter, report: MergeReport, model_passes: dict,
-                 write_pool: ThreadPoolExecutor):
+    def __init__(
+        self,
+        plan: MergePlan,
+        writer: StreamingSafetensorsWriter,
+        report: MergeReport,
+        model_passes: dict,
+        write_pool: ThreadPoolExecutor,
+    ):
         self.plan = plan
         self.writer = writer
         self.write_pool = write_pool  # one background writer: the output of a unit is written
@@ -355,7 +361,14 @@ def execute(
     `memory_budget` bounds the float32 bytes in flight: tensors of entry-wise methods are split
     into row blocks of at most half of it, and the next unit is read ahead only when it fits
     beside the current one. (A tensor that no method can split is still loaded whole.)"""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return_freed_memory_promptly()
     report = MergeReport(tensors=len(plan.entries), skipped_aliases=plan.skipped_aliases, device=str(plan.device))
@@ -365,7 +378,13 @@ def execute(
     report.budget_bytes = memory_budget
     start = time.perf_counter()
     first_merge = next(i for i, s in enumerate(steps) if s.kind != "model") if steps else 0
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with (
         Progress(*columns, disable=not show_progress, transient=True) as progress,
         ThreadPoolExecutor(1) as reader,

@@ -16,7 +16,6 @@ import torch
 from speechmerge.merging.context import TensorContext
 from speechmerge.merging.spectral import top_singular
 
-
 CHUNK = 1 << 20  # values per chunk when scanning a tensor: bounds every temporary to 4 MiB
 
 

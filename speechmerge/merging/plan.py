@@ -93,7 +93,9 @@ def check_same_architecture(reference: Checkpoint, others: list[Checkpoint]) -> 
                     f"{tuple(reference.shape(name))}; all inputs must share one architecture"
                 )
             if not ckpt.dtype(name).is_floating_point:
-                raise SpeechmergeError(f"{ckpt.path}: tensor {name} has dtype {ckpt.dtype(name)}; expected floating point")
+                raise SpeechmergeError(
+                    f"{ckpt.path}: tensor {name} has dtype {ckpt.dtype(name)}; expected floating point"
+                )
 
 
 def _apply_overrides(recipe: MergeRecipe, names: list[str]) -> dict[str, dict]:

@@ -20,8 +20,9 @@ to save memory; `base` must not be modified.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Literal, Optional
 
 from speechmerge.errors import SpeechmergeError
 

@@ -79,7 +79,9 @@ def _builtin(recipe: StudyRecipe, progress: bool) -> StudyData:
     from speechmerge.data.corpus import build_corpus
 
     spec = recipe.corpus
-    corpus = build_corpus(spec.builtin, spec.size, seed=spec.seed, languages=spec.languages, domains=spec.domains, progress=progress)
+    corpus = build_corpus(
+        spec.builtin, spec.size, seed=spec.seed, languages=spec.languages, domains=spec.domains, progress=progress
+    )
     train_infos = [i for i in corpus.index.manifests if i.split == "train"]
     groups = _expert_groups(recipe, [(i.language, i.task, i.domain) for i in train_infos], (corpus.directory,))
     evaluation = recipe.evaluation
@@ -90,13 +92,23 @@ def _builtin(recipe: StudyRecipe, progress: bool) -> StudyData:
             scope, stage, limit = "in_domain", "validation", evaluation.validation_utterances
         elif info.split == "test":
             stage, limit = "test", evaluation.test_utterances
-            scope = "in_domain" if covered else "out_of_domain" if _same_languages_tasks(groups, info.language, info.task) else "retention"
+            scope = (
+                "in_domain"
+                if covered
+                else "out_of_domain"
+                if _same_languages_tasks(groups, info.language, info.task)
+                else "retention"
+            )
         else:
             continue
         path = corpus.path(info)
         sets.append(EvalSet(Path(info.path).stem, str(path), stage, scope, limit, _set_digest(path, limit)))
     digests = {
-        g.name: _digest_files(corpus.path(i) for i in corpus.index.manifests if i.split in ("train", "validation") and g.covers(i.language, i.task, i.domain))
+        g.name: _digest_files(
+            corpus.path(i)
+            for i in corpus.index.manifests
+            if i.split in ("train", "validation") and g.covers(i.language, i.task, i.domain)
+        )
         for g in groups
     }
     return StudyData(groups, sets, (corpus.directory,), digests)
@@ -105,7 +117,8 @@ def _builtin(recipe: StudyRecipe, progress: bool) -> StudyData:
 def _same_languages_tasks(groups: list[ExpertGroup], language: str, task: str) -> bool:
     """Whether some expert trains on this language and task (in whatever domain)."""
     return any(
-        (not g.selection.languages or language in g.selection.languages) and (not g.selection.tasks or task in g.selection.tasks)
+        (not g.selection.languages or language in g.selection.languages)
+        and (not g.selection.tasks or task in g.selection.tasks)
         for g in groups
     )
 
@@ -115,7 +128,11 @@ def _from_manifests(recipe: StudyRecipe) -> StudyData:
 
     sets_spec = recipe.corpus.manifests
     train = tuple(Path(p) for p in sets_spec.train)
-    labels = {(u.language, u.task, u.domain) for path in train for u in read_manifest(_existing(path, recipe, "corpus.manifests.train"))}
+    labels = {
+        (u.language, u.task, u.domain)
+        for path in train
+        for u in read_manifest(_existing(path, recipe, "corpus.manifests.train"))
+    }
     groups = _expert_groups(recipe, sorted(labels, key=str), train)
     evaluation = recipe.evaluation
     roles = [
@@ -135,11 +152,15 @@ def _from_manifests(recipe: StudyRecipe) -> StudyData:
 
 def _existing(path: Path, recipe: StudyRecipe, key: str) -> Path:
     if not path.is_file():
-        raise SpeechmergeError(f"{recipe.source}: {key}: manifest {str(path)!r} not found; fix the path (relative to the current directory)")
+        raise SpeechmergeError(
+            f"{recipe.source}: {key}: manifest {str(path)!r} not found; fix the path (relative to the current directory)"
+        )
     return path
 
 
-def _expert_groups(recipe: StudyRecipe, labels: list[tuple[str, str, str | None]], sources: tuple[Path, ...]) -> list[ExpertGroup]:
+def _expert_groups(
+    recipe: StudyRecipe, labels: list[tuple[str, str, str | None]], sources: tuple[Path, ...]
+) -> list[ExpertGroup]:
     """One group per distinct value of the `per` labels among the training data the filters keep,
     in the order of the recipe's filter lists; then the given experts."""
     spec = recipe.experts
@@ -147,26 +168,39 @@ def _expert_groups(recipe: StudyRecipe, labels: list[tuple[str, str, str | None]
     groups: list[ExpertGroup] = []
     if spec.train:
         kept = [
-            dict(zip(LABELS, label)) for label in labels
+            dict(zip(LABELS, label))
+            for label in labels
             if all(filters[name] is None or value in filters[name] for name, value in zip(LABELS, label))
             and (filters["language"] is not None or label[0] != "en")
         ]
         if not kept:
-            raise SpeechmergeError(f"{recipe.source}: experts: no training data matches the filters (languages/tasks/domains); the corpus has {sorted(set(labels), key=str)}")
-        keys = sorted({tuple(item[name] for name in spec.per) for item in kept}, key=lambda key: _rank(key, spec.per, filters))
+            raise SpeechmergeError(
+                f"{recipe.source}: experts: no training data matches the filters (languages/tasks/domains); the corpus has {sorted(set(labels), key=str)}"
+            )
+        keys = sorted(
+            {tuple(item[name] for name in spec.per) for item in kept}, key=lambda key: _rank(key, spec.per, filters)
+        )
         for key in keys:
             values = dict(zip(spec.per, key))
             # labels not split on are the kept training data's values, so that test-only domains stay out of domain
-            chosen = {name: _filter_values([values[name]] if name in values else [k[name] for k in kept]) for name in LABELS}
-            selection = DataSelection(sources=sources, languages=chosen["language"], tasks=chosen["task"], domains=chosen["domain"])
+            chosen = {
+                name: _filter_values([values[name]] if name in values else [k[name] for k in kept]) for name in LABELS
+            }
+            selection = DataSelection(
+                sources=sources, languages=chosen["language"], tasks=chosen["task"], domains=chosen["domain"]
+            )
             groups.append(ExpertGroup("-".join(str(v) for v in key), selection))
     for given in spec.given:
-        selection = DataSelection(sources=sources, languages=tuple(given.languages), tasks=tuple(given.tasks), domains=tuple(given.domains))
+        selection = DataSelection(
+            sources=sources, languages=tuple(given.languages), tasks=tuple(given.tasks), domains=tuple(given.domains)
+        )
         groups.append(ExpertGroup(given.name, selection, path=given.path))
     names = [g.name for g in groups]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise SpeechmergeError(f"{recipe.source}: experts: two experts are called {repeated[0]!r}; rename the given one")
+        raise SpeechmergeError(
+            f"{recipe.source}: experts: two experts are called {repeated[0]!r}; rename the given one"
+        )
     return groups
 
 

@@ -52,7 +52,11 @@ class Table:
         for c, column in enumerate(self.columns):
             if column.higher_is_better is None:
                 continue
-            shown = [(r, row.cells[c].shown) for r, row in enumerate(self.rows) if row.competes and row.cells[c].shown is not None]
+            shown = [
+                (r, row.cells[c].shown)
+                for r, row in enumerate(self.rows)
+                if row.competes and row.cells[c].shown is not None
+            ]
             if not shown:
                 continue
             pick = max if column.higher_is_better else min
@@ -107,7 +111,13 @@ def _styled_rows(table: Table) -> Iterator[tuple[Row, list[tuple[str, str]]]]:
     name, italic) or "" (plain)."""
     best = table.best()
     for r, row in enumerate(table.rows):
-        yield row, [(cell.text, "best" if (r, c) in best else "reference" if not row.competes and c == 0 else "") for c, cell in enumerate(row.cells)]
+        yield (
+            row,
+            [
+                (cell.text, "best" if (r, c) in best else "reference" if not row.competes and c == 0 else "")
+                for c, cell in enumerate(row.cells)
+            ],
+        )
 
 
 MARKDOWN_EMPHASIS = {"best": "**{}**", "reference": "*{}*", "": "{}"}
@@ -117,7 +127,9 @@ def _markdown_table(table: Table) -> list[str]:
     lines = [f"**{table.title}**", "", "| " + " | ".join(c.label for c in table.columns) + " |"]
     lines.append("|" + "|".join("---" if c.higher_is_better is None else "---:" for c in table.columns) + "|")
     for _, cells in _styled_rows(table):
-        lines.append("| " + " | ".join(MARKDOWN_EMPHASIS[style].format(text.replace("|", "\\|")) for text, style in cells) + " |")
+        lines.append(
+            "| " + " | ".join(MARKDOWN_EMPHASIS[style].format(text.replace("|", "\\|")) for text, style in cells) + " |"
+        )
     return lines + [""] + [f"{note}  " for note in table.notes]
 
 
@@ -174,7 +186,13 @@ def _html_table(table: Table) -> list[str]:
 
 def to_html(title: str, blocks: list[Block]) -> str:
     """The report as one HTML page with its CSS inline and every figure embedded as a base64 PNG."""
-    out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">', f"<title>{html.escape(title)}</title>"]
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title>",
+    ]
     out += [f"<style>{STYLE}</style>", "</head>", "<body>", f"<h1>{html.escape(title)}</h1>"]
     for block in blocks:
         if isinstance(block, Heading):
@@ -187,15 +205,30 @@ def to_html(title: str, blocks: list[Block]) -> str:
             out += _html_table(block)
         elif block.png is not None:
             data = base64.b64encode(block.png).decode("ascii")
-            out.append(f'<figure id="{block.name}"><img src="data:image/png;base64,{data}" alt="{html.escape(block.caption)}">')
+            out.append(
+                f'<figure id="{block.name}"><img src="data:image/png;base64,{data}" alt="{html.escape(block.caption)}">'
+            )
             out.append(f"<figcaption>{html.escape(block.caption)}</figcaption></figure>")
         else:
-            out.append(f'<p class="skipped">{html.escape(block.caption)}: not drawn ({html.escape(block.skipped or "")}).</p>')
+            out.append(
+                f'<p class="skipped">{html.escape(block.caption)}: not drawn ({html.escape(block.skipped or "")}).</p>'
+            )
     out += ["</body>", "</html>", ""]
     return "\n".join(out)
 
 
-LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+LATEX_SPECIALS = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
 LATEX_SYMBOLS = {"↑": r"$\uparrow$", "↓": r"$\downarrow$", "†": r"$^\dagger$", "–": "--", "✓": r"$\checkmark$"}
 
 
@@ -209,7 +242,14 @@ LATEX_EMPHASIS = {"best": "\\textbf{{{}}}", "reference": "\\textit{{{}}}", "": "
 
 def _latex_table(table: Table) -> list[str]:
     spec = "".join("l" if c.higher_is_better is None else "r" for c in table.columns)
-    out = [r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{latex_text(table.title)}}}", rf"\begin{{tabular}}{{{spec}}}", r"\toprule"]
+    out = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\small",
+        rf"\caption{{{latex_text(table.title)}}}",
+        rf"\begin{{tabular}}{{{spec}}}",
+        r"\toprule",
+    ]
     out.append(" & ".join(latex_text(c.label) for c in table.columns) + r" \\")
     out.append(r"\midrule")
     for _, cells in _styled_rows(table):
@@ -220,4 +260,7 @@ def _latex_table(table: Table) -> list[str]:
 def to_latex(blocks: list[Block]) -> str:
     """Every table of the report as a booktabs LaTeX table (needs \\usepackage{booktabs}; amssymb for the check mark)."""
     tables = [block for block in blocks if isinstance(block, Table)]
-    return "\n".join(["% speechmerge study report tables: \\usepackage{booktabs,amssymb}", ""] + [line for table in tables for line in _latex_table(table)])
+    return "\n".join(
+        ["% speechmerge study report tables: \\usepackage{booktabs,amssymb}", ""]
+        + [line for table in tables for line in _latex_table(table)]
+    )

@@ -28,6 +28,8 @@ More = Callable[[str, dict], list[Call]]
 
 def _nothing_more(key: str, outcome: dict) -> list[Call]:
     return []
+
+
 GIB = 2**30
 MEMORY_PER_WORKER = 2 * GIB
 
@@ -89,8 +91,12 @@ class PoolExecutor:
 
         self.name = f"local pool ({workers} workers)"
         self.threads = max(1, cpu_count() // workers)
-        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=exit_with_parent, initargs=(os.getpid(),))
+        self.pool = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=exit_with_parent,
+            initargs=(os.getpid(),),
+        )
 
     def submit_all(self, calls: list[Call], more: More = _nothing_more) -> Iterator[tuple[str, dict]]:
         from concurrent.futures import FIRST_COMPLETED, wait
@@ -124,7 +130,9 @@ class RayExecutor:
         try:
             import ray
         except ImportError:
-            raise SpeechmergeError("--executor ray: Ray is not installed; pip install 'speechmerge[ray]' (or use --executor local)") from None
+            raise SpeechmergeError(
+                "--executor ray: Ray is not installed; pip install 'speechmerge[ray]' (or use --executor local)"
+            ) from None
         self.ray = ray
         self.started_here = not ray.is_initialized()
         if self.started_here:
@@ -132,7 +140,9 @@ class RayExecutor:
             try:
                 ray.init(**options, include_dashboard=False, log_to_driver=False, configure_logging=False)
             except ConnectionError as error:
-                raise SpeechmergeError(f"--address {address}: cannot reach a Ray cluster ({error}); start one with `ray start --head` or leave --address out for a local instance") from None
+                raise SpeechmergeError(
+                    f"--address {address}: cannot reach a Ray cluster ({error}); start one with `ray start --head` or leave --address out for a local instance"
+                ) from None
         total = int(ray.cluster_resources().get("CPU", 1))
         self.cpus = cpus_per_job or max(1, total // (workers or max(1, total // 2)))
         self.name = f"ray ({address or 'local instance'}, {total} CPUs, {self.cpus} per job)"
@@ -142,7 +152,12 @@ class RayExecutor:
         refs = {}
 
         def submit(batch: list[Call]) -> None:
-            refs.update({self.remote.options(num_cpus=self.cpus).remote(task, spec, self.cpus): key for key, task, spec in batch})
+            refs.update(
+                {
+                    self.remote.options(num_cpus=self.cpus).remote(task, spec, self.cpus): key
+                    for key, task, spec in batch
+                }
+            )
 
         submit(calls)
         try:
@@ -181,7 +196,13 @@ def _outcome(get) -> dict:
     try:
         return get()
     except Exception as error:  # noqa: BLE001 - a lost worker fails its job, not the study
-        return {"ok": False, "error": f"worker lost: {type(error).__name__}: {error}", "seconds": 0.0, "cpu_seconds": 0.0, "worker": "?"}
+        return {
+            "ok": False,
+            "error": f"worker lost: {type(error).__name__}: {error}",
+            "seconds": 0.0,
+            "cpu_seconds": 0.0,
+            "worker": "?",
+        }
 
 
 def make_executor(kind: str, workers: int | None, address: str | None) -> Executor:

@@ -23,7 +23,11 @@ def versions() -> dict[str, str]:
 
     import speechmerge
 
-    return {"speechmerge": speechmerge.__version__, "torch": torch.__version__, "transformers": transformers.__version__}
+    return {
+        "speechmerge": speechmerge.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
 
 
 def job_key(kind: str, **parts: Any) -> str:
@@ -49,6 +53,14 @@ class Job:
 
     def record(self) -> dict:
         return {
-            "key": self.key, "kind": self.kind, "name": self.name, "stage": self.stage, "model_kind": self.model_kind,
-            "model": self.model, "method": self.method, "setting": self.setting, "spec": self.spec, "versions": versions(),
+            "key": self.key,
+            "kind": self.kind,
+            "name": self.name,
+            "stage": self.stage,
+            "model_kind": self.model_kind,
+            "model": self.model,
+            "method": self.method,
+            "setting": self.setting,
+            "spec": self.spec,
+            "versions": versions(),
         }

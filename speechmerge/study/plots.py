@@ -44,7 +44,9 @@ def ranking_bars(names: Sequence[str], values: Sequence[float], is_reference: Se
     return _png(figure)
 
 
-def heatmap(row_names: Sequence[str], column_names: Sequence[str], values: Sequence[Sequence[float | None]], label: str) -> bytes:
+def heatmap(
+    row_names: Sequence[str], column_names: Sequence[str], values: Sequence[Sequence[float | None]], label: str
+) -> bytes:
     """A row x column grid of values (None shown blank), each cell annotated when the grid is small."""
     import numpy as np
 
@@ -59,7 +61,15 @@ def heatmap(row_names: Sequence[str], column_names: Sequence[str], values: Seque
         middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0
         for (r, c), value in np.ndenumerate(grid):
             if math.isfinite(value):
-                axes.text(c, r, f"{value:.0f}", ha="center", va="center", fontsize=7, color="white" if value < middle else "black")
+                axes.text(
+                    c,
+                    r,
+                    f"{value:.0f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if value < middle else "black",
+                )
     figure.colorbar(image, ax=axes, label=label)
     return _png(figure)
 
@@ -69,7 +79,13 @@ def scatter(points: Sequence[tuple[str, float, float, bool]], x_label: str, y_la
     figure = _figure(6.5, 5)
     axes = figure.add_subplot()
     for name, x, y, is_reference in points:
-        axes.scatter([x], [y], marker="s" if is_reference else "o", color=REFERENCE_COLOUR if is_reference else MERGE_COLOUR, zorder=3)
+        axes.scatter(
+            [x],
+            [y],
+            marker="s" if is_reference else "o",
+            color=REFERENCE_COLOUR if is_reference else MERGE_COLOUR,
+            zorder=3,
+        )
         axes.annotate(name, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=8)
     axes.set_xlabel(x_label)
     axes.set_ylabel(y_label)
@@ -78,7 +94,9 @@ def scatter(points: Sequence[tuple[str, float, float, bool]], x_label: str, y_la
     return _png(figure)
 
 
-def curves(parameter: str, panels: Sequence[tuple[str, dict[str, list[tuple[object, float]]]]], chosen: dict[str, object]) -> bytes:
+def curves(
+    parameter: str, panels: Sequence[tuple[str, dict[str, list[tuple[object, float]]]]], chosen: dict[str, object]
+) -> bytes:
     """One panel per (y label, {method: [(parameter value, y)]}), one line per method (its own colour
     and marker, one legend for the figure), each method's `chosen` value ringed. Numeric parameter
     values make a numeric axis; otherwise the values are categories in sorted order."""
@@ -98,7 +116,9 @@ def curves(parameter: str, panels: Sequence[tuple[str, dict[str, list[tuple[obje
             points = sorted(points, key=lambda p: p[0] if numeric else xs.index(p[0]))
             positions = [x if numeric else xs.index(x) for x, _ in points]
             (handles[method],) = axes.plot(positions, [y for _, y in points], marker=marker, color=colour, label=method)
-            ringed = [(position, y) for position, (x, y) in zip(positions, points) if method in chosen and x == chosen[method]]
+            ringed = [
+                (position, y) for position, (x, y) in zip(positions, points) if method in chosen and x == chosen[method]
+            ]
             if ringed:
                 axes.scatter(*zip(*ringed), s=160, facecolors="none", edgecolors=colour, linewidths=1.5, zorder=3)
         if not numeric:

@@ -67,18 +67,27 @@ def _checked_training(settings: dict) -> dict:
 
 
 class ManifestSets(_Strict):
-    train: list[str] = Field(min_length=1, description="manifests the experts train on (split train; split validation validates)")
+    train: list[str] = Field(
+        min_length=1, description="manifests the experts train on (split train; split validation validates)"
+    )
     validation: list[str] = Field(min_length=1, description="manifests the grid search is scored on")
     test: list[str] = Field(min_length=1, description="in-domain test manifests")
-    out_of_domain: list[str] = Field(default_factory=list, description="test manifests of the experts' languages/tasks in another style, accent or domain")
-    retention: list[str] = Field(default_factory=list, description="test manifests of what no expert trained for (English, other languages)")
+    out_of_domain: list[str] = Field(
+        default_factory=list,
+        description="test manifests of the experts' languages/tasks in another style, accent or domain",
+    )
+    retention: list[str] = Field(
+        default_factory=list, description="test manifests of what no expert trained for (English, other languages)"
+    )
 
 
 class CorpusSpec(_Strict):
     builtin: Literal["multilingual", "multidomain"] | None = Field(None, description="a built-in espeak-ng corpus")
     size: Literal["tiny", "demo", "full"] = Field("demo", description="built-in corpus size (docs/data.md)")
     seed: int = Field(0, description="seed of voices and noises")
-    languages: list[str] | None = Field(None, description="multilingual: the X languages; multidomain: other languages measured out of domain")
+    languages: list[str] | None = Field(
+        None, description="multilingual: the X languages; multidomain: other languages measured out of domain"
+    )
     domains: list[str] | None = Field(None, description="multidomain: a subset of the ten domains")
     manifests: ManifestSets | None = Field(None, description="your own manifests instead of a built-in corpus")
 
@@ -98,11 +107,17 @@ class GivenExpert(_Strict):
 
 
 class ExpertsSpec(_Strict):
-    per: list[Label] = Field(default_factory=lambda: ["language", "task"], min_length=1, description="labels whose distinct values make one expert each")
+    per: list[Label] = Field(
+        default_factory=lambda: ["language", "task"],
+        min_length=1,
+        description="labels whose distinct values make one expert each",
+    )
     languages: list[str] | None = Field(None, description="training languages (default: every one but English)")
     tasks: list[str] | None = None
     domains: list[str] | None = None
-    training: dict[str, Any] = Field(default_factory=dict, description="TrainingConfig settings (speechmerge finetune --help)")
+    training: dict[str, Any] = Field(
+        default_factory=dict, description="TrainingConfig settings (speechmerge finetune --help)"
+    )
     given: list[GivenExpert] = Field(default_factory=list, description="experts that exist already")
     train: bool = Field(True, description="train the experts of the training data (false: only `given`)")
 
@@ -132,9 +147,15 @@ class EvaluationSpec(_Strict):
     batch_size: int = Field(8, ge=1, le=256)
     max_new_tokens: int | None = Field(None, ge=4)
     cer: bool = False
-    validation_utterances: int | None = Field(None, ge=1, description="first N utterances of each validation manifest (default: all)")
-    test_utterances: int | None = Field(None, ge=1, description="first N utterances of each test manifest (default: all)")
-    select_by: Literal["vs_expert", "gain_kept"] = Field("vs_expert", description="validation score that picks each method's setting (mean over in-domain groups)")
+    validation_utterances: int | None = Field(
+        None, ge=1, description="first N utterances of each validation manifest (default: all)"
+    )
+    test_utterances: int | None = Field(
+        None, ge=1, description="first N utterances of each test manifest (default: all)"
+    )
+    select_by: Literal["vs_expert", "gain_kept"] = Field(
+        "vs_expert", description="validation score that picks each method's setting (mean over in-domain groups)"
+    )
 
 
 class MergeOptions(_Strict):
@@ -151,10 +172,15 @@ class StudyRecipe(_Strict):
     experts: ExpertsSpec = Field(default_factory=ExpertsSpec)
     baselines: BaselinesSpec = Field(default_factory=BaselinesSpec)
     all_methods: bool = Field(False, description="add every registered method at its defaults")
-    methods: dict[str, dict[str, Any]] = Field(default_factory=dict, description="method -> parameters; a list is a grid axis")
+    methods: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="method -> parameters; a list is a grid axis"
+    )
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     merge: MergeOptions = Field(default_factory=MergeOptions)
-    keep_models: Literal["selected", "all", "none"] = Field("selected", description="merged models kept on disk: the selected ones (tested), all (validation points too) or none")
+    keep_models: Literal["selected", "all", "none"] = Field(
+        "selected",
+        description="merged models kept on disk: the selected ones (tested), all (validation points too) or none",
+    )
     output: str | None = Field(None, description="study folder (default: runs/<name>)")
     _source: str = PrivateAttr("recipe")
 

@@ -103,7 +103,12 @@ def write_report(facts: StudyFacts, rows: list[ScoreRow], out_dir: Path) -> dict
         (tmp / "report.md").write_text(to_markdown(title, blocks), encoding="utf-8")
         (tmp / "report.html").write_text(to_html(title, blocks), encoding="utf-8")
         (tmp / "tables.tex").write_text(to_latex(blocks), encoding="utf-8")
-    written = {"markdown": "report.md", "html": "report.html", "latex": "tables.tex", **{f.name: f.path for f in figures}}
+    written = {
+        "markdown": "report.md",
+        "html": "report.html",
+        "latex": "tables.tex",
+        **{f.name: f.path for f in figures},
+    }
     return {key: out_dir / name for key, name in written.items()}
 
 
@@ -113,7 +118,9 @@ def _refuse_foreign_folder(out_dir: Path) -> None:
         raise SpeechmergeError(f"{out_dir}: is a file; give the report a folder of its own")
     foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in REPORT_ENTRIES) if out_dir.is_dir() else []
     if foreign:
-        raise SpeechmergeError(f"{out_dir}: holds {foreign[0]!r}, which is not part of a report; the report replaces its folder whole, so give it a folder of its own")
+        raise SpeechmergeError(
+            f"{out_dir}: holds {foreign[0]!r}, which is not part of a report; the report replaces its folder whole, so give it a folder of its own"
+        )
 
 
 def report_blocks(facts: StudyFacts, rows: list[ScoreRow]) -> list[Block]:
@@ -181,15 +188,29 @@ def provenance_blocks(facts: StudyFacts, rows: list[ScoreRow]) -> list[Block]:
     if facts.job_seconds:
         total = sum(facts.job_seconds.values())
         job_rows = [
-            Row([Cell(kind), Cell(duration_text(seconds)), Cell(f"{100 * seconds / total:.1f}" if total > 0 else MISSING)])
+            Row(
+                [
+                    Cell(kind),
+                    Cell(duration_text(seconds)),
+                    Cell(f"{100 * seconds / total:.1f}" if total > 0 else MISSING),
+                ]
+            )
             for kind, seconds in sorted(facts.job_seconds.items(), key=lambda item: -item[1])
         ]
-        blocks.append(Table("Job time per kind (sum over jobs; may exceed wall time with parallel workers)", [Column("job kind"), Column("time"), Column("share %")], job_rows))
+        blocks.append(
+            Table(
+                "Job time per kind (sum over jobs; may exceed wall time with parallel workers)",
+                [Column("job kind"), Column("time"), Column("share %")],
+                job_rows,
+            )
+        )
     return blocks
 
 
 def _line_name(line: Line) -> str:
-    return {"base": f"base ({line.name})", "experts": "experts (own sets)", "baseline": f"baseline: {line.name}"}.get(line.kind, line.name)
+    return {"base": f"base ({line.name})", "experts": "experts (own sets)", "baseline": f"baseline: {line.name}"}.get(
+        line.kind, line.name
+    )
 
 
 def _average_cell(value: Average | None, percent: bool) -> Cell:
@@ -215,7 +236,11 @@ def main_columns(lines: TestLines) -> list[tuple[Column, Callable[[Line], Averag
         ("ret. other", [c for c in retention if c[0].language != RETENTION_LANGUAGE]),
     ]
     columns = [
-        (Column(f"{prefix} {METRICS[metric].heading}", METRICS[metric].higher_is_better), lambda line, cells=cells: average(line, cells), METRICS[metric].percent)
+        (
+            Column(f"{prefix} {METRICS[metric].heading}", METRICS[metric].higher_is_better),
+            lambda line, cells=cells: average(line, cells),
+            METRICS[metric].percent,
+        )
         for prefix, scope_cells in averaged
         for metric, cells in _by_metric(scope_cells).items()
     ]
@@ -229,7 +254,9 @@ def main_columns(lines: TestLines) -> list[tuple[Column, Callable[[Line], Averag
     if base:
         normalised.append(("vs base", lambda line: vs_reference(line, base, in_domain)))
     for baseline in lines.baselines:
-        normalised.append((f"vs {baseline.name}", lambda line, baseline=baseline: vs_reference(line, baseline, in_domain)))
+        normalised.append(
+            (f"vs {baseline.name}", lambda line, baseline=baseline: vs_reference(line, baseline, in_domain))
+        )
     if in_domain:
         columns += [(Column(f"{NORMALISED.label} {label} % ↑", True), compute, True) for label, compute in normalised]
     return columns
@@ -237,7 +264,11 @@ def main_columns(lines: TestLines) -> list[tuple[Column, Callable[[Line], Averag
 
 def main_blocks(lines: TestLines) -> list[Block]:
     if not lines.all:
-        return [Text("No test-set scores yet: the study has not reached its test stage. The validation search below shows what it has.")]
+        return [
+            Text(
+                "No test-set scores yet: the study has not reached its test stage. The validation search below shows what it has."
+            )
+        ]
     columns = main_columns(lines)
     table = Table(
         "Test sets: each merge method at the setting it chose on validation, with the references",
@@ -248,28 +279,41 @@ def main_blocks(lines: TestLines) -> list[Block]:
         values = [compute(line) for _, compute, _ in columns]
         partial |= any(value is not None and value.partial for value in values)
         cells = [Cell(_line_name(line)), Cell(setting_text(line.setting) if line.kind == "merge" else MISSING)]
-        table.rows.append(Row(cells + [_average_cell(value, percent) for value, (_, _, percent) in zip(values, columns)], competes=line.kind == "merge"))
+        table.rows.append(
+            Row(
+                cells + [_average_cell(value, percent) for value, (_, _, percent) in zip(values, columns)],
+                competes=line.kind == "merge",
+            )
+        )
     table.notes = _main_notes(lines) + ([PARTIAL_NOTE] if partial else [])
     return [table]
 
 
 def _main_notes(lines: TestLines) -> list[str]:
     notes = [
-        ("ID / OOD: macro average over the in-domain / out-of-domain test groups (language, task, domain), "
-        "each group scored with its primary metric: WER for transcription (% of reference words, lower is better ↓), "
-        "BLEU for translation (sacrebleu, 0-100, higher is better ↑); CER and chrF stand in where those are absent."),
+        (
+            "ID / OOD: macro average over the in-domain / out-of-domain test groups (language, task, domain), "
+            "each group scored with its primary metric: WER for transcription (% of reference words, lower is better ↓), "
+            "BLEU for translation (sacrebleu, 0-100, higher is better ↑); CER and chrF stand in where those are absent."
+        ),
         f"ret. en / ret. other: the same average on the retention sets, English ({RETENTION_LANGUAGE}) and the other languages no expert was trained for.",
-        ("norm.: mean over in-domain groups with s = 1 - WER (or BLEU): vs experts = s(model)/s(expert of the group); "
-        "gain kept = (s(model) - s(base))/(s(expert) - s(base)), the share of the expert's gain kept; "
-        "vs base, vs <baseline> = s(model)/s(that model) (speechmerge.evaluation.normalised; in %)."),
+        (
+            "norm.: mean over in-domain groups with s = 1 - WER (or BLEU): vs experts = s(model)/s(expert of the group); "
+            "gain kept = (s(model) - s(base))/(s(expert) - s(base)), the share of the expert's gain kept; "
+            "vs base, vs <baseline> = s(model)/s(that model) (speechmerge.evaluation.normalised; in %)."
+        ),
         "Bold: the best merge in each column; reference rows (base, experts, baselines) in italics, not ranked.",
         "–: not scored, or a normalised score that is not defined (its reference scores 0, or for gain kept the expert is no better than the base).",
     ]
     experts = lines.first("experts")
     oracle = experts.oracle_groups if experts else set()
     if oracle:
-        counts = ", ".join(f"{SCOPE_TITLES[scope]} {n}" for scope in SCOPES if (n := sum(g.scope == scope for g in oracle)))
-        notes.append(f"experts: each group scored by the expert trained for it (named for it); groups no expert is named for ({counts}) take the best of the experts scored there (an oracle).")
+        counts = ", ".join(
+            f"{SCOPE_TITLES[scope]} {n}" for scope in SCOPES if (n := sum(g.scope == scope for g in oracle))
+        )
+        notes.append(
+            f"experts: each group scored by the expert trained for it (named for it); groups no expert is named for ({counts}) take the best of the experts scored there (an oracle)."
+        )
     else:
         notes.append("experts: each group scored by the expert trained for it (named for it).")
     return notes
@@ -290,7 +334,11 @@ def group_table(lines: TestLines, scope: str, metric: str) -> Table:
     groups = groups_with(lines.all, scope, metric)
     cells = [(group, metric) for group in groups]
     base = lines.first("base")
-    columns = [Column("model")] + [Column(label, style.higher_is_better) for label in group_labels(groups)] + [Column("mean", style.higher_is_better)]
+    columns = (
+        [Column("model")]
+        + [Column(label, style.higher_is_better) for label in group_labels(groups)]
+        + [Column("mean", style.higher_is_better)]
+    )
     if base:
         columns.append(Column("vs base % ↑", True))
     table = Table(f"{SCOPE_TITLES[scope]} {style.heading}", columns)
@@ -301,10 +349,17 @@ def group_table(lines: TestLines, scope: str, metric: str) -> Table:
         partial |= any(value is not None and value.partial for value in summary)
         numbers = [number_cell(line.get(group, metric), style.percent) for group in groups]
         percents = [style.percent] + [True] * (len(summary) - 1)
-        table.rows.append(Row([Cell(_line_name(line))] + numbers + [_average_cell(v, p) for v, p in zip(summary, percents)], competes=line.kind == "merge"))
+        table.rows.append(
+            Row(
+                [Cell(_line_name(line))] + numbers + [_average_cell(v, p) for v, p in zip(summary, percents)],
+                competes=line.kind == "merge",
+            )
+        )
     sizes = {group: max(line.utterances.get(group, 0) for line in lines.all) for group in groups}
     table.notes = [
-        "Utterances per group: " + ", ".join(f"{label} {sizes[group]}" for label, group in zip(group_labels(groups), groups)) + ".",
+        "Utterances per group: "
+        + ", ".join(f"{label} {sizes[group]}" for label, group in zip(group_labels(groups), groups))
+        + ".",
         "mean: macro average over the groups; vs base: mean over groups of s(model)/s(base), s = 1 - error rate or the score.",
     ] + ([PARTIAL_NOTE] if partial else [])
     return table
@@ -326,12 +381,23 @@ def id_ood_blocks(lines: TestLines) -> list[Block]:
     out_of_domain = _by_metric(primary_groups(lines.all, "out_of_domain"))
     shared = [metric for metric in in_domain if metric in out_of_domain]
     if not shared:
-        return [Text("No metric was scored both in-domain and out-of-domain on the test sets, so there is nothing to compare.")]
+        return [
+            Text(
+                "No metric was scored both in-domain and out-of-domain on the test sets, so there is nothing to compare."
+            )
+        ]
     columns = [Column("model")]
     for metric in shared:
         style = METRICS[metric]
         unit = "pp" if style.percent else ""
-        columns += [Column(f"ID {style.heading}", style.higher_is_better), Column(f"OOD {style.heading}", style.higher_is_better), Column(f"OOD-ID {style.label} {unit}".rstrip() + (" ↑" if style.higher_is_better else " ↓"), style.higher_is_better)]
+        columns += [
+            Column(f"ID {style.heading}", style.higher_is_better),
+            Column(f"OOD {style.heading}", style.higher_is_better),
+            Column(
+                f"OOD-ID {style.label} {unit}".rstrip() + (" ↑" if style.higher_is_better else " ↓"),
+                style.higher_is_better,
+            ),
+        ]
     table = Table("In-domain (ID) against out-of-domain (OOD) averages", columns)
     for line in lines.all:
         pairs = [(metric, average(line, in_domain[metric]), average(line, out_of_domain[metric])) for metric in shared]
@@ -343,7 +409,9 @@ def id_ood_blocks(lines: TestLines) -> list[Block]:
             gap = outside.value - inside.value if inside and outside else None
             cells += [_average_cell(inside, percent), _average_cell(outside, percent), number_cell(gap, percent)]
         table.rows.append(Row(cells, competes=line.kind == "merge"))
-    table.notes = ["OOD-ID: the out-of-domain average minus the in-domain one (percentage points for error rates); the closer to 0, the better a model carries over."]
+    table.notes = [
+        "OOD-ID: the out-of-domain average minus the in-domain one (percentage points for error rates); the closer to 0, the better a model carries over."
+    ]
     return [table]
 
 
@@ -366,8 +434,16 @@ def search_blocks(validation: list[Line], references: list[Line]) -> list[Block]
             numbers.append(_average_cell(vs_reference(line, experts, cells), True))
         is_merge = line.kind == "merge"
         chosen = ("✓" if line.chosen else "") if is_merge else MISSING
-        table.rows.append(Row([Cell(_line_name(line)), Cell(setting_text(line.setting) if is_merge else MISSING), Cell(chosen)] + numbers, competes=is_merge))
-    table.notes = ["chosen: the setting the method took to the test sets. Bold: the best setting in each column over all methods."]
+        table.rows.append(
+            Row(
+                [Cell(_line_name(line)), Cell(setting_text(line.setting) if is_merge else MISSING), Cell(chosen)]
+                + numbers,
+                competes=is_merge,
+            )
+        )
+    table.notes = [
+        "chosen: the setting the method took to the test sets. Bold: the best setting in each column over all methods."
+    ]
     return [table]
 
 
@@ -381,7 +457,12 @@ def ranking_figure(lines: TestLines) -> Figure:
     scored = [(line, value) for line, value in scored if value is not None]
     if not any(line.kind == "merge" for line, _ in scored):
         return Figure("ranking", caption, skipped=UNDEFINED_NORMALISED)
-    png = plots.ranking_bars([_line_name(line) for line, _ in scored], [100 * value.value for _, value in scored], [line.kind != "merge" for line, _ in scored], "normalised performance vs experts (%) ↑")
+    png = plots.ranking_bars(
+        [_line_name(line) for line, _ in scored],
+        [100 * value.value for _, value in scored],
+        [line.kind != "merge" for line, _ in scored],
+        "normalised performance vs experts (%) ↑",
+    )
     return Figure("ranking", caption, png)
 
 
@@ -392,11 +473,15 @@ def heatmap_figure(lines: TestLines) -> Figure:
     shown = [line for line in lines.all if line is not experts]
     if not experts or not cells or not any(line.kind == "merge" for line in shown):
         return Figure("heatmap", caption, skipped="needs merges and experts scored on in-domain test groups")
-    labels = [f"{label} ({METRICS[metric].label})" for label, (_, metric) in zip(group_labels([g for g, _ in cells]), cells)]
+    labels = [
+        f"{label} ({METRICS[metric].label})" for label, (_, metric) in zip(group_labels([g for g, _ in cells]), cells)
+    ]
     values = [[None if v is None else 100 * v for v in ratios(line, experts, cells)] for line in shown]
     if all(v is None for row, line in zip(values, shown) if line.kind == "merge" for v in row):
         return Figure("heatmap", caption, skipped=UNDEFINED_NORMALISED)
-    return Figure("heatmap", caption, plots.heatmap([_line_name(line) for line in shown], labels, values, "vs expert (%)"))
+    return Figure(
+        "heatmap", caption, plots.heatmap([_line_name(line) for line in shown], labels, values, "vs expert (%)")
+    )
 
 
 def id_ood_figure(lines: TestLines) -> Figure:
@@ -405,7 +490,9 @@ def id_ood_figure(lines: TestLines) -> Figure:
     out_of_domain = _by_metric(primary_groups(lines.all, "out_of_domain"))
     metric = next((m for m in in_domain if m in out_of_domain), None)
     if metric is None:
-        return Figure("id_vs_ood", caption, skipped="no metric scored both in-domain and out-of-domain on the test sets")
+        return Figure(
+            "id_vs_ood", caption, skipped="no metric scored both in-domain and out-of-domain on the test sets"
+        )
     style = METRICS[metric]
     scale = 100 if style.percent else 1
     points = []
@@ -415,7 +502,11 @@ def id_ood_figure(lines: TestLines) -> Figure:
             points.append((_line_name(line), scale * inside.value, scale * outside.value, line.kind != "merge"))
     if not points:
         return Figure("id_vs_ood", caption, skipped="no model scored both in-domain and out-of-domain")
-    return Figure("id_vs_ood", f"{caption}; {style.label}", plots.scatter(points, f"in-domain {style.heading}", f"out-of-domain {style.heading}"))
+    return Figure(
+        "id_vs_ood",
+        f"{caption}; {style.label}",
+        plots.scatter(points, f"in-domain {style.heading}", f"out-of-domain {style.heading}"),
+    )
 
 
 def _file_part(name: str) -> str:
@@ -434,20 +525,37 @@ def curve_figures(facts: StudyFacts, validation: list[Line]) -> list[Figure]:
     parameters = list(dict.fromkeys(p for names in facts.hyperparameters.values() for p in names))
     figures = []
     for parameter in parameters:
-        chosen = {line.name: _axis_value(line.setting[parameter]) for line in validation if line.chosen and parameter in line.setting}
+        chosen = {
+            line.name: _axis_value(line.setting[parameter])
+            for line in validation
+            if line.chosen and parameter in line.setting
+        }
         panels = []
         for metric, cells in by_metric.items():
             style = METRICS[metric]
             series = {}
             for method, names in facts.hyperparameters.items():
-                points = _profile([line for line in validation if line.name == method and parameter in names and parameter in line.setting], parameter, cells, style.higher_is_better)
+                points = _profile(
+                    [
+                        line
+                        for line in validation
+                        if line.name == method and parameter in names and parameter in line.setting
+                    ],
+                    parameter,
+                    cells,
+                    style.higher_is_better,
+                )
                 if len(points) > 1:
                     series[method] = [(x, 100 * y if style.percent else y) for x, y in points]
             if series:
                 panels.append((f"validation {style.heading}", series))
         name = f"hyperparameter-{_file_part(parameter)}"
         text = f"{caption}: {parameter} (at each value, the best validation average over the method's other parameters; ringed: the chosen setting)"
-        figures.append(Figure(name, text, plots.curves(parameter, panels, chosen)) if panels else Figure(name, text, skipped=f"no method has validation scores at two or more values of {parameter}"))
+        figures.append(
+            Figure(name, text, plots.curves(parameter, panels, chosen))
+            if panels
+            else Figure(name, text, skipped=f"no method has validation scores at two or more values of {parameter}")
+        )
     return figures
 
 

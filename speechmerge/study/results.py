@@ -27,16 +27,38 @@ def score_rows(store: Store, planned_only: bool = True) -> list[ScoreRow]:
         selected = True
         if r["model_kind"] == "merge":
             pick = chosen.get(r["method"])
-            selected = pick is not None and json.dumps(pick["setting"], sort_keys=True) == json.dumps(r["setting"], sort_keys=True)
-        rows.append(ScoreRow(
-            job=r["job"], model_kind=r["model_kind"], model=r["model"], method=r["method"], setting=r["setting"] or {},
-            stage=r["stage"], selected=selected, scope=r["scope"], evaluation=r["evaluation"], language=r["language"],
-            task=r["task"], domain=r["domain"], metric=r["metric"], value=r["value"], utterances=r["utterances"],
-        ))
+            selected = pick is not None and json.dumps(pick["setting"], sort_keys=True) == json.dumps(
+                r["setting"], sort_keys=True
+            )
+        rows.append(
+            ScoreRow(
+                job=r["job"],
+                model_kind=r["model_kind"],
+                model=r["model"],
+                method=r["method"],
+                setting=r["setting"] or {},
+                stage=r["stage"],
+                selected=selected,
+                scope=r["scope"],
+                evaluation=r["evaluation"],
+                language=r["language"],
+                task=r["task"],
+                domain=r["domain"],
+                metric=r["metric"],
+                value=r["value"],
+                utterances=r["utterances"],
+            )
+        )
     return rows
 
 
-def filter_rows(rows: list[ScoreRow], methods: list[str] | None, stage: str | None, metrics: list[str] | None, kinds: list[str] | None) -> list[ScoreRow]:
+def filter_rows(
+    rows: list[ScoreRow],
+    methods: list[str] | None,
+    stage: str | None,
+    metrics: list[str] | None,
+    kinds: list[str] | None,
+) -> list[ScoreRow]:
     def keep(row: ScoreRow) -> bool:
         return (
             (not methods or row.method in methods or row.model in methods)
@@ -48,7 +70,21 @@ def filter_rows(rows: list[ScoreRow], methods: list[str] | None, stage: str | No
     return [row for row in rows if keep(row)]
 
 
-COLUMNS = ("model_kind", "model", "stage", "scope", "language", "task", "domain", "metric", "value", "utterances", "selected", "setting", "job")
+COLUMNS = (
+    "model_kind",
+    "model",
+    "stage",
+    "scope",
+    "language",
+    "task",
+    "domain",
+    "metric",
+    "value",
+    "utterances",
+    "selected",
+    "setting",
+    "job",
+)
 
 
 def render(rows: list[ScoreRow], fmt: str) -> str:
@@ -72,8 +108,14 @@ def open_store(target: Path) -> Store:
 
 
 def print_results(
-    target: Path, methods: list[str] | None, stage: str | None, metrics: list[str] | None, kinds: list[str] | None,
-    fmt: str, jobs: bool, every_job: bool,
+    target: Path,
+    methods: list[str] | None,
+    stage: str | None,
+    metrics: list[str] | None,
+    kinds: list[str] | None,
+    fmt: str,
+    jobs: bool,
+    every_job: bool,
 ) -> None:
     """`speechmerge results`: scores (or jobs) of a study, filtered, as a table, CSV or JSON."""
     from rich.console import Console
@@ -88,13 +130,39 @@ def print_results(
     if jobs:
         records = store.jobs(planned_only=not every_job)
         if fmt != "table":
-            keys = ("key", "kind", "name", "status", "seconds", "cpu_seconds", "started", "finished", "model_path", "error")
-            print(json.dumps([{k: r[k] for k in keys} for r in records], indent=1) if fmt == "json" else _jobs_csv(records, keys), end="")
+            keys = (
+                "key",
+                "kind",
+                "name",
+                "status",
+                "seconds",
+                "cpu_seconds",
+                "started",
+                "finished",
+                "model_path",
+                "error",
+            )
+            print(
+                json.dumps([{k: r[k] for k in keys} for r in records], indent=1)
+                if fmt == "json"
+                else _jobs_csv(records, keys),
+                end="",
+            )
             return
-        table = Table("job", "kind", "status", "seconds", "CPU s", "runs", "error", title=f"jobs of {store.path.parent}")
+        table = Table(
+            "job", "kind", "status", "seconds", "CPU s", "runs", "error", title=f"jobs of {store.path.parent}"
+        )
         for r in records:
             runs = len(store.executions(r["key"]))
-            table.add_row(r["name"], r["kind"], r["status"], _num(r["seconds"]), _num(r["cpu_seconds"]), str(runs), (r["error"] or "")[:80])
+            table.add_row(
+                r["name"],
+                r["kind"],
+                r["status"],
+                _num(r["seconds"]),
+                _num(r["cpu_seconds"]),
+                str(runs),
+                (r["error"] or "")[:80],
+            )
         console.print(table)
         return
     rows = filter_rows(score_rows(store, planned_only=not every_job), methods, stage, metrics, kinds)
@@ -104,10 +172,21 @@ def print_results(
     if not rows:
         console.print("no scores match (finished jobs only; try without filters, or --jobs to see what ran)")
         return
-    table = Table("model", "kind", "stage", "scope", "group", "metric", "value", "n", title=f"scores of {store.path.parent}")
+    table = Table(
+        "model", "kind", "stage", "scope", "group", "metric", "value", "n", title=f"scores of {store.path.parent}"
+    )
     for row in rows:
         mark = "" if row.selected else " (not selected)"
-        table.add_row(row.model + mark, row.model_kind, row.stage, row.scope, f"{row.language}/{row.task}/{row.domain}", row.metric, f"{row.value:.4g}", str(row.utterances))
+        table.add_row(
+            row.model + mark,
+            row.model_kind,
+            row.stage,
+            row.scope,
+            f"{row.language}/{row.task}/{row.domain}",
+            row.metric,
+            f"{row.value:.4g}",
+            str(row.utterances),
+        )
     console.print(table)
 
 

@@ -55,7 +55,12 @@ class StudyPlan:
 
     def eval_options(self) -> dict:
         spec = self.recipe.evaluation
-        decode = {"backend": spec.backend, "beam_size": spec.beam_size, "batch_size": spec.batch_size, "max_new_tokens": spec.max_new_tokens}
+        decode = {
+            "backend": spec.backend,
+            "beam_size": spec.beam_size,
+            "batch_size": spec.batch_size,
+            "max_new_tokens": spec.max_new_tokens,
+        }
         return {"decode": decode, "cer": spec.cer}
 
     def eval_identity(self) -> dict:
@@ -75,13 +80,23 @@ def plan_study(recipe: StudyRecipe, progress: bool = True) -> StudyPlan:
     config = recipe.experts.config().model_dump(mode="json")
     for group in data.experts:
         if group.path is not None:
-            plan.experts.append(ModelRef(group.name, _content_hash(group.path, recipe, f"experts.given {group.name}"), group.path))
+            plan.experts.append(
+                ModelRef(group.name, _content_hash(group.path, recipe, f"experts.given {group.name}"), group.path)
+            )
             continue
         selection = group.selection.model_dump(mode="json")
-        key = job_key("expert", base=base.identity, data=data.training_digest[group.name], selection=_labels(selection), config=config)
+        key = job_key(
+            "expert",
+            base=base.identity,
+            data=data.training_digest[group.name],
+            selection=_labels(selection),
+            config=config,
+        )
         output = folder / MODEL_FOLDERS["expert"] / f"{group.name}-{key[:8]}"
         spec = {"base": recipe.base, "selection": selection, "config": config, "output": str(output)}
-        plan.training.append(Job(key, "expert", f"expert {group.name}", "train_expert", spec, model_kind="expert", model=group.name))
+        plan.training.append(
+            Job(key, "expert", f"expert {group.name}", "train_expert", spec, model_kind="expert", model=group.name)
+        )
         plan.experts.append(ModelRef(group.name, key, str(output), key))
     plan.training = interleaved_by_audio(plan.training)
     baselines = _baseline_jobs(plan)
@@ -89,11 +104,26 @@ def plan_study(recipe: StudyRecipe, progress: bool = True) -> StudyPlan:
     options, identity = plan.eval_options(), plan.eval_identity()
     sets = [s.spec() for s in data.sets]
     digests = [s.digest for s in data.sets]
-    references = [(base, "base"), *((e, "expert") for e in plan.experts), *((ModelRef(j.model, j.key, j.spec["output"], j.key), "baseline") for j in baselines)]
+    references = [
+        (base, "base"),
+        *((e, "expert") for e in plan.experts),
+        *((ModelRef(j.model, j.key, j.spec["output"], j.key), "baseline") for j in baselines),
+    ]
     for ref, kind in references:
         key = job_key("evaluate", model=ref.identity, sets=digests, evaluation=identity)
         spec = {"model": ref.path, "sets": sets, "options": options}
-        plan.references.append(Job(key, "evaluate", f"score {kind} {ref.name}", "evaluate_model", spec, model_kind=kind, model=ref.name, depends=(ref.job,) if ref.job else ()))
+        plan.references.append(
+            Job(
+                key,
+                "evaluate",
+                f"score {kind} {ref.name}",
+                "evaluate_model",
+                spec,
+                model_kind=kind,
+                model=ref.name,
+                depends=(ref.job,) if ref.job else (),
+            )
+        )
     validation_sets = [s.spec() for s in data.stage("validation")]
     validation_digests = [s.digest for s in data.stage("validation")]
     for method, points in grid.items():
@@ -111,11 +141,20 @@ def test_job(plan: StudyPlan, method: str, point: dict) -> Job:
     """The job that scores a method's selected point on every test set (merging it again unless its
     validation job kept the model: merging is deterministic, and both jobs use the same folder)."""
     test_sets = plan.data.stage("test")
-    key = job_key("test", merge=_merge_identity(plan, method, point), sets=[s.digest for s in test_sets], evaluation=plan.eval_identity())
-    return _merge_job(plan, "test", key, method, point, method, [s.spec() for s in test_sets], plan.recipe.keep_models != "none")
+    key = job_key(
+        "test",
+        merge=_merge_identity(plan, method, point),
+        sets=[s.digest for s in test_sets],
+        evaluation=plan.eval_identity(),
+    )
+    return _merge_job(
+        plan, "test", key, method, point, method, [s.spec() for s in test_sets], plan.recipe.keep_models != "none"
+    )
 
 
-def _merge_job(plan: StudyPlan, kind: str, key: str, method: str, point: dict, label: str, sets: list[dict], keep: bool) -> Job:
+def _merge_job(
+    plan: StudyPlan, kind: str, key: str, method: str, point: dict, label: str, sets: list[dict], keep: bool
+) -> Job:
     merge_key = job_key("merge", merge=_merge_identity(plan, method, point))
     output = plan.folder / MODEL_FOLDERS["merge"] / f"{method}-{merge_key[:8]}"
     merge_options = plan.recipe.merge
@@ -129,16 +168,37 @@ def _merge_job(plan: StudyPlan, kind: str, key: str, method: str, point: dict, l
         "memory_budget": merge_options.memory_budget,
         "seed": merge_options.seed,
     }
-    spec = {"recipe": recipe, "output": str(output), "keep": keep, "sets": sets, "options": plan.eval_options(), "label": label}
+    spec = {
+        "recipe": recipe,
+        "output": str(output),
+        "keep": keep,
+        "sets": sets,
+        "options": plan.eval_options(),
+        "label": label,
+    }
     depends = tuple(e.job for e in plan.experts if e.job)
-    return Job(key, kind, f"{kind} {label}", "merge_and_evaluate", spec, stage="validation" if kind == "validate" else "test",
-               model_kind="merge", model=label, method=method, setting=point, depends=depends)
+    return Job(
+        key,
+        kind,
+        f"{kind} {label}",
+        "merge_and_evaluate",
+        spec,
+        stage="validation" if kind == "validate" else "test",
+        model_kind="merge",
+        model=label,
+        method=method,
+        setting=point,
+        depends=depends,
+    )
 
 
 def _merge_identity(plan: StudyPlan, method: str, point: dict) -> dict:
     return {
-        "method": method, "params": point, "base": plan.base.identity,
-        "experts": [e.identity for e in plan.experts], "options": plan.recipe.merge.model_dump(mode="json"),
+        "method": method,
+        "params": point,
+        "base": plan.base.identity,
+        "experts": [e.identity for e in plan.experts],
+        "options": plan.recipe.merge.model_dump(mode="json"),
     }
 
 
@@ -150,7 +210,9 @@ def interleaved_by_audio(jobs: list[Job]) -> list[Job]:
     groups: dict[tuple, list[Job]] = {}
     for job in jobs:
         selection = job.spec["selection"]
-        groups.setdefault((tuple(selection.get("languages") or ()), tuple(selection.get("domains") or ())), []).append(job)
+        groups.setdefault((tuple(selection.get("languages") or ()), tuple(selection.get("domains") or ())), []).append(
+            job
+        )
     return [job for turn in itertools.zip_longest(*groups.values()) for job in turn if job is not None]
 
 
@@ -159,8 +221,10 @@ def _baseline_jobs(plan: StudyPlan) -> list[Job]:
     trained = [g for g in plan.data.experts if g.path is None]
     kinds = [kind for kind in ("joint", "sequential") if getattr(spec, kind)]
     if kinds and len(trained) < 2:
-        raise SpeechmergeError(f"{plan.recipe.source}: baselines: need at least two trained experts' data; this study trains {len(trained)}")
-    config = (spec.training if spec.training is not None else plan.recipe.experts.training)
+        raise SpeechmergeError(
+            f"{plan.recipe.source}: baselines: need at least two trained experts' data; this study trains {len(trained)}"
+        )
+    config = spec.training if spec.training is not None else plan.recipe.experts.training
     from speechmerge.training.config import TrainingConfig
 
     config = TrainingConfig(**config).model_dump(mode="json")
@@ -168,10 +232,25 @@ def _baseline_jobs(plan: StudyPlan) -> list[Job]:
     data = [plan.data.training_digest[g.name] for g in trained]
     jobs = []
     for kind in kinds:
-        key = job_key("baseline", baseline=kind, base=plan.base.identity, data=data, selections=[_labels(s) for s in selections], config=config)
+        key = job_key(
+            "baseline",
+            baseline=kind,
+            base=plan.base.identity,
+            data=data,
+            selections=[_labels(s) for s in selections],
+            config=config,
+        )
         output = plan.folder / MODEL_FOLDERS["baseline"] / f"{kind}-{key[:8]}"
-        job_spec = {"baseline": kind, "base": plan.recipe.base, "selections": selections, "config": config, "output": str(output)}
-        jobs.append(Job(key, "baseline", f"baseline {kind}", "train_baseline", job_spec, model_kind="baseline", model=kind))
+        job_spec = {
+            "baseline": kind,
+            "base": plan.recipe.base,
+            "selections": selections,
+            "config": config,
+            "output": str(output),
+        }
+        jobs.append(
+            Job(key, "baseline", f"baseline {kind}", "train_baseline", job_spec, model_kind="baseline", model=kind)
+        )
     return jobs
 
 
@@ -197,6 +276,7 @@ def setting_label(method: str, point: dict, points: list[dict]) -> str:
 
 # running
 
+
 class StageRunner:
     """Runs jobs on an executor, skipping done ones, recording every outcome in the store."""
 
@@ -209,7 +289,9 @@ class StageRunner:
         """Run the jobs not done yet; a job whose inputs are jobs of this batch waits for them and
         starts as soon as they are done (on the executor's queue), or is blocked when one fails."""
         status = self.store.status([j.key for j in jobs])
-        todo = [j for j in jobs if not (status.get(j.key) == "done" or (status.get(j.key) == "failed" and self.only_new))]
+        todo = [
+            j for j in jobs if not (status.get(j.key) == "done" or (status.get(j.key) == "failed" and self.only_new))
+        ]
         batch = {j.key for j in todo}
         ready, waiting, lost, finished = [], [], set(), set()
         for job in todo:
@@ -279,7 +361,14 @@ def _progress(enabled: bool):
         TimeRemainingColumn,
     )
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True))
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
 
 
 def select_settings(plan: StudyPlan, store: Store) -> list[dict]:
@@ -287,7 +376,9 @@ def select_settings(plan: StudyPlan, store: Store) -> list[dict]:
     by_job: dict[str, dict] = {}
     for row in store.scores():
         if row["stage"] == "validation":
-            by_job.setdefault(row["job"], {})[(row["language"], row["task"], row["domain"], row["metric"])] = row["value"]
+            by_job.setdefault(row["job"], {})[(row["language"], row["task"], row["domain"], row["metric"])] = row[
+                "value"
+            ]
     base = by_job.get(next(j.key for j in plan.references if j.model_kind == "base"), {})
     expert_jobs = {j.model: j.key for j in plan.references if j.model_kind == "expert"}
     own_expert: dict[tuple, float] = {}
@@ -298,7 +389,9 @@ def select_settings(plan: StudyPlan, store: Store) -> list[dict]:
                 own_expert[group] = by_job[expert_jobs[expert]][group]
     chosen = []
     for method in plan.grid:
-        candidates = [(j.key, j.setting, by_job[j.key]) for j in plan.validation if j.method == method and j.key in by_job]
+        candidates = [
+            (j.key, j.setting, by_job[j.key]) for j in plan.validation if j.method == method and j.key in by_job
+        ]
         best = best_point(candidates, own_expert, base, plan.recipe.evaluation.select_by)
         if best:
             chosen.append({"method": method, **best})
@@ -332,7 +425,10 @@ def best_point(candidates: list[tuple[str, dict, dict]], expert: dict, base: dic
     def raw(group: tuple, value: float) -> float:
         return higher_is_better_score(group[3], value) / (100.0 if group[3] in ("bleu", "chrf") else 1.0)
 
-    for rule, label in ((normalised, f"mean {criterion} on validation"), (raw, "mean raw score on validation (1-WER, BLEU/100): no defined normalised score")):
+    for rule, label in (
+        (normalised, f"mean {criterion} on validation"),
+        (raw, "mean raw score on validation (1-WER, BLEU/100): no defined normalised score"),
+    ):
         best = None
         for job, setting, values in candidates:
             scored = {}  # (language, task, domain) -> metrics scored
@@ -372,7 +468,9 @@ def run_study(
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise SpeechmergeError(f"{folder}: another `speechmerge study` is running on this folder; wait for it or choose another output") from None
+        raise SpeechmergeError(
+            f"{folder}: another `speechmerge study` is running on this folder; wait for it or choose another output"
+        ) from None
     try:
         store = Store(folder / STORE_FILE)
         if report_only:
@@ -383,9 +481,19 @@ def run_study(
         chosen_executor = make_executor(executor, workers, address)
         earlier = store.meta()
         store.set_meta(
-            name=recipe.name, recipe=recipe.model_dump(mode="json"), recipe_path=str(recipe_path), command=_command(),
-            hardware=hardware(), executor=chosen_executor.name, started=earlier.get("started", started), finished=None, versions=versions(),
-            hyperparameters={m: sorted({k for p in points for k in p if len({json.dumps(q.get(k)) for q in points}) > 1}) for m, points in method_grid(recipe).items()},
+            name=recipe.name,
+            recipe=recipe.model_dump(mode="json"),
+            recipe_path=str(recipe_path),
+            command=_command(),
+            hardware=hardware(),
+            executor=chosen_executor.name,
+            started=earlier.get("started", started),
+            finished=None,
+            versions=versions(),
+            hyperparameters={
+                m: sorted({k for p in points for k in p if len({json.dumps(q.get(k)) for q in points}) > 1})
+                for m, points in method_grid(recipe).items()
+            },
         )
         try:
             plan = plan_study(recipe, progress=progress)
@@ -393,7 +501,9 @@ def run_study(
             store.add_jobs([j.record() for j in plan.training + plan.references + plan.validation])
             store.set_plan([j.key for j in plan.training + plan.references + plan.validation])
             # one batch: a model is scored and merged as soon as the experts it needs exist
-            runner.run("training, scoring, merging the grid on validation", plan.training + plan.references + plan.validation)
+            runner.run(
+                "training, scoring, merging the grid on validation", plan.training + plan.references + plan.validation
+            )
             tests = [test_job(plan, c["method"], c["setting"]) for c in select_settings(plan, store)]
             store.add_jobs([j.record() for j in tests])
             store.set_plan([j.key for j in plan.training + plan.references + plan.validation + tests])
@@ -401,7 +511,10 @@ def run_study(
         finally:
             chosen_executor.close()
         seconds = round(time.perf_counter() - wall, 1)
-        runs = [*earlier.get("runs", []), {"started": started, "wall_seconds": seconds, "executor": chosen_executor.name, "command": _command()}]
+        runs = [
+            *earlier.get("runs", []),
+            {"started": started, "wall_seconds": seconds, "executor": chosen_executor.name, "command": _command()},
+        ]
         store.set_meta(finished=now(), wall_seconds=round(sum(r["wall_seconds"] for r in runs), 1), runs=runs)
         render_report(store)
         if runner.failed or runner.blocked:
@@ -428,7 +541,10 @@ def render_report(store: Store) -> None:
     except ModuleNotFoundError as error:
         if error.name != "speechmerge.study.report":
             raise
-        print(f"report: speechmerge.study.report is not available yet; the scores are in {store.path} (speechmerge results {folder})", file=sys.stderr)
+        print(
+            f"report: speechmerge.study.report is not available yet; the scores are in {store.path} (speechmerge results {folder})",
+            file=sys.stderr,
+        )
         return
     meta = store.meta()
     rows = score_rows(store)
@@ -438,18 +554,33 @@ def render_report(store: Store) -> None:
     for job in store.jobs():
         job_seconds[job["kind"]] = round(job_seconds.get(job["kind"], 0.0) + (job["seconds"] or 0.0), 1)
     facts = StudyFacts(
-        name=meta["name"], recipe=meta["recipe"], recipe_path=meta["recipe_path"], command=meta["command"], hardware=meta["hardware"],
-        executor=meta["executor"], started=meta["started"], finished=meta.get("finished"), wall_seconds=meta.get("wall_seconds") or 0.0,
-        job_seconds=job_seconds, versions=meta.get("versions", {}), hyperparameters=meta.get("hyperparameters", {}),
+        name=meta["name"],
+        recipe=meta["recipe"],
+        recipe_path=meta["recipe_path"],
+        command=meta["command"],
+        hardware=meta["hardware"],
+        executor=meta["executor"],
+        started=meta["started"],
+        finished=meta.get("finished"),
+        wall_seconds=meta.get("wall_seconds") or 0.0,
+        job_seconds=job_seconds,
+        versions=meta.get("versions", {}),
+        hyperparameters=meta.get("hyperparameters", {}),
     )
     written = write_report(facts, rows, folder / "report")
-    print(f"report: {', '.join(str(p) for p in written.values() if str(p).endswith(('.md', '.html')))}", file=sys.stderr)
+    print(
+        f"report: {', '.join(str(p) for p in written.values() if str(p).endswith(('.md', '.html')))}", file=sys.stderr
+    )
 
 
 def _command() -> str:
     import shlex
 
-    return " ".join(shlex.quote(a) for a in ["speechmerge", *sys.argv[1:]]) if sys.argv and "speechmerge" in sys.argv[0] else "speechmerge study (Python API)"
+    return (
+        " ".join(shlex.quote(a) for a in ["speechmerge", *sys.argv[1:]])
+        if sys.argv and "speechmerge" in sys.argv[0]
+        else "speechmerge study (Python API)"
+    )
 
 
 def hardware() -> str:

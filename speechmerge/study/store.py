@@ -72,7 +72,9 @@ class Store:
     def __init__(self, path: Path, create: bool = True):
         self.path = Path(path)
         if not create and not self.path.is_file():
-            raise SpeechmergeError(f"{self.path}: no study store here; give a study folder (with {STORE_FILE}) or the .sqlite file")
+            raise SpeechmergeError(
+                f"{self.path}: no study store here; give a study folder (with {STORE_FILE}) or the .sqlite file"
+            )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
@@ -84,7 +86,9 @@ class Store:
                     db.execute(statement)
                 db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (json.dumps(SCHEMA_VERSION),))
         except sqlite3.DatabaseError as error:
-            raise SpeechmergeError(f"{self.path}: not a readable study store ({error}); move it away to start the study afresh") from None
+            raise SpeechmergeError(
+                f"{self.path}: not a readable study store ({error}); move it away to start the study afresh"
+            ) from None
         self._db.row_factory = sqlite3.Row
 
     def close(self) -> None:
@@ -117,7 +121,10 @@ class Store:
                 [tuple(_column(job.get(f)) for f in JOB_FIELDS) for job in jobs],
             )
             # names and labels may change with the plan (a grid that grows relabels its points)
-            db.executemany("UPDATE jobs SET name = ?, model = ? WHERE key = ?", [(j["name"], j.get("model"), j["key"]) for j in jobs])
+            db.executemany(
+                "UPDATE jobs SET name = ?, model = ? WHERE key = ?",
+                [(j["name"], j.get("model"), j["key"]) for j in jobs],
+            )
 
     def set_plan(self, keys: list[str]) -> None:
         with self._write() as db:
@@ -137,13 +144,20 @@ class Store:
         return _decoded(row) if row else None
 
     def jobs(self, planned_only: bool = True) -> list[dict]:
-        query = "SELECT jobs.* FROM jobs JOIN plan ON plan.job = jobs.key ORDER BY plan.position" if planned_only else "SELECT * FROM jobs ORDER BY started"
+        query = (
+            "SELECT jobs.* FROM jobs JOIN plan ON plan.job = jobs.key ORDER BY plan.position"
+            if planned_only
+            else "SELECT * FROM jobs ORDER BY started"
+        )
         return [_decoded(row) for row in self._db.execute(query)]
 
     def start(self, key: str, executor: str) -> None:
         """Mark a job running: handed to the executor (a killed study leaves it so; see `mark_interrupted`)."""
         with self._write() as db:
-            db.execute("UPDATE jobs SET status = 'running', started = ?, error = NULL, executor = ? WHERE key = ?", (now(), executor, key))
+            db.execute(
+                "UPDATE jobs SET status = 'running', started = ?, error = NULL, executor = ? WHERE key = ?",
+                (now(), executor, key),
+            )
 
     def mark_interrupted(self) -> int:
         """Jobs left `running` by a killed study become pending again (they will be rerun); how many."""
@@ -156,11 +170,33 @@ class Store:
             db.execute("DELETE FROM scores WHERE job = ?", (key,))
             db.executemany(
                 "INSERT INTO scores VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(key, r["stage"], r["scope"], r["evaluation"], r["language"], r["task"], r["domain"], r["metric"], r["value"], r["utterances"]) for r in rows],
+                [
+                    (
+                        key,
+                        r["stage"],
+                        r["scope"],
+                        r["evaluation"],
+                        r["language"],
+                        r["task"],
+                        r["domain"],
+                        r["metric"],
+                        r["value"],
+                        r["utterances"],
+                    )
+                    for r in rows
+                ],
             )
             db.execute(
                 "UPDATE jobs SET status = 'done', finished = ?, result = ?, model_path = ?, model_hash = ?, seconds = ?, cpu_seconds = ? WHERE key = ?",
-                (now(), json.dumps(result), result.get("model_path"), result.get("model_hash"), outcome["seconds"], outcome["cpu_seconds"], key),
+                (
+                    now(),
+                    json.dumps(result),
+                    result.get("model_path"),
+                    result.get("model_hash"),
+                    outcome["seconds"],
+                    outcome["cpu_seconds"],
+                    key,
+                ),
             )
             _attempt(db, key, "done", outcome)
 
@@ -174,7 +210,11 @@ class Store:
             _attempt(db, key, "failed", outcome)
 
     def executions(self, key: str | None = None) -> list[dict]:
-        query, args = ("SELECT * FROM executions WHERE job = ? ORDER BY id", (key,)) if key else ("SELECT * FROM executions ORDER BY id", ())
+        query, args = (
+            ("SELECT * FROM executions WHERE job = ? ORDER BY id", (key,))
+            if key
+            else ("SELECT * FROM executions ORDER BY id", ())
+        )
         return [dict(row) for row in self._db.execute(query, args)]
 
     # scores and selections
@@ -191,7 +231,10 @@ class Store:
             db.execute("DELETE FROM selections")
             db.executemany(
                 "INSERT INTO selections VALUES (?, ?, ?, ?, ?)",
-                [(c["method"], c["job"], json.dumps(c["setting"], sort_keys=True), c["score"], c["criterion"]) for c in chosen],
+                [
+                    (c["method"], c["job"], json.dumps(c["setting"], sort_keys=True), c["score"], c["criterion"])
+                    for c in chosen
+                ],
             )
 
     def selections(self) -> dict[str, dict]:
@@ -201,7 +244,16 @@ class Store:
 def _attempt(db: sqlite3.Connection, key: str, status: str, outcome: dict) -> None:
     db.execute(
         "INSERT INTO executions (job, started, finished, status, seconds, cpu_seconds, worker, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (key, outcome.get("started") or now(), now(), status, outcome["seconds"], outcome["cpu_seconds"], outcome.get("worker"), outcome.get("error")),
+        (
+            key,
+            outcome.get("started") or now(),
+            now(),
+            status,
+            outcome["seconds"],
+            outcome["cpu_seconds"],
+            outcome.get("worker"),
+            outcome.get("error"),
+        ),
     )
 
 

@@ -116,21 +116,37 @@ def check_rows(rows: list[ScoreRow], source: str) -> None:
     """One clear line for rows a report cannot be made from: none, unknown metrics, non-finite or
     negative values, or the same score given twice."""
     if not rows:
-        raise SpeechmergeError(f"{source}: no scores to report; run the study (or let it finish a first evaluation) before asking for its report")
+        raise SpeechmergeError(
+            f"{source}: no scores to report; run the study (or let it finish a first evaluation) before asking for its report"
+        )
     seen = set()
     for row in rows:
         where = f"{source}: job {row.job} ({row.model}, {row.stage}, {row.language}/{row.task}/{row.domain})"
         if row.metric not in METRICS:
             raise SpeechmergeError(f"{where}: unknown metric {row.metric!r}; expected one of {', '.join(METRICS)}")
         if not math.isfinite(row.value) or row.value < 0:
-            raise SpeechmergeError(f"{where}: {row.metric} = {row.value} is not a finite non-negative score; re-run that job")
-        key = (row.stage, row.model_kind, row.model, row.method, json.dumps(row.setting, sort_keys=True, default=str), group_of(row), row.metric)
+            raise SpeechmergeError(
+                f"{where}: {row.metric} = {row.value} is not a finite non-negative score; re-run that job"
+            )
+        key = (
+            row.stage,
+            row.model_kind,
+            row.model,
+            row.method,
+            json.dumps(row.setting, sort_keys=True, default=str),
+            group_of(row),
+            row.metric,
+        )
         if key in seen:
-            raise SpeechmergeError(f"{where}: {row.metric} given twice; a store holds one score per model, group and metric")
+            raise SpeechmergeError(
+                f"{where}: {row.metric} given twice; a store holds one score per model, group and metric"
+            )
         seen.add(key)
     bases = sorted({row.model for row in rows if row.model_kind == "base"})
     if len(bases) > 1:
-        raise SpeechmergeError(f"{source}: scores of {len(bases)} base models ({', '.join(bases)}); a study report compares merges of one base")
+        raise SpeechmergeError(
+            f"{source}: scores of {len(bases)} base models ({', '.join(bases)}); a study report compares merges of one base"
+        )
 
 
 def _fill(line: Line, rows: Iterable[ScoreRow]) -> Line:
@@ -152,8 +168,13 @@ def merge_lines(rows: list[ScoreRow], stage: Stage, selected_only: bool) -> list
     if selected_only:
         doubled = sorted({name for name in names if names.count(name) > 1})
         if doubled:
-            raise SpeechmergeError(f"{stage} scores: method {doubled[0]!r} has more than one selected setting; a method chooses one setting on validation")
-    return [_fill(Line(name, "merge", members[0].setting, all(r.selected for r in members)), members) for (name, _), members in sorted(by_key.items())]
+            raise SpeechmergeError(
+                f"{stage} scores: method {doubled[0]!r} has more than one selected setting; a method chooses one setting on validation"
+            )
+    return [
+        _fill(Line(name, "merge", members[0].setting, all(r.selected for r in members)), members)
+        for (name, _), members in sorted(by_key.items())
+    ]
 
 
 def names_group(expert: str, group: Group) -> bool:
@@ -186,7 +207,10 @@ def experts_line(rows: list[ScoreRow]) -> Line:
 def reference_lines(rows: list[ScoreRow], stage: Stage) -> list[Line]:
     """The base, the experts (`experts_line`) and each baseline, at `stage`."""
     at_stage = [row for row in rows if row.stage == stage]
-    base = [_fill(Line(name, "base"), [r for r in at_stage if r.model_kind == "base" and r.model == name]) for name in sorted({r.model for r in at_stage if r.model_kind == "base"})]
+    base = [
+        _fill(Line(name, "base"), [r for r in at_stage if r.model_kind == "base" and r.model == name])
+        for name in sorted({r.model for r in at_stage if r.model_kind == "base"})
+    ]
     experts = experts_line([row for row in at_stage if row.model_kind == "expert"])
     baselines = [
         _fill(Line(name, "baseline"), [r for r in at_stage if r.model_kind == "baseline" and r.model == name])

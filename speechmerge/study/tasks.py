@@ -43,7 +43,12 @@ def run_task(task: str, spec: dict, threads: int | None = None) -> dict:
 
         line = str(error) if isinstance(error, SpeechmergeError) else f"{type(error).__name__}: {error}"
         outcome = {"ok": False, "error": line, "traceback": traceback.format_exc(limit=8)}
-    outcome.update(started=began, seconds=time.perf_counter() - started, cpu_seconds=time.process_time() - cpu_started, worker=worker)
+    outcome.update(
+        started=began,
+        seconds=time.perf_counter() - started,
+        cpu_seconds=time.process_time() - cpu_started,
+        worker=worker,
+    )
     return outcome
 
 
@@ -55,7 +60,14 @@ def train_expert(spec: dict) -> dict:
 
     output = Path(spec["output"])
     if not _complete_model(output):
-        finetune(spec["base"], DataSelection(**spec["selection"]), output, TrainingConfig(**spec["config"]), force=output.exists(), progress=False)
+        finetune(
+            spec["base"],
+            DataSelection(**spec["selection"]),
+            output,
+            TrainingConfig(**spec["config"]),
+            force=output.exists(),
+            progress=False,
+        )
     return {"model_path": str(output), "model_hash": _model_hash(output)}
 
 
@@ -88,7 +100,12 @@ def merge_and_evaluate(spec: dict) -> dict:
     merge_seconds = 0.0
     if not (output / "speechmerge_merge.json").is_file():
         started = time.perf_counter()
-        merge(parse_recipe(spec["recipe"], where=f"study job {spec['label']}"), output, force=output.exists(), show_progress=False)
+        merge(
+            parse_recipe(spec["recipe"], where=f"study job {spec['label']}"),
+            output,
+            force=output.exists(),
+            show_progress=False,
+        )
         merge_seconds = time.perf_counter() - started
     model_hash = _model_hash(output)
     rows, timing = _score(output, spec)
@@ -121,10 +138,19 @@ def _score(model, spec: dict) -> tuple[list[dict], dict]:
         for metric in METRICS:
             value = group.metric(metric)
             if value is not None:
-                rows.append({
-                    "stage": item["stage"], "scope": item["scope"], "evaluation": item["name"], "language": group.language,
-                    "task": group.task, "domain": group.domain, "metric": metric, "value": float(value), "utterances": group.utterances,
-                })
+                rows.append(
+                    {
+                        "stage": item["stage"],
+                        "scope": item["scope"],
+                        "evaluation": item["name"],
+                        "language": group.language,
+                        "task": group.task,
+                        "domain": group.domain,
+                        "metric": metric,
+                        "value": float(value),
+                        "utterances": group.utterances,
+                    }
+                )
     timing = result.timing.model_dump()
     return rows, {k: timing[k] for k in ("utterances", "decoded", "from_cache", "decode_seconds")}
 

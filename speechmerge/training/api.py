@@ -35,12 +35,14 @@ class Base:
     checkpoint: Any
 
     @classmethod
-    def open(cls, spec: str | Path) -> "Base":
+    def open(cls, spec: str | Path) -> Base:
         from speechmerge.checkpoints.reader import open_checkpoint, resolve_model_dir
 
         directory = resolve_model_dir(spec)
         if (directory / "adapter_config.json").is_file() and not (directory / "config.json").is_file():
-            raise SpeechmergeError(f"{spec}: a LoRA adapter, not a full model; fine-tune its base, or merge the adapter into it first")
+            raise SpeechmergeError(
+                f"{spec}: a LoRA adapter, not a full model; fine-tune its base, or merge the adapter into it first"
+            )
         return cls(str(spec), directory, open_checkpoint(directory))
 
 
@@ -61,11 +63,29 @@ def finetune(
     config = config or TrainingConfig()
     output = Path(output)
     if output.exists() and not force:
-        raise SpeechmergeError(f"{output}: already exists; choose another output directory, delete it, or pass --force to replace it")
-    return run_finetuning(Base.open(base), [data], lambda: training_data(data, config.validation_fraction, config.seed), output, config, progress, None)
+        raise SpeechmergeError(
+            f"{output}: already exists; choose another output directory, delete it, or pass --force to replace it"
+        )
+    return run_finetuning(
+        Base.open(base),
+        [data],
+        lambda: training_data(data, config.validation_fraction, config.seed),
+        output,
+        config,
+        progress,
+        None,
+    )
 
 
-def run_finetuning(base: Base, selections: list[DataSelection], load_data, output: Path, config: TrainingConfig, progress: bool, baseline: Optional[dict]) -> Path:
+def run_finetuning(
+    base: Base,
+    selections: list[DataSelection],
+    load_data,
+    output: Path,
+    config: TrainingConfig,
+    progress: bool,
+    baseline: Optional[dict],
+) -> Path:
     """The run shared by experts and the joint baseline: `load_data()` gives its `TrainingData`."""
     import torch
 
@@ -95,7 +115,9 @@ def run_finetuning(base: Base, selections: list[DataSelection], load_data, outpu
     try:
         state = train(model, run_data, config, accelerator, workdir, label=output.name, progress=progress)
     except KeyboardInterrupt:
-        print(f"interrupted: run the same command again to resume from the last checkpoint in {workdir}", file=sys.stderr)
+        print(
+            f"interrupted: run the same command again to resume from the last checkpoint in {workdir}", file=sys.stderr
+        )
         raise
     model = accelerator.unwrap_model(model)
 
@@ -184,7 +206,9 @@ def _accelerator(config: TrainingConfig):
     if precision == "auto":
         precision = "fp32" if on_cpu else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
     if on_cpu and precision == "fp16":
-        raise SpeechmergeError("--precision fp16: mixed precision with float16 needs a GPU; use fp32 or bf16 on the CPU")
+        raise SpeechmergeError(
+            "--precision fp16: mixed precision with float16 needs a GPU; use fp32 or bf16 on the CPU"
+        )
     # accelerate keeps one process-wide state; a later run may ask another device or precision.
     AcceleratorState._reset_state(reset_partial_state=True)
     return Accelerator(cpu=on_cpu, mixed_precision="no" if precision == "fp32" else precision), precision
@@ -233,7 +257,12 @@ def _encoder_side(model, base_dir: Path, data: TrainingData, config: TrainingCon
     with Progress(transient=True) if progress else nullcontext() as bar:
         task = bar.add_task("encoder outputs (once per clip)", total=clips) if bar else None
         return cached_encoder_outputs(
-            model.get_encoder().to(device), log_mel, base_dir, utterances, config.batch_size, device,
+            model.get_encoder().to(device),
+            log_mel,
+            base_dir,
+            utterances,
+            config.batch_size,
+            device,
             on_clips=(lambda n: bar.advance(task, n)) if bar else None,
         )
 

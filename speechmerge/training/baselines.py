@@ -21,7 +21,7 @@ from typing import Optional
 
 from speechmerge.data.atomic import atomic_directory
 from speechmerge.errors import SpeechmergeError
-from speechmerge.training.api import Base, claim_work_folder, run_finetuning, finetune, work_folder
+from speechmerge.training.api import Base, claim_work_folder, finetune, run_finetuning, work_folder
 from speechmerge.training.config import TrainingConfig
 from speechmerge.training.expert import RECORD, read_training_record, write_record
 from speechmerge.training.selection import DataSelection, TrainingData, selected_utterances, training_data
@@ -34,14 +34,26 @@ def expert_groups(selection: DataSelection) -> list[DataSelection]:
         return (given.index(value), "") if value in given else (len(given), str(value))
 
     keys = {(u.language, u.task, u.domain) for u in selected_utterances(selection)}
-    ordered = sorted(keys, key=lambda k: (rank(k[0], selection.languages), rank(k[1], selection.tasks), rank(k[2], selection.domains)))
+    ordered = sorted(
+        keys,
+        key=lambda k: (rank(k[0], selection.languages), rank(k[1], selection.tasks), rank(k[2], selection.domains)),
+    )
     return [
-        DataSelection(sources=selection.sources, languages=(language,), tasks=(task,), domains=(domain,) if domain else ())
+        DataSelection(
+            sources=selection.sources, languages=(language,), tasks=(task,), domains=(domain,) if domain else ()
+        )
         for language, task, domain in ordered
     ]
 
 
-def train_joint(base: str | Path, experts: list[DataSelection], output: Path, config: Optional[TrainingConfig] = None, force: bool = False, progress: bool = True) -> Path:
+def train_joint(
+    base: str | Path,
+    experts: list[DataSelection],
+    output: Path,
+    config: Optional[TrainingConfig] = None,
+    force: bool = False,
+    progress: bool = True,
+) -> Path:
     """The joint baseline: one model on the union of the experts' data, K × `config.steps` steps."""
     config = config or TrainingConfig()
     output = Path(output)
@@ -56,20 +68,41 @@ def train_joint(base: str | Path, experts: list[DataSelection], output: Path, co
             "; ".join(sorted({part.validation_source for part in parts})),
         )
 
-    baseline = {"kind": "joint", "experts": [s.describe() for s in experts], "steps_per_expert": config.steps, "total_steps": joint.steps}
+    baseline = {
+        "kind": "joint",
+        "experts": [s.describe() for s in experts],
+        "steps_per_expert": config.steps,
+        "total_steps": joint.steps,
+    }
     return run_finetuning(Base.open(base), experts, union, output, joint, progress, baseline)
 
 
-def train_sequential(base: str | Path, stages: list[DataSelection], output: Path, config: Optional[TrainingConfig] = None, force: bool = False, progress: bool = True) -> Path:
+def train_sequential(
+    base: str | Path,
+    stages: list[DataSelection],
+    output: Path,
+    config: Optional[TrainingConfig] = None,
+    force: bool = False,
+    progress: bool = True,
+) -> Path:
     """The sequential baseline: one stage per expert's data, each continuing from the last."""
     config = config or TrainingConfig()
     output = Path(output)
     _refuse_existing(output, force, stages)
     if config.mode == "lora":
-        raise SpeechmergeError("sequential baseline: mode lora cannot continue from a previous stage's adapter; use mode full or decoder")
+        raise SpeechmergeError(
+            "sequential baseline: mode lora cannot continue from a previous stage's adapter; use mode full or decoder"
+        )
     start = Base.open(base)
     workdir = work_folder(output)
-    claim_work_folder(workdir, {"base_hash": start.checkpoint.content_hash(), "config": config.model_dump(mode="json"), "stages": [s.describe() for s in stages]})
+    claim_work_folder(
+        workdir,
+        {
+            "base_hash": start.checkpoint.content_hash(),
+            "config": config.model_dump(mode="json"),
+            "stages": [s.describe() for s in stages],
+        },
+    )
     current: str | Path = start.spec
     records = []
     for number, stage in enumerate(stages, start=1):
@@ -79,16 +112,27 @@ def train_sequential(base: str | Path, stages: list[DataSelection], output: Path
         records.append(read_training_record(stage_dir))
         current = stage_dir
     last = records[-1]
-    record = last.model_copy(update={
-        "kind": "sequential",
-        "base": start.spec,
-        "base_hash": start.checkpoint.content_hash(),
-        "data": stages,
-        "data_summary": [summary for r in records for summary in r.data_summary],
-        "result": {**last.result, "stages": [{"data": s.describe(), **r.result} for s, r in zip(stages, records)]},
-        "timing": {key: round(sum(r.timing.get(key) or 0.0 for r in records), 2) for key in last.timing if not key.startswith("median")},
-        "baseline": {"kind": "sequential", "order": [s.describe() for s in stages], "steps_per_stage": config.steps, "total_steps": config.steps * len(stages)},
-    })
+    record = last.model_copy(
+        update={
+            "kind": "sequential",
+            "base": start.spec,
+            "base_hash": start.checkpoint.content_hash(),
+            "data": stages,
+            "data_summary": [summary for r in records for summary in r.data_summary],
+            "result": {**last.result, "stages": [{"data": s.describe(), **r.result} for s, r in zip(stages, records)]},
+            "timing": {
+                key: round(sum(r.timing.get(key) or 0.0 for r in records), 2)
+                for key in last.timing
+                if not key.startswith("median")
+            },
+            "baseline": {
+                "kind": "sequential",
+                "order": [s.describe() for s in stages],
+                "steps_per_stage": config.steps,
+                "total_steps": config.steps * len(stages),
+            },
+        }
+    )
     with atomic_directory(output) as tmp:
         for item in Path(current).iterdir():
             shutil.copy2(item, tmp / item.name)
@@ -99,6 +143,10 @@ def train_sequential(base: str | Path, stages: list[DataSelection], output: Path
 
 def _refuse_existing(output: Path, force: bool, experts: list[DataSelection]) -> None:
     if output.exists() and not force:
-        raise SpeechmergeError(f"{output}: already exists; choose another output directory, delete it, or pass --force to replace it")
+        raise SpeechmergeError(
+            f"{output}: already exists; choose another output directory, delete it, or pass --force to replace it"
+        )
     if len(experts) < 2:
-        raise SpeechmergeError(f"a baseline needs the data of at least two experts; the selection has {len(experts)} (language, task, domain) group(s)")
+        raise SpeechmergeError(
+            f"a baseline needs the data of at least two experts; the selection has {len(experts)} (language, task, domain) group(s)"
+        )

@@ -33,32 +33,53 @@ class TrainingConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    mode: Literal["full", "decoder", "lora"] = Field("full", description="what trains: every weight, the decoder only, or LoRA adapters")
+    mode: Literal["full", "decoder", "lora"] = Field(
+        "full", description="what trains: every weight, the decoder only, or LoRA adapters"
+    )
     steps: int = Field(60, ge=1, description="optimiser steps (the budget; early stopping may end sooner)")
     learning_rate: float = Field(1e-5, gt=0, le=1.0, description="peak learning rate of AdamW")
     batch_size: int = Field(8, ge=1, description="utterances per micro-batch")
     gradient_accumulation: int = Field(1, ge=1, description="micro-batches per optimiser step")
-    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="fraction of the steps over which the learning rate rises from 0")
-    schedule: Literal["linear", "cosine", "constant_with_warmup"] = Field("linear", description="learning-rate decay after warm-up")
+    warmup_ratio: float = Field(
+        0.1, ge=0, lt=1, description="fraction of the steps over which the learning rate rises from 0"
+    )
+    schedule: Literal["linear", "cosine", "constant_with_warmup"] = Field(
+        "linear", description="learning-rate decay after warm-up"
+    )
     weight_decay: float = Field(0.0, ge=0, description="AdamW's decoupled weight decay")
     max_grad_norm: float = Field(1.0, gt=0, description="gradients are clipped to this global L2 norm")
     eval_every: int = Field(10, ge=1, description="steps between validations (and resumable checkpoints)")
-    patience: int = Field(3, ge=0, description="stop after this many validations without a better loss (0: never stop early)")
-    validation_fraction: float = Field(0.1, gt=0, lt=1, description="held out of the training utterances when the selection has no validation split")
+    patience: int = Field(
+        3, ge=0, description="stop after this many validations without a better loss (0: never stop early)"
+    )
+    validation_fraction: float = Field(
+        0.1, gt=0, lt=1, description="held out of the training utterances when the selection has no validation split"
+    )
     seed: int = Field(0, description="seeds the data order, LoRA initialisation and any dropout")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available, else cpu")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: fp32 on CPU, bf16 on GPUs that have it, else fp16 (mixed precision, float32 master weights)")
-    spec_augment: bool = Field(False, description="SpecAugment (Park et al. 2019) time and feature masking of the encoder input")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="auto: fp32 on CPU, bf16 on GPUs that have it, else fp16 (mixed precision, float32 master weights)",
+    )
+    spec_augment: bool = Field(
+        False, description="SpecAugment (Park et al. 2019) time and feature masking of the encoder input"
+    )
     lora_rank: int = Field(16, ge=1, description="r, the rank of each adapter")
     lora_alpha: float = Field(32.0, gt=0, description="alpha; the update is B·A·alpha/r")
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapters' input")
-    lora_modules: tuple[str, ...] = Field(LORA_MODULES, min_length=1, description="linear layers of each block that get adapters")
-    lora_encoder: bool = Field(True, description="adapters in the encoder too (off: the encoder is frozen and its outputs cached)")
+    lora_modules: tuple[str, ...] = Field(
+        LORA_MODULES, min_length=1, description="linear layers of each block that get adapters"
+    )
+    lora_encoder: bool = Field(
+        True, description="adapters in the encoder too (off: the encoder is frozen and its outputs cached)"
+    )
 
     @model_validator(mode="after")
-    def _consistent(self) -> "TrainingConfig":
+    def _consistent(self) -> TrainingConfig:
         if self.spec_augment and self.mode == "decoder":
-            raise ValueError("spec_augment masks the encoder's input, which decoder mode runs once per clip and caches; use mode full or lora")
+            raise ValueError(
+                "spec_augment masks the encoder's input, which decoder mode runs once per clip and caches; use mode full or lora"
+            )
         if self.spec_augment and self.mode == "lora" and not self.lora_encoder:
             raise ValueError("spec_augment needs the encoder to run every step; turn lora_encoder on")
         unknown = sorted(set(self.lora_modules) - set(LORA_MODULES))

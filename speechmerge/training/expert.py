@@ -51,7 +51,9 @@ def read_training_record(directory: Path) -> TrainingRecord:
     try:
         return TrainingRecord.model_validate_json(path.read_text(encoding="utf-8"))
     except ValueError as error:
-        raise SpeechmergeError(f"{path}: unreadable training record ({error.__class__.__name__}); remake the expert") from None
+        raise SpeechmergeError(
+            f"{path}: unreadable training record ({error.__class__.__name__}); remake the expert"
+        ) from None
 
 
 def write_dense_expert(model, base_checkpoint, frozen: set[str], target: Path) -> None:
@@ -61,9 +63,13 @@ def write_dense_expert(model, base_checkpoint, frozen: set[str], target: Path) -
     state = model.state_dict()
     missing = [name for name in base_checkpoint.names() if name not in state]
     if missing:
-        raise SpeechmergeError(f"{base_checkpoint.path}: tensor {missing[0]} has no counterpart in the trained model; the base is not a Whisper model")
+        raise SpeechmergeError(
+            f"{base_checkpoint.path}: tensor {missing[0]} has no counterpart in the trained model; the base is not a Whisper model"
+        )
     tensors = {
-        name: (base_checkpoint.get(name) if name in frozen else state[name].detach()).to("cpu", base_checkpoint.dtype(name)).contiguous()
+        name: (base_checkpoint.get(name) if name in frozen else state[name].detach())
+        .to("cpu", base_checkpoint.dtype(name))
+        .contiguous()
         for name in base_checkpoint.names()
     }
     save_file(tensors, str(target / WEIGHTS), metadata={"format": "pt"})
@@ -86,4 +92,6 @@ def copy_processor_files(source: Path, target: Path) -> None:
 
 
 def write_record(target: Path, record: TrainingRecord) -> None:
-    (target / RECORD).write_text(json.dumps(record.model_dump(mode="json"), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    (target / RECORD).write_text(
+        json.dumps(record.model_dump(mode="json"), indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
+    )

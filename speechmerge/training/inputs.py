@@ -13,8 +13,8 @@ decoder-only experts reuse the same entries.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from speechmerge.data.manifest import Utterance
 
@@ -41,7 +41,9 @@ def mel_inputs(log_mel, device) -> EncoderSide:
     return side
 
 
-def cached_encoder_outputs(encoder, log_mel, base_dir: Path, utterances: list[Utterance], batch_size: int, device, on_clips=None) -> EncoderSide:
+def cached_encoder_outputs(
+    encoder, log_mel, base_dir: Path, utterances: list[Utterance], batch_size: int, device, on_clips=None
+) -> EncoderSide:
     """Fill the encoder-output cache with every clip of `utterances`; return the per-batch lookup.
 
     `on_clips(n)` is called as clips are done (for a progress bar)."""

@@ -47,7 +47,7 @@ class PromptTokens:
     tasks: dict[str, int]
 
     @classmethod
-    def of(cls, tokenizer) -> "PromptTokens":
+    def of(cls, tokenizer) -> PromptTokens:
         from speechmerge.data.manifest import whisper_languages
 
         vocab = tokenizer.get_vocab()
@@ -64,10 +64,14 @@ def check_vocabulary(prompts: PromptTokens, pairs: set[tuple[str, str]], model: 
     languages = sorted({language for language, _ in pairs if language not in prompts.languages})
     if languages:
         known = ", ".join(sorted(prompts.languages)) or "none: it is an English-only model"
-        raise SpeechmergeError(f"{model}: has no language token for {', '.join(languages)} (it knows {known}); use a multilingual base or leave these languages out")
+        raise SpeechmergeError(
+            f"{model}: has no language token for {', '.join(languages)} (it knows {known}); use a multilingual base or leave these languages out"
+        )
     tasks = sorted({task for _, task in pairs if task not in prompts.tasks})
     if tasks:
-        raise SpeechmergeError(f"{model}: has no <|{tasks[0]}|> token, so it cannot learn {', '.join(tasks)}; use a multilingual base or --task transcribe")
+        raise SpeechmergeError(
+            f"{model}: has no <|{tasks[0]}|> token, so it cannot learn {', '.join(tasks)}; use a multilingual base or --task transcribe"
+        )
 
 
 def target_sequence(tokenizer, prompts: PromptTokens, utterance: Utterance, max_length: int) -> TargetSequence:

@@ -93,7 +93,10 @@ def micro_batch(index: int, count: int, batch_size: int, seed: int) -> list[int]
 
     positions = range(index * batch_size, (index + 1) * batch_size)
     epochs = {position // count for position in positions}
-    orders = {epoch: torch.randperm(count, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist() for epoch in epochs}
+    orders = {
+        epoch: torch.randperm(count, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
+        for epoch in epochs
+    }
     return [orders[position // count][position % count] for position in positions]
 
 
@@ -121,7 +124,9 @@ def validation_loss(model, data: RunData, batch_size: int, device) -> float:
     return total / tokens
 
 
-def train(model, data: RunData, config: TrainingConfig, accelerator, workdir: Path, label: str, progress: bool) -> RunState:
+def train(
+    model, data: RunData, config: TrainingConfig, accelerator, workdir: Path, label: str, progress: bool
+) -> RunState:
     """Run (or resume) the steps of `config` on `model` in place; leave the best weights loaded."""
     import torch
     from safetensors.torch import load_file, save_file
@@ -129,7 +134,9 @@ def train(model, data: RunData, config: TrainingConfig, accelerator, workdir: Pa
 
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
-    scheduler = get_scheduler(config.schedule, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.steps)
+    scheduler = get_scheduler(
+        config.schedule, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.steps
+    )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     device = accelerator.device
     state = RunState()
@@ -143,10 +150,15 @@ def train(model, data: RunData, config: TrainingConfig, accelerator, workdir: Pa
 
     def trainable_weights() -> dict:
         unwrapped = accelerator.unwrap_model(model)
-        return {name: p.detach().float().cpu().contiguous() for name, p in unwrapped.named_parameters() if p.requires_grad}
+        return {
+            name: p.detach().float().cpu().contiguous() for name, p in unwrapped.named_parameters() if p.requires_grad
+        }
 
     def checkpoint() -> None:
-        with atomic_directory(state_dir) as tmp, _quiet("accelerate.utils.other"):  # "Removed shared tensor": the tied proj_out
+        with (
+            atomic_directory(state_dir) as tmp,
+            _quiet("accelerate.utils.other"),
+        ):  # "Removed shared tensor": the tied proj_out
             accelerator.save_state(str(tmp))
             (tmp / RUN_STATE).write_text(state.model_dump_json(indent=1))
         for old in workdir.glob("best-step*.safetensors"):
@@ -193,7 +205,9 @@ def _quiet(logger: str):
         log.setLevel(level)
 
 
-def _step(model, optimizer, scheduler, accelerator, data: RunData, config: TrainingConfig, step: int, parameters) -> float:
+def _step(
+    model, optimizer, scheduler, accelerator, data: RunData, config: TrainingConfig, step: int, parameters
+) -> float:
     """One optimiser step over `gradient_accumulation` micro-batches; returns its token-mean loss."""
     model.train()
     batches = []
@@ -205,7 +219,12 @@ def _step(model, optimizer, scheduler, accelerator, data: RunData, config: Train
     for utterances, targets in batches:
         inputs, labels = pad_targets(targets, data.pad_id)
         with accelerator.autocast():
-            loss = token_loss_sum(model, data.encoder_side(utterances), inputs.to(accelerator.device), labels.to(accelerator.device)) / tokens
+            loss = (
+                token_loss_sum(
+                    model, data.encoder_side(utterances), inputs.to(accelerator.device), labels.to(accelerator.device)
+                )
+                / tokens
+            )
         accelerator.backward(loss)
         total += loss.item()
     accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
@@ -215,10 +234,25 @@ def _step(model, optimizer, scheduler, accelerator, data: RunData, config: Train
     return total
 
 
-def _validate(model, data: RunData, config: TrainingConfig, accelerator, state: RunState, recent: list[float], learning_rate: float) -> None:
+def _validate(
+    model,
+    data: RunData,
+    config: TrainingConfig,
+    accelerator,
+    state: RunState,
+    recent: list[float],
+    learning_rate: float,
+) -> None:
     with accelerator.autocast():
         loss = validation_loss(model, data, config.batch_size, accelerator.device)
-    state.history.append(Validation(step=state.step, train_loss=statistics.fmean(recent) if recent else None, validation_loss=loss, learning_rate=learning_rate))
+    state.history.append(
+        Validation(
+            step=state.step,
+            train_loss=statistics.fmean(recent) if recent else None,
+            validation_loss=loss,
+            learning_rate=learning_rate,
+        )
+    )
     if state.best_validation_loss is None or loss < state.best_validation_loss:
         state.best_step, state.best_validation_loss, state.validations_since_best = state.step, loss, 0
     else:
@@ -230,11 +264,24 @@ class _StepProgress:
     """A rich progress bar: steps, ETA, the training loss since the last validation, the last validation loss."""
 
     def __init__(self, label: str, total: int, done: int):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-            TextColumn("val {task.fields[val]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("val {task.fields[val]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
         )
         self.task = self.progress.add_task(label, total=total, completed=done, loss="-", val="-")
 

@@ -36,7 +36,11 @@ class DataSelection(BaseModel):
     domains: tuple[str, ...] = ()
 
     def describe(self) -> str:
-        filters = [f"{name}={','.join(values)}" for name, values in (("language", self.languages), ("task", self.tasks), ("domain", self.domains)) if values]
+        filters = [
+            f"{name}={','.join(values)}"
+            for name, values in (("language", self.languages), ("task", self.tasks), ("domain", self.domains))
+            if values
+        ]
         return f"{', '.join(map(str, self.sources))} ({'; '.join(filters) or 'no filter'})"
 
     def keeps(self, language: str, task: str, domain: Optional[str]) -> bool:
@@ -62,10 +66,16 @@ class TrainingData:
             return {
                 "utterances": len(utterances),
                 "seconds": round(sum(u.duration or 0.0 for u in utterances), 1),
-                "by_language_task_domain": dict(sorted(Counter(f"{u.language}/{u.task}/{u.domain}" for u in utterances).items())),
+                "by_language_task_domain": dict(
+                    sorted(Counter(f"{u.language}/{u.task}/{u.domain}" for u in utterances).items())
+                ),
             }
 
-        return {"train": counts(self.train), "validation": counts(self.validation), "validation_source": self.validation_source}
+        return {
+            "train": counts(self.train),
+            "validation": counts(self.validation),
+            "validation_source": self.validation_source,
+        }
 
 
 def check_filters(selection: DataSelection) -> None:
@@ -73,7 +83,9 @@ def check_filters(selection: DataSelection) -> None:
     known = whisper_languages()
     unknown = [code for code in selection.languages if code not in known]
     if unknown:
-        raise SpeechmergeError(f"--language {','.join(unknown)}: not a Whisper language code; use codes such as es, de, pt")
+        raise SpeechmergeError(
+            f"--language {','.join(unknown)}: not a Whisper language code; use codes such as es, de, pt"
+        )
     bad_tasks = [task for task in selection.tasks if task not in TASKS]
     if bad_tasks:
         raise SpeechmergeError(f"--task {','.join(bad_tasks)}: unknown task; choose {' or '.join(TASKS)}")
@@ -88,7 +100,8 @@ def selected_utterances(selection: DataSelection) -> list[Utterance]:
     for source in selection.sources:
         for manifest in _manifests(Path(source), selection):
             found += [
-                u for u in read_manifest(manifest)
+                u
+                for u in read_manifest(manifest)
                 if u.split in (*TRAIN_SPLITS, VALIDATION_SPLIT) and selection.keeps(u.language, u.task, u.domain)
             ]
     return found
@@ -107,7 +120,9 @@ def training_data(selection: DataSelection, validation_fraction: float, seed: in
     if validation:
         return TrainingData(train, validation, "split")
     if len(train) < 2:
-        raise SpeechmergeError(f"{selection.describe()}: one training utterance and no validation split; give at least two utterances or a validation split")
+        raise SpeechmergeError(
+            f"{selection.describe()}: one training utterance and no validation split; give at least two utterances or a validation split"
+        )
     order = list(range(len(train)))
     random.Random(seed).shuffle(order)
     held = set(order[: max(1, round(validation_fraction * len(train)))])
@@ -122,13 +137,16 @@ def _manifests(source: Path, selection: DataSelection) -> list[Path]:
     if source.is_file():
         return [source]
     if not source.is_dir():
-        raise SpeechmergeError(f"{source}: no such manifest or folder; give a manifest (.jsonl/.csv), a folder of them or a built corpus")
+        raise SpeechmergeError(
+            f"{source}: no such manifest or folder; give a manifest (.jsonl/.csv), a folder of them or a built corpus"
+        )
     if (source / "corpus.json").is_file():
         from speechmerge.data.corpus import open_corpus
 
         corpus = open_corpus(source)
         return [
-            corpus.path(info) for info in corpus.index.manifests
+            corpus.path(info)
+            for info in corpus.index.manifests
             if info.split in ("train", VALIDATION_SPLIT) and selection.keeps(info.language, info.task, info.domain)
         ]
     found = sorted(path for path in source.iterdir() if path.suffix in MANIFEST_SUFFIXES)

@@ -25,8 +25,12 @@ from speechmerge.merging.registry import Param, merge_method
 SOURCE = "Zhao, Sun, Zhang, LoRS-Merging, arXiv 2502.17380 (ICASSP 2026); code qmgzhao/LoRS-Merging"
 RANK = Param("rank", int, None, "r, an absolute rank; overrides rank_fraction when given", ge=1, nullable=True)
 RANK_FRACTION = Param(
-    "rank_fraction", float, 0.01, "r as a fraction of min(m, n), floored, at least 1 (1% = the code's r = 7 for Whisper small)",
-    gt=0, le=1,
+    "rank_fraction",
+    float,
+    0.01,
+    "r as a fraction of min(m, n), floored, at least 1 (1% = the code's r = 7 for Whisper small)",
+    gt=0,
+    le=1,
 )
 DENSITY = Param("density", float, 0.2, "ρ, the fraction of entries kept by magnitude (per matrix)", gt=0, le=1)
 
@@ -48,7 +52,9 @@ def _prune_matrices(tasks: torch.Tensor, ctx: TensorContext, prune) -> torch.Ten
 
 def _low_rank(task: torch.Tensor, t: int, ctx: TensorContext, rank, rank_fraction, svd: str) -> torch.Tensor:
     """L_r(τ_t), by exact or randomised SVD (seeded by tensor and expert)."""
-    return low_rank_part(task, lors_rank(task, rank, rank_fraction), svd == "randomised", ctx.generator(t).initial_seed())
+    return low_rank_part(
+        task, lors_rank(task, rank, rank_fraction), svd == "randomised", ctx.generator(t).initial_seed()
+    )
 
 
 @merge_method(

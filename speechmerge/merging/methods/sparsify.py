@@ -89,7 +89,7 @@ class BalancingPass:
         inter = torch.zeros_like(chunk).index_add_(0, self.first[: self.pairs], softmax[: self.pairs])
         off_diagonal = self.first[: self.pairs] != self.second[: self.pairs]
         inter.index_add_(0, self.second[: self.pairs][off_diagonal], softmax[: self.pairs][off_diagonal])
-        return softmax[self.pairs:] * inter
+        return softmax[self.pairs :] * inter
 
     def observe(self, round_index: int, tasks: torch.Tensor, ctx: TensorContext, params: dict) -> None:
         self._to(tasks.device)
@@ -132,8 +132,14 @@ class BalancingPass:
         "weights scale the task vectors. No evolutionary search of per-task λ."
     ),
     params=[
-        Param("density", float, 0.1, "r, the fraction of each task's balancing scores kept (official script: 0.1)",
-              gt=0, le=1),
+        Param(
+            "density",
+            float,
+            0.1,
+            "r, the fraction of each task's balancing scores kept (official script: 0.1)",
+            gt=0,
+            le=1,
+        ),
         Param("scale", float, 1.0, "λ, the scale of the merged task vector (the official search starts at 1.0)", gt=0),
     ],
     tensor_statistics=BalancingPass,
@@ -210,8 +216,14 @@ class VarianceSelection:
         "τ_m = Σ_agree η_t τ̂_t / Σ_agree η_t; then λ."
     ),
     params=[
-        Param("select_topk", float, 0.1, "τ, the fraction of entries kept by variance (FuseChat's config: 0.1)",
-              gt=0, le=1),
+        Param(
+            "select_topk",
+            float,
+            0.1,
+            "τ, the fraction of entries kept by variance (FuseChat's config: 0.1)",
+            gt=0,
+            le=1,
+        ),
         Param("scale", float, 1.0, "λ, the scale of the merged task vector (SCE itself has none: 1)", gt=0),
     ],
     tensor_statistics=VarianceSelection,
@@ -307,8 +319,12 @@ def row_wise(ctx: TensorContext, params: dict) -> bool:
         "θ_0 + λ Σ_t w_t τ̂_t. γ = 0 keeps the top ⌊density·n⌋ (mergekit keeps nothing there)."
     ),
     params=[
-        Param("density", float, 0.1, "β, the fraction of each tensor kept below the outliers (issue #7: 0.1)", gt=0, le=1),
-        Param("gamma", float, 0.01, "γ, the fraction of largest-magnitude outliers dropped (official: 0.01)", ge=0, lt=1),
+        Param(
+            "density", float, 0.1, "β, the fraction of each tensor kept below the outliers (issue #7: 0.1)", gt=0, le=1
+        ),
+        Param(
+            "gamma", float, 0.01, "γ, the fraction of largest-magnitude outliers dropped (official: 0.01)", ge=0, lt=1
+        ),
         Param("scale", float, 1.0, "λ (α in the paper), the scale of the summed task vectors (issue #7: 1)", gt=0),
         Param("scope", str, "tensor", "where the ranking is taken: per tensor or per row", choices=("tensor", "row")),
     ],

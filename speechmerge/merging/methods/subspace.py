@@ -39,20 +39,32 @@ BOOST_SOURCE = (
 
 SCALE = Param("scale", float, 1.0, "α, the scale of the merged task vector (the official codes sweep 0.1–3.0)", gt=0)
 SVD = Param(
-    "svd", str, "exact", "how each task's top singular triplets are found: exact LAPACK SVD, or randomised "
-    "(Halko et al., 10 oversamples, 2 power iterations; seeded)", choices=("exact", "randomised"),
+    "svd",
+    str,
+    "exact",
+    "how each task's top singular triplets are found: exact LAPACK SVD, or randomised "
+    "(Halko et al., 10 oversamples, 2 power iterations; seeded)",
+    choices=("exact", "randomised"),
 )
 NS_STEPS = Param("ns_steps", int, 5, "Newton–Schulz iterations (orthogonaliser = newton_schulz)", ge=1, le=50)
 NS_COEFFICIENTS = Param(
-    "ns_coefficients", str, "muon", "Newton–Schulz quintic coefficients: Muon's constant (3.4445, −4.7750, 2.0315) "
-    "or the 5-step Polar Express schedule", choices=("muon", "polar_express"),
+    "ns_coefficients",
+    str,
+    "muon",
+    "Newton–Schulz quintic coefficients: Muon's constant (3.4445, −4.7750, 2.0315) "
+    "or the 5-step Polar Express schedule",
+    choices=("muon", "polar_express"),
 )
 
 
 def orthogonaliser_param(default: str) -> Param:
     return Param(
-        "orthogonaliser", str, default, "how the concatenated singular vectors are decorrelated: polar factor by "
-        "SVD (orthogonal Procrustes) or Newton–Schulz", choices=("svd", "newton_schulz"),
+        "orthogonaliser",
+        str,
+        default,
+        "how the concatenated singular vectors are decorrelated: polar factor by "
+        "SVD (orthogonal Procrustes) or Newton–Schulz",
+        choices=("svd", "newton_schulz"),
     )
 
 
@@ -134,11 +146,28 @@ def tsv_m(tasks, base, weights, ctx: TensorContext, *, scale, orthogonaliser, sv
     ),
     params=[
         SCALE,
-        Param("beta", float, 0.3, "β, the cumulative-energy threshold of the floor (paper: 0.3 from a 0.1–1.0 sweep)",
-              gt=0, le=1),
-        Param("energy", str, "sigma", "energy of a singular value in the ratio: σ or σ²", choices=("sigma", "sigma_squared")),
-        Param("spectrum", str, "truncated", "spectrum the ratio is taken over: the k kept values or all of Δ_t's",
-              choices=("truncated", "full")),
+        Param(
+            "beta",
+            float,
+            0.3,
+            "β, the cumulative-energy threshold of the floor (paper: 0.3 from a 0.1–1.0 sweep)",
+            gt=0,
+            le=1,
+        ),
+        Param(
+            "energy",
+            str,
+            "sigma",
+            "energy of a singular value in the ratio: σ or σ²",
+            choices=("sigma", "sigma_squared"),
+        ),
+        Param(
+            "spectrum",
+            str,
+            "truncated",
+            "spectrum the ratio is taken over: the k kept values or all of Δ_t's",
+            choices=("truncated", "full"),
+        ),
         orthogonaliser_param("newton_schulz"),
         SVD,
         NS_STEPS,
@@ -146,8 +175,21 @@ def tsv_m(tasks, base, weights, ctx: TensorContext, *, scale, orthogonaliser, sv
     ],
     blockwise=non_matrix,
 )
-def boosted_tsv_m(tasks, base, weights, ctx: TensorContext, *, scale, beta, energy, spectrum, orthogonaliser, svd,
-                  ns_steps, ns_coefficients):
+def boosted_tsv_m(
+    tasks,
+    base,
+    weights,
+    ctx: TensorContext,
+    *,
+    scale,
+    beta,
+    energy,
+    spectrum,
+    orthogonaliser,
+    svd,
+    ns_steps,
+    ns_coefficients,
+):
     """TSV-M with σ_t,i ← max(σ_t,i, σ_t,j*), j* = min{j : Σ_{i≤j} e_t,i / Σ_i e_t,i ≥ β}, e = σ (or σ²)."""
     if not ctx.is_matrix:
         return mean_task_vector(tasks, weights, scale)
@@ -212,8 +254,9 @@ def common_dimension(rank: int, tasks: int, fraction: float) -> int:
     ],
     blockwise=non_matrix,
 )
-def iso_cts(tasks, base, weights, ctx: TensorContext, *, scale, common_fraction, orthogonaliser, svd, ns_steps,
-            ns_coefficients):
+def iso_cts(
+    tasks, base, weights, ctx: TensorContext, *, scale, common_fraction, orthogonaliser, svd, ns_steps, ns_coefficients
+):
     """U_c Σ_c V_cᵀ = top-k_c SVD of Σ_t Δ_t; Δ̄_t = Δ_t − U_c U_cᵀ Δ_t, top s = (r − k_c)/T triplets each;
     U*, V* = [Ū_1 … Ū_T, U_c], [V̄_1 … V̄_T, V_c] orthogonalised; Δ = mean(σ*) U*⊥ V*⊥ᵀ; θ = θ_0 + α Δ."""
     if not ctx.is_matrix:

@@ -72,8 +72,13 @@ def sign_elected_mean(trimmed: torch.Tensor, weights: torch.Tensor) -> torch.Ten
     params=[
         Param("density", float, 0.2, "k, the fraction of each task vector kept by magnitude", gt=0, le=1),
         Param("scale", float, 1.0, "λ, the scale of the merged task vector", gt=0),
-        Param("topk", str, "global", "where the top-k is taken: over the whole model or per tensor",
-              choices=("global", "per_tensor")),
+        Param(
+            "topk",
+            str,
+            "global",
+            "where the top-k is taken: over the whole model or per tensor",
+            choices=("global", "per_tensor"),
+        ),
     ],
     statistics=ties_model_statistics,
     tensor_statistics=ties_tensor_statistics,
@@ -100,10 +105,16 @@ def ties(tasks: torch.Tensor, base, weights: torch.Tensor, ctx: TensorContext, *
     ),
     params=[
         Param("drop", float, 0.9, "p, the probability of dropping each task-vector entry", ge=0, lt=1),
-        Param("combine", str, "task_arithmetic", "how the rescaled task vectors are merged",
-              choices=("task_arithmetic", "ties")),
-        Param("scale", float, None, "λ; default (null) is 1/T with task_arithmetic and 1 with ties",
-              gt=0, nullable=True),
+        Param(
+            "combine",
+            str,
+            "task_arithmetic",
+            "how the rescaled task vectors are merged",
+            choices=("task_arithmetic", "ties"),
+        ),
+        Param(
+            "scale", float, None, "λ; default (null) is 1/T with task_arithmetic and 1 with ties", gt=0, nullable=True
+        ),
     ],
     randomised=True,
     blockwise=True,
