@@ -46,7 +46,7 @@ def convert_model(
     force: bool = False,
 ) -> Path:
     """Convert `source` into `output` (format `to`); refuses an existing output unless `force`."""
-    from speechmerge.checkpoints.writer import refuse_existing
+    from speechmerge.fsutil import refuse_existing
 
     if to not in FORMATS:
         raise SpeechmergeError(f"--to {to!r}: expected one of {', '.join(FORMATS)}")

@@ -93,14 +93,15 @@ def write_hf_model(
     from rich.progress import track
 
     from speechmerge.checkpoints.processor import whisper_config, write_model_files
-    from speechmerge.checkpoints.writer import StreamingSafetensorsWriter, TensorSlot, atomic_output_dir
+    from speechmerge.checkpoints.writer import StreamingSafetensorsWriter, TensorSlot
+    from speechmerge.fsutil import atomic_directory
 
     out_dtype = torch_dtype(dtype)
     config = whisper_config(shape, tokenizer)
     config.dtype = dtype
     check_state_names(tensors, config, source)
     slots = [TensorSlot(t.name, tuple(t.shape), out_dtype) for t in tensors]
-    with atomic_output_dir(Path(target), force=force) as tmp:
+    with atomic_directory(Path(target), force=force) as tmp:
         writer = StreamingSafetensorsWriter(tmp, slots, SHARD_BYTES, metadata={"converted_by": "speechmerge"})
         try:
             progress = track(

@@ -276,6 +276,7 @@ def files_hash(files: list[Path]) -> str:
     the digest of an unchanged file is remembered under the cache.
     """
     from speechmerge.cache import cache_dir
+    from speechmerge.fsutil import write_file_atomically
 
     outer = hashlib.sha256()
     for file in files:
@@ -290,9 +291,7 @@ def files_hash(files: list[Path]) -> str:
                 for block in iter(lambda: handle.read(1 << 22), b""):
                     inner.update(block)
             digest = inner.hexdigest()
-            tmp = memo.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(digest)
-            tmp.replace(memo)
+            write_file_atomically(memo, digest)
         outer.update(digest.encode())
     return outer.hexdigest()
 

@@ -21,7 +21,6 @@ for non-matrix tensors.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -142,6 +141,7 @@ def _layout_for(config_items: tuple) -> WhisperLayout:
     from importlib.metadata import version
 
     from speechmerge.cache import cache_dir
+    from speechmerge.fsutil import write_file_atomically
 
     key = hashlib.sha256(json.dumps([version("transformers"), config_items]).encode()).hexdigest()[:32]
     memo = cache_dir("layouts") / f"{key}.json"
@@ -150,9 +150,7 @@ def _layout_for(config_items: tuple) -> WhisperLayout:
         return WhisperLayout(roles={r["name"]: TensorRole(**r) for r in data["roles"]}, tied=data["tied"])
     layout = _derive_layout(config_items)
     data = {"roles": [vars(r) for r in layout.roles.values()], "tied": layout.tied}
-    tmp = memo.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data))
-    tmp.replace(memo)
+    write_file_atomically(memo, json.dumps(data))
     return layout
 
 

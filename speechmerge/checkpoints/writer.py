@@ -11,11 +11,7 @@ are computed: no shard is ever buffered in memory. The files are ordinary safete
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,34 +144,3 @@ class StreamingSafetensorsWriter:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
-
-
-def refuse_existing(target: Path, force: bool) -> None:
-    """An existing output is never overwritten without --force (checked before any work)."""
-    if target.exists() and not force:
-        raise SpeechmergeError(f"{target}: already exists; choose another output or pass --force to replace it")
-
-
-@contextmanager
-def atomic_output_dir(target: Path, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory beside `target`; on success it replaces `target` in one
-    rename, on any failure it is removed and `target` is left as it was."""
-    target = Path(target)
-    refuse_existing(target, force)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{os.getpid()}"
-        target.rename(old)
-        tmp.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(target)

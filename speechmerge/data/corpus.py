@@ -30,7 +30,6 @@ from typing import Optional
 import numpy as np
 from pydantic import BaseModel
 
-from speechmerge.data.atomic import atomic_directory, atomic_file
 from speechmerge.data.audio import audio_duration, write_wav
 from speechmerge.data.conditions import apply_condition
 from speechmerge.data.designs import (
@@ -47,6 +46,7 @@ from speechmerge.data.espeak import Voice, espeak_binary, speak, speaker_voice
 from speechmerge.data.manifest import Utterance, read_manifest, write_manifest
 from speechmerge.data.sentences import ordered_split, sentences
 from speechmerge.errors import SpeechmergeError
+from speechmerge.fsutil import atomic_directory, atomic_file
 
 CORPUS_VERSION = 1
 INDEX = "corpus.json"
@@ -337,7 +337,7 @@ def _write_build(
                 )
             )
     infos = []
-    with atomic_directory(directory) as tmp:
+    with atomic_directory(directory, force=True) as tmp:
         for (language, task, domain, split), utterances in groups.items():
             relative = f"manifests/{language}.{domain}.{split}.{task}.jsonl"
             write_manifest(tmp / relative, utterances, relative_audio=True)

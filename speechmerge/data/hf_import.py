@@ -29,10 +29,10 @@ from typing import Optional
 
 import numpy as np
 
-from speechmerge.data.atomic import atomic_directory
 from speechmerge.data.audio import UnreadableAudio, resample, write_wav
 from speechmerge.data.manifest import FIELDS, Utterance, read_manifest, scan_manifest, write_manifest
 from speechmerge.errors import SpeechmergeError
+from speechmerge.fsutil import atomic_directory, refuse_existing
 
 log = logging.getLogger("speechmerge.data")
 
@@ -122,12 +122,11 @@ def import_dataset(
     `columns` maps our fields to the dataset's columns (defaults: a column of the field's own
     name; `audio`, else `file_name`, for the audio). Returns `split -> manifest path`."""
     output = Path(output)
-    if output.exists() and not force:
-        raise SpeechmergeError(f"{output}: already exists; choose another output folder or pass --force to replace it")
+    refuse_existing(output, force)
     splits = open_dataset_splits(source)
     fixed = {"language": language, "task": task}
     written = {}
-    with atomic_directory(output) as tmp:
+    with atomic_directory(output, force=True) as tmp:
         for split, (dataset, folder) in splits.items():
             mapping = _resolve_columns(source, split, dataset.column_names, columns or {}, fixed)
             manifest = tmp / f"{split}.jsonl"

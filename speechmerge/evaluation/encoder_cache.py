@@ -21,10 +21,11 @@ One entry holds 1500 x d_model float32 values: 3 MB for whisper-base, 4.6 MB for
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
+
+from speechmerge.fsutil import write_file_atomically
 
 if TYPE_CHECKING:
     import torch
@@ -63,7 +64,7 @@ def directory_encoder_key(model_dir: Path, model_key: Optional[str] = None) -> s
     names = [name for name in checkpoint.names() if name.startswith(ENCODER_PREFIX)]
     key = tensors_digest((name.removeprefix(ENCODER_PREFIX), checkpoint.get(name)) for name in names)
     checkpoint.close()
-    _write_atomically(memo, key.encode())
+    write_file_atomically(memo, key)
     return key
 
 
@@ -72,12 +73,6 @@ def clip_key(audio: Path) -> str:
     from speechmerge.checkpoints.reader import files_hash
 
     return files_hash([Path(audio)])
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 class EncoderOutputCache:
@@ -117,9 +112,7 @@ class EncoderOutputCache:
     def store(self, clip: str, output: torch.Tensor) -> None:
         from safetensors.torch import save
 
-        path = self.path(clip)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomically(path, save({ENTRY: output.detach().to("cpu").contiguous()}))
+        write_file_atomically(self.path(clip), save({ENTRY: output.detach().to("cpu").contiguous()}))
 
 
 def encode_clips(

@@ -87,7 +87,7 @@ class TestLines:
 def write_report(facts: StudyFacts, rows: list[ScoreRow], out_dir: Path) -> dict[str, Path]:
     """Write the study's report into `out_dir` (its own folder, replaced whole) and return the paths
     written: `markdown`, `html`, `latex` and one entry per drawn plot."""
-    from speechmerge.data.atomic import atomic_directory
+    from speechmerge.fsutil import atomic_directory
 
     out_dir = Path(out_dir)
     check_rows(rows, f"study {facts.name}")
@@ -95,8 +95,7 @@ def write_report(facts: StudyFacts, rows: list[ScoreRow], out_dir: Path) -> dict
     blocks = report_blocks(facts, rows)
     title = f"Study report: {facts.name}"
     figures = [block for block in blocks if isinstance(block, Figure) and block.png is not None]
-    with atomic_directory(out_dir) as tmp:
-        tmp.chmod(0o755)  # mkdtemp makes it owner-only; a report is meant to be read
+    with atomic_directory(out_dir, force=True) as tmp:
         (tmp / "plots").mkdir()
         for figure in figures:
             (tmp / figure.path).write_bytes(figure.png)

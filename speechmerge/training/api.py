@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from speechmerge.data.atomic import atomic_directory
 from speechmerge.errors import SpeechmergeError
+from speechmerge.fsutil import atomic_directory, refuse_existing
 from speechmerge.training.config import TrainingConfig
 from speechmerge.training.expert import TrainingRecord, write_dense_expert, write_lora_expert, write_record
 from speechmerge.training.selection import DataSelection, TrainingData, training_data
@@ -62,10 +62,7 @@ def finetune(
     """Fine-tune `base` on `data` into the expert directory `output`; return its path."""
     config = config or TrainingConfig()
     output = Path(output)
-    if output.exists() and not force:
-        raise SpeechmergeError(
-            f"{output}: already exists; choose another output directory, delete it, or pass --force to replace it"
-        )
+    refuse_existing(output, force)
     return run_finetuning(
         Base.open(base),
         [data],
@@ -146,7 +143,7 @@ def run_finetuning(
         environment=_environment(accelerator, precision),
         baseline=baseline,
     )
-    with atomic_directory(output) as tmp:
+    with atomic_directory(output, force=True) as tmp:
         if config.mode == "lora":
             write_lora_expert(model, base.spec, base.directory, tmp)
         else:

@@ -30,8 +30,8 @@ from typing import Optional
 
 from pydantic import BaseModel
 
-from speechmerge.data.atomic import atomic_directory, atomic_file
 from speechmerge.data.manifest import Utterance
+from speechmerge.fsutil import atomic_directory, atomic_file
 from speechmerge.training.config import TrainingConfig
 from speechmerge.training.inputs import EncoderSide
 from speechmerge.training.labels import IGNORE, TargetSequence, pad_targets
@@ -156,7 +156,7 @@ def train(
 
     def checkpoint() -> None:
         with (
-            atomic_directory(state_dir) as tmp,
+            atomic_directory(state_dir, force=True) as tmp,
             _quiet("accelerate.utils.other"),
         ):  # "Removed shared tensor": the tied proj_out
             accelerator.save_state(str(tmp))
