@@ -45,6 +45,7 @@ from pathlib import Path
 import torch
 
 from speechmerge.checkpoints.converted import HFTensor
+from speechmerge.checkpoints.dtypes import dtype_name
 from speechmerge.checkpoints.processor import DecodingFacts, WhisperShape
 from speechmerge.errors import SpeechmergeError
 
@@ -140,7 +141,7 @@ class Ct2ModelFile:
             if dtype_id not in CT2_DTYPES:
                 raise SpeechmergeError(
                     f"{self.label}: variable {name} has unknown CTranslate2 dtype id {dtype_id}; "
-                    f"known: {sorted(CT2_DTYPES)} ({', '.join(str(d).removeprefix('torch.') for d in CT2_DTYPES.values())})"
+                    f"known: {sorted(CT2_DTYPES)} ({', '.join(dtype_name(d) for d in CT2_DTYPES.values())})"
                 )
             dtype = CT2_DTYPES[dtype_id]
             expected = math.prod(shape) * torch.empty((), dtype=dtype).element_size()

@@ -213,6 +213,8 @@ class HFCheckpoint:
 def parse_safetensors_header(file: Path) -> dict[str, tuple[tuple[int, ...], object, int]]:
     """name -> (shape, dtype, absolute byte offset), after checking that the header is
     well-formed and that every tensor lies inside the file (a truncated download fails here)."""
+    from speechmerge.checkpoints.dtypes import dtype_from_code
+
     size = file.stat().st_size
     damaged = f"{file}: corrupt or truncated safetensors file"
     with open(file, "rb") as handle:
@@ -234,7 +236,7 @@ def parse_safetensors_header(file: Path) -> dict[str, tuple[tuple[int, ...], obj
     tensors = {}
     for name, info in header.items():
         try:
-            dtype = _torch_dtype(info["dtype"], file, name)
+            dtype = dtype_from_code(info["dtype"], file, name)
             shape = tuple(int(d) for d in info["shape"])
             begin, end = (int(x) for x in info["data_offsets"])
         except (KeyError, TypeError, ValueError):
@@ -247,26 +249,6 @@ def parse_safetensors_header(file: Path) -> dict[str, tuple[tuple[int, ...], obj
             )
         tensors[name] = (shape, dtype, 8 + length + begin)
     return tensors
-
-
-def _torch_dtype(code: str, file: Path, name: str):
-    import torch
-
-    dtypes = {
-        "F64": torch.float64,
-        "F32": torch.float32,
-        "F16": torch.float16,
-        "BF16": torch.bfloat16,
-        "I64": torch.int64,
-        "I32": torch.int32,
-        "I16": torch.int16,
-        "I8": torch.int8,
-        "U8": torch.uint8,
-        "BOOL": torch.bool,
-    }
-    if code not in dtypes:
-        raise SpeechmergeError(f"{file}: tensor {name} has dtype {code}, which speechmerge cannot merge")
-    return dtypes[code]
 
 
 def files_hash(files: list[Path]) -> str:

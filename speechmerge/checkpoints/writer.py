@@ -17,20 +17,8 @@ from pathlib import Path
 
 import torch
 
+from speechmerge.checkpoints.dtypes import SAFETENSORS_CODES
 from speechmerge.errors import SpeechmergeError
-
-_DTYPE_CODES = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
 
 
 def parse_size(text: str | int) -> int:
@@ -94,7 +82,7 @@ class StreamingSafetensorsWriter:
         header, offset = {}, 0
         for slot in self.shards[shard]:
             header[slot.name] = {
-                "dtype": _DTYPE_CODES[slot.dtype],
+                "dtype": SAFETENSORS_CODES[slot.dtype],
                 "shape": list(slot.shape),
                 "data_offsets": [offset, offset + slot.nbytes],
             }
