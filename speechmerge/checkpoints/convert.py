@@ -55,7 +55,7 @@ def convert_model(
     kind = detect_format(source)
     if to == "ct2":
         from speechmerge.checkpoints.export import export_ct2
-        from speechmerge.checkpoints.reader import resolve_model_dir
+        from speechmerge.checkpoints.resolve import resolve_model_dir
 
         return export_ct2(resolve_model_dir(source), output, quantization=quantization, force=force)
     if kind == "hf":

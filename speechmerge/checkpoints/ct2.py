@@ -399,7 +399,7 @@ def convert_ct2(
 def converted_ct2_dir(directory: Path) -> Path:
     """A CTranslate2 directory converted once into the model cache (keyed by its content)."""
     from speechmerge.checkpoints.converted import convert_once, source_key
-    from speechmerge.checkpoints.reader import files_hash
+    from speechmerge.checkpoints.hf import files_hash
 
     files = Ct2Files.of_directory(Path(directory).resolve())
     side = [p for p in (files.folder / n for n in ("config.json", "tokenizer.json", "vocabulary.json")) if p.is_file()]

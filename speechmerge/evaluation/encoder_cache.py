@@ -54,7 +54,7 @@ def module_encoder_key(encoder: torch.nn.Module) -> str:
 def directory_encoder_key(model_dir: Path, model_key: Optional[str] = None) -> str:
     """The encoder key of a Whisper directory's encoder weights, memoised under its content hash."""
     from speechmerge.cache import cache_dir
-    from speechmerge.checkpoints.reader import HFCheckpoint
+    from speechmerge.checkpoints.hf import HFCheckpoint
 
     checkpoint = HFCheckpoint(Path(model_dir))
     model_key = model_key or checkpoint.content_hash()
@@ -70,7 +70,7 @@ def directory_encoder_key(model_dir: Path, model_key: Optional[str] = None) -> s
 
 def clip_key(audio: Path) -> str:
     """SHA-256 of the audio file's bytes (memoised by path, size and mtime)."""
-    from speechmerge.checkpoints.reader import files_hash
+    from speechmerge.checkpoints.hf import files_hash
 
     return files_hash([Path(audio)])
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 import speechmerge
-from speechmerge.checkpoints.reader import resolve_model_dir
+from speechmerge.checkpoints.resolve import resolve_model_dir
 from speechmerge.checkpoints.tokenizer import check_tokenizer_once
 from speechmerge.checkpoints.whisper import PROCESSOR_FILES
 from speechmerge.checkpoints.writer import StreamingSafetensorsWriter, TensorSlot, parse_size

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from speechmerge.checkpoints.reader import Checkpoint
+from speechmerge.checkpoints.resolve import Checkpoint
 from speechmerge.checkpoints.writer import StreamingSafetensorsWriter
 from speechmerge.errors import SpeechmergeError
 from speechmerge.merging.context import TensorContext

@@ -260,7 +260,7 @@ def _labels(selection: dict) -> dict:
 
 
 def _content_hash(reference: str, recipe: StudyRecipe, key: str) -> str:
-    from speechmerge.checkpoints.reader import open_checkpoint
+    from speechmerge.checkpoints.resolve import open_checkpoint
 
     try:
         return open_checkpoint(reference).content_hash()

@@ -162,7 +162,7 @@ def _complete_model(path: Path) -> bool:
 
 
 def _model_hash(path: Path) -> str:
-    from speechmerge.checkpoints.reader import open_checkpoint
+    from speechmerge.checkpoints.resolve import open_checkpoint
 
     return open_checkpoint(path).content_hash()
 

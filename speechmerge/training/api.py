@@ -36,7 +36,7 @@ class Base:
 
     @classmethod
     def open(cls, spec: str | Path) -> Base:
-        from speechmerge.checkpoints.reader import open_checkpoint, resolve_model_dir
+        from speechmerge.checkpoints.resolve import open_checkpoint, resolve_model_dir
 
         directory = resolve_model_dir(spec)
         if (directory / "adapter_config.json").is_file() and not (directory / "config.json").is_file():
