@@ -6,6 +6,5 @@
   BLEU/chrF with sacrebleu), `normalised` (normalised performance against experts and base).
 - `backend` (the interface), `hf_backend` (transformers, the reference), `ct2_backend`
   (the model exported to CTranslate2), `decoding` (batching through the prediction cache).
-- `encoder_cache` (exact encoder outputs shared by models with the same encoder) and
-  `prediction_cache`.
+- `prediction_cache`; features and the encoder-output cache are in `speechmerge.features`.
 """

@@ -244,9 +244,10 @@ def _encoder_side(model, base_dir: Path, data: TrainingData, config: TrainingCon
 
     from rich.progress import Progress
 
-    from speechmerge.training.inputs import cached_encoder_outputs, log_mel_of, mel_inputs
+    from speechmerge.features.log_mel import LogMel
+    from speechmerge.training.inputs import cached_encoder_outputs, mel_inputs
 
-    log_mel = log_mel_of(base_dir)
+    log_mel = LogMel(base_dir)
     if config.encoder_trains:
         return mel_inputs(log_mel, device)
     utterances = data.train + data.validation

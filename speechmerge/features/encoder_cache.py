@@ -46,11 +46,6 @@ def tensors_digest(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
     return digest.hexdigest()
 
 
-def module_encoder_key(encoder: torch.nn.Module) -> str:
-    """The encoder key of a loaded encoder module (e.g. `model.model.encoder`)."""
-    return tensors_digest(encoder.state_dict().items())
-
-
 def directory_encoder_key(model_dir: Path, model_key: Optional[str] = None) -> str:
     """The encoder key of a Whisper directory's encoder weights, memoised under its content hash."""
     from speechmerge.cache import cache_dir
