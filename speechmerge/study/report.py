@@ -299,7 +299,7 @@ def _main_notes(lines: TestLines) -> list[str]:
         (
             "norm.: mean over in-domain groups with s = 1 - WER (or BLEU): vs experts = s(model)/s(expert of the group); "
             "gain kept = (s(model) - s(base))/(s(expert) - s(base)), the share of the expert's gain kept; "
-            "vs base, vs <baseline> = s(model)/s(that model) (speechmerge.evaluation.normalised; in %)."
+            "vs base, vs <baseline> = s(model)/s(that model) (speechmerge.evaluation.relative_scores; in %)."
         ),
         "Bold: the best merge in each column; reference rows (base, experts, baselines) in italics, not ranked.",
         "–: not scored, or a normalised score that is not defined (its reference scores 0, or for gain kept the expert is no better than the base).",

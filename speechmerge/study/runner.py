@@ -404,10 +404,10 @@ def best_point(candidates: list[tuple[str, dict, dict]], expert: dict, base: dic
     score over its groups' primary metrics (WER, else CER, for transcription; BLEU for translation).
 
     The score of a group is `vs_expert` or `gain_kept` against the expert covering it
-    (speechmerge.evaluation.normalised). When no candidate has a defined one (an expert no better
+    (speechmerge.evaluation.relative_scores). When no candidate has a defined one (an expert no better
     than zero or than the base), the raw score is used instead: 1 - WER, BLEU / 100. Ties keep the
     first candidate."""
-    from speechmerge.evaluation.normalised import (
+    from speechmerge.evaluation.relative_scores import (
         gain_kept,
         higher_is_better_score,
         vs_expert,

@@ -3,7 +3,7 @@
 A *line* is what one row of a report table describes: a merge method at the setting it chose on
 validation, or a reference (the base, the experts, each baseline). A *group* is one (scope,
 evaluation set, language, task, domain) cell of the evaluation. Averages are macro averages: the
-unweighted mean over groups. Normalised performance follows `speechmerge.evaluation.normalised`,
+unweighted mean over groups. Normalised performance follows `speechmerge.evaluation.relative_scores`,
 per in-domain group with the group's primary metric (WER for transcription, BLEU for
 translation), then averaged over groups:
 
@@ -27,7 +27,7 @@ from statistics import fmean
 from typing import Literal
 
 from speechmerge.errors import SpeechmergeError
-from speechmerge.evaluation.normalised import gain_kept, vs_expert
+from speechmerge.evaluation.relative_scores import gain_kept, vs_expert
 from speechmerge.study.rows import Scope, ScoreRow, Stage
 
 LineKind = Literal["merge", "base", "experts", "baseline"]
@@ -261,7 +261,7 @@ def _normalised_mean(per_group: list[float | None], expected: int) -> Average | 
 
 
 def ratios(line: Line, reference: Line, cells: list[tuple[Group, str]]) -> list[float | None]:
-    """s(line) / s(reference) per cell (normalised.vs_expert with `reference` as the expert); None
+    """s(line) / s(reference) per cell (relative_scores.vs_expert with `reference` as the expert); None
     where either score is missing or the reference scores 0."""
     out = []
     for group, metric in cells:
@@ -277,7 +277,7 @@ def vs_reference(line: Line, reference: Line, cells: list[tuple[Group, str]]) ->
 
 
 def mean_gain_kept(line: Line, experts: Line, base: Line, cells: list[tuple[Group, str]]) -> Average | None:
-    """Mean over cells of normalised.gain_kept: the share of the expert's gain over the base kept."""
+    """Mean over cells of relative_scores.gain_kept: the share of the expert's gain over the base kept."""
     gains = []
     for group, metric in cells:
         values = (line.get(group, metric), experts.get(group, metric), base.get(group, metric))

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from speechmerge.evaluation.normalised import gain_kept, normalised_performance, normalised_table, vs_expert
+from speechmerge.evaluation.relative_scores import gain_kept, normalised_performance, normalised_table, vs_expert
 
 
 def test_error_rate_normalisations_by_hand():
