@@ -12,7 +12,7 @@ import pytest
 import soundfile
 from conftest import run_cli
 
-from speechmerge.data.hf_import import import_dataset, parse_columns, read_dataset
+from speechmerge.data.hf_import import import_dataset, parse_columns
 from speechmerge.data.manifest import load_audio, read_manifest
 from speechmerge.errors import SpeechmergeError
 
@@ -177,15 +177,6 @@ def test_refusals_leave_existing_output_alone(tmp_path):
         import_dataset(tmp_path / "out", tmp_path / "other")
     import_dataset(source, tmp_path / "out", {"text": "sentence", "language": "locale"}, force=True)
     assert not (tmp_path / "out" / "keep.txt").exists() and (tmp_path / "out" / "train.jsonl").is_file()
-
-
-def test_read_dataset_converts_once_into_the_cache(tmp_path):
-    source = saved_dataset(tmp_path / "ds", {"train": [row("hola")], "test": [row("adiós")]})
-    first = read_dataset(source, {"text": "sentence", "language": "locale"})
-    assert sorted(u.text for u in first) == ["adiós", "hola"]
-    stamp = first[0].audio.stat().st_mtime_ns
-    again = read_dataset(source, {"text": "sentence", "language": "locale"})
-    assert again == first and again[0].audio.stat().st_mtime_ns == stamp
 
 
 def test_cli_import(tmp_path, capsys):

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 MATRIX_ROLES = frozenset({"attention", "cross_attention", "mlp"})
-ROLES = ("attention", "cross_attention", "mlp", "embedding", "positional", "conv", "norm", "bias")
 
 # Config fields that must agree between a base and its experts.
 ARCHITECTURE_KEYS = (

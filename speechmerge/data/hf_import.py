@@ -20,7 +20,6 @@ appears only when complete.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import re
 import tempfile
@@ -30,7 +29,7 @@ from typing import Optional
 import numpy as np
 
 from speechmerge.data.audio import UnreadableAudio, resample, write_wav
-from speechmerge.data.manifest import FIELDS, Utterance, read_manifest, scan_manifest, write_manifest
+from speechmerge.data.manifest import FIELDS, Utterance, scan_manifest, write_manifest
 from speechmerge.errors import SpeechmergeError
 from speechmerge.fsutil import atomic_directory, refuse_existing
 
@@ -254,26 +253,3 @@ def _text(value) -> str:
 def _safe_id(value) -> str:
     """An id usable as a file name: anything but letters, digits, '.', '_' and '-' becomes '_'."""
     return re.sub(r"[^\w.\-]", "_", str(value)).strip("._") or "clip"
-
-
-def read_dataset(
-    source: Path,
-    columns: Optional[dict[str, str]] = None,
-    language: Optional[str] = None,
-    task: Optional[str] = None,
-    skip_bad: bool = False,
-) -> list[Utterance]:
-    """Read a Hugging Face dataset directly: converted once into the cache (keyed by source and options), then read."""
-    import hashlib
-
-    from speechmerge.cache import cache_dir
-
-    source = Path(source).resolve()
-    stamp = max((path.stat().st_mtime_ns for path in source.rglob("*") if path.is_file()), default=0)
-    key = hashlib.sha256(
-        json.dumps([str(source), stamp, columns, language, task, skip_bad], sort_keys=True).encode()
-    ).hexdigest()[:16]
-    target = cache_dir("datasets") / key
-    if not target.is_dir():
-        import_dataset(source, target, columns, language, task, skip_bad)
-    return [utterance for manifest in sorted(target.glob("*.jsonl")) for utterance in read_manifest(manifest)]
