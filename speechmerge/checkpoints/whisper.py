@@ -15,8 +15,11 @@ memory, no weights) and looking at the module that owns each parameter:
 | `bias`        | biases of linear and conv layers                                         |
 
 "Block linear weights" (attention, cross_attention, mlp) are the 2-D matrices that SVD and
-pruning methods act on (research/papers.md §6.1); every other role follows each method's rule
-for non-matrix tensors.
+pruning methods act on; every other role follows each method's rule for non-matrix tensors
+(docs/methods.md). LoRS-Merging's official code (Zhao, Sun, Zhang, arXiv 2502.17380;
+qmgzhao/LoRS-Merging) picks them by openai-whisper names (`attn.` or `mlp.`, `weight`), which on
+Hugging Face names would miss fc1/fc2 and catch the 448 x d decoder positional table under a
+plain "is 2-D" test: hence roles from the model's structure.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""The baselines that merging is compared with (research/papers.md §1.5 and §2.3).
+"""The baselines that merging is compared with: multi-lingual multi-task (joint) training and
+sequential training, as in LoRS-Merging (Zhao, Sun, Zhang, arXiv 2502.17380), and the model jointly
+fine-tuned on every domain ("Full-FT") of Carvalho et al., "Exploring the potential and limitations
+of Model Merging for Multi-Domain Adaptation in ASR" (arXiv 2603.05354).
 
 * Joint (multi-task) training: one run on the union of the experts' training data, its
   validation set the union of theirs, for K × N steps where K experts had N steps each, so
