@@ -123,6 +123,18 @@ def test_jsonl_audiofolder_at_the_top_is_the_train_split(tmp_path):
     assert (utterance.id, utterance.text, utterance.language) == ("clip_one", "hallo", "de")
 
 
+def test_unreadable_metadata_is_named_and_leaves_progress_bars_as_they_were(tmp_path):
+    folder = tmp_path / "af"
+    folder.mkdir()
+    (folder / "x.wav").write_bytes(tone_bytes(440.0, 0.4, 16000, 1))
+    (folder / "metadata.jsonl").write_text("{not json\n")
+    assert datasets.is_progress_bar_enabled()
+    with pytest.raises(SpeechmergeError, match=r"metadata\.jsonl: cannot read the metadata"):
+        import_dataset(folder, tmp_path / "out")
+    assert datasets.is_progress_bar_enabled()  # switched off only while the metadata was read
+    assert not (tmp_path / "out").exists()
+
+
 def test_bad_rows_are_named_and_skip_bad_reports_them(tmp_path, caplog):
     rows = [
         row("uno"),

@@ -23,6 +23,7 @@ import io
 import logging
 import re
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -88,8 +89,7 @@ def _audiofolder_splits(source: Path, metadata: list[Path]) -> dict:
     import datasets
 
     splits = {}
-    datasets.disable_progress_bars()
-    with tempfile.TemporaryDirectory(prefix="speechmerge-metadata-") as scratch:
+    with _datasets_progress_bars_off(), tempfile.TemporaryDirectory(prefix="speechmerge-metadata-") as scratch:
         for path in metadata:
             split = "train" if path.parent == source else path.parent.relative_to(source).parts[0]
             if split in splits:
@@ -103,8 +103,21 @@ def _audiofolder_splits(source: Path, metadata: list[Path]) -> dict:
                 raise SpeechmergeError(
                     f"{path}: cannot read the metadata ({error}); it needs a header with file_name and one row per file"
                 ) from error
-    datasets.enable_progress_bars()
     return splits
+
+
+@contextmanager
+def _datasets_progress_bars_off():
+    """datasets' bars off for a block (one per small metadata file is noise), as they were after it."""
+    import datasets
+
+    enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if enabled:
+            datasets.enable_progress_bars()
 
 
 def import_dataset(
