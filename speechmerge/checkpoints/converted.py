@@ -82,13 +82,11 @@ def write_hf_model(
 ) -> Path:
     """Write `tensors` with config, generation config, tokenizer and feature extractor into
     `target`, atomically; `source` names the input in errors."""
-    from rich.console import Console
-    from rich.progress import track
-
     from speechmerge.checkpoints.dtypes import float_dtype
     from speechmerge.checkpoints.processor import whisper_config, write_model_files
     from speechmerge.checkpoints.writer import StreamingSafetensorsWriter, TensorSlot
     from speechmerge.fsutil import atomic_directory
+    from speechmerge.progress import progress_bar
 
     out_dtype = float_dtype(dtype, choices=DTYPES)
     config = whisper_config(shape, tokenizer)
@@ -98,11 +96,9 @@ def write_hf_model(
     with atomic_directory(Path(target), force=force) as tmp:
         writer = StreamingSafetensorsWriter(tmp, slots, SHARD_BYTES, metadata={"converted_by": "speechmerge"})
         try:
-            progress = track(
-                tensors, description=f"converting to {Path(target).name}", transient=True, console=Console(stderr=True)
-            )
-            for item in progress:
-                writer.write(item.name, item.load().to(out_dtype))
+            with progress_bar(transient=True) as bar:
+                for item in bar.track(tensors, description=f"converting to {Path(target).name}"):
+                    writer.write(item.name, item.load().to(out_dtype))
             writer.close()
         finally:
             writer.abort()

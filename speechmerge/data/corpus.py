@@ -22,7 +22,6 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -47,6 +46,7 @@ from speechmerge.data.manifest import Utterance, read_manifest, write_manifest
 from speechmerge.data.sentences import ordered_split, sentences
 from speechmerge.errors import SpeechmergeError
 from speechmerge.fsutil import atomic_directory, atomic_file
+from speechmerge.progress import progress_bar
 
 CORPUS_VERSION = 1
 INDEX = "corpus.json"
@@ -272,14 +272,12 @@ def _speak_all(jobs: list[_Job], seed: int, workers: int, progress: bool, on_cli
         babble = talkers.get(job.plan.voice_language) if job.plan.condition.noise == "babble" else ()
         write_wav(job.path, apply_condition(speech, job.plan.condition, rng, babble))
 
-    bar = _progress_bar() if progress else None
-    task = bar.add_task("speaking clips (espeak-ng)", total=len(jobs)) if bar else None
     pool = ThreadPoolExecutor(max_workers=workers)
     try:
-        with bar if bar else nullcontext():
+        with progress_bar(progress) as bar:
+            task = bar.add_task("speaking clips (espeak-ng)", total=len(jobs))
             for done, _ in enumerate(pool.map(render, jobs), start=1):
-                if bar:
-                    bar.update(task, completed=done)
+                bar.update(task, completed=done)
                 if on_clip:
                     on_clip(done, len(jobs))
     finally:  # on an error or Ctrl-C, clips not yet started are dropped (finished ones are kept)
@@ -381,9 +379,3 @@ def _domain_descriptions(name: str, domains) -> dict[str, str]:
     described["general"] = "everyday sentences (test only); clean"
     described["general-br"] = "everyday sentences in Brazilian Portuguese, espeak pt-br (test only); clean"
     return described
-
-
-def _progress_bar():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())

@@ -206,7 +206,9 @@ def _accelerator(config: TrainingConfig):
         raise SpeechmergeError(
             "--precision fp16: mixed precision with float16 needs a GPU; use fp32 or bf16 on the CPU"
         )
-    # accelerate keeps one process-wide state; a later run may ask another device or precision.
+    # accelerate keeps one process-wide state and refuses an Accelerator whose device or precision
+    # differs from the first one's; a later run in this process may ask for another. accelerate has
+    # no public reset: this is the call its own test base class (AccelerateTestCase) makes.
     AcceleratorState._reset_state(reset_partial_state=True)
     return Accelerator(cpu=on_cpu, mixed_precision="no" if precision == "fp32" else precision), precision
 
@@ -240,11 +242,8 @@ def _trainable_model(base_dir: Path, config: TrainingConfig):
 
 def _encoder_side(model, base_dir: Path, data: TrainingData, config: TrainingConfig, device, progress: bool):
     """Log-mel features per batch when the encoder trains; otherwise its outputs, computed once."""
-    from contextlib import nullcontext
-
-    from rich.progress import Progress
-
     from speechmerge.features.log_mel import LogMel
+    from speechmerge.progress import progress_bar
     from speechmerge.training.inputs import cached_encoder_outputs, mel_inputs
 
     log_mel = LogMel(base_dir)
@@ -252,8 +251,8 @@ def _encoder_side(model, base_dir: Path, data: TrainingData, config: TrainingCon
         return mel_inputs(log_mel, device)
     utterances = data.train + data.validation
     clips = len({u.audio for u in utterances})
-    with Progress(transient=True) if progress else nullcontext() as bar:
-        task = bar.add_task("encoder outputs (once per clip)", total=clips) if bar else None
+    with progress_bar(progress, transient=True) as bar:
+        task = bar.add_task("encoder outputs (once per clip)", total=clips)
         return cached_encoder_outputs(
             model.get_encoder().to(device),
             log_mel,
@@ -261,7 +260,7 @@ def _encoder_side(model, base_dir: Path, data: TrainingData, config: TrainingCon
             utterances,
             config.batch_size,
             device,
-            on_clips=(lambda n: bar.advance(task, n)) if bar else None,
+            on_clips=lambda n: bar.advance(task, n),
         )
 
 

@@ -264,25 +264,11 @@ class _StepProgress:
     """A rich progress bar: steps, ETA, the training loss since the last validation, the last validation loss."""
 
     def __init__(self, label: str, total: int, done: int):
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from rich.progress import TextColumn
 
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"),
-            TextColumn("val {task.fields[val]}"),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-        )
+        from speechmerge.progress import progress_bar
+
+        self.progress = progress_bar(True, TextColumn("loss {task.fields[loss]}"), TextColumn("val {task.fields[val]}"))
         self.task = self.progress.add_task(label, total=total, completed=done, loss="-", val="-")
 
     def __enter__(self):
