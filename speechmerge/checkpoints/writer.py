@@ -1,5 +1,5 @@
-"""Writing merged weights: standard sharded safetensors, streamed, into a directory that
-appears only when complete.
+"""Writing merged weights: standard sharded safetensors, streamed (into the temporary directory
+of `fsutil.atomic_directory`, so the output appears only when complete).
 
 Because the merge plan knows every output tensor's name, shape and dtype before any work,
 each shard's safetensors header is written first and tensor bytes are then appended as they
