@@ -8,7 +8,7 @@
 - a PEFT LoRA adapter directory, as an expert of a given base (`checkpoints.lora`);
 - a Hugging Face Hub id, resolved through the normal HF cache (offline when `HF_HUB_OFFLINE=1`).
 
-This is the only module that knows every format; the format modules never import it.
+It imports the format modules; they never import it back (tests/test_formats_hf.py checks this).
 """
 
 from __future__ import annotations
