@@ -36,7 +36,7 @@ def _run(path, **options):
 
 
 def test_tiny_study_trains_merges_selects_and_tests(base, tmp_path):
-    from speechmerge.study.results import score_rows
+    from speechmerge.study.scores import score_rows
 
     recipe = study_recipe(tmp_path, base, baselines={"joint": True})
     folder = _run(write_recipe(tmp_path / "tiny.yaml", recipe))
@@ -151,7 +151,7 @@ def test_a_larger_grid_runs_only_its_new_points_and_a_changed_setting_reruns_wha
 
 def test_the_study_runs_on_a_local_ray_instance(base, experts, tmp_path):
     pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'speechmerge[ray]')")
-    from speechmerge.study.results import score_rows
+    from speechmerge.study.scores import score_rows
 
     recipe = study_recipe(tmp_path, base, experts={"train": False, "given": experts}, methods={"soup": {}})
     folder = _run(write_recipe(tmp_path / "tiny.yaml", recipe), executor="ray", workers=2)
