@@ -27,7 +27,8 @@ def main_table_text(rows: list[ScoreRow], top: int = TOP_MERGES) -> str | None:
     shown = merges[:top]
     ranked = f", ranked by {table.columns[column].label}" if column is not None else ""
     title = f"{table.title}: the {len(shown)} best of {len(merges)} merges{ranked}"
-    short = Table(title, table.columns, [row for row in table.rows if not row.competes] + shown)
+    note = "Bold: the best of these merges in each column; every merge, and what each column means: the report."
+    short = Table(title, table.columns, [row for row in table.rows if not row.competes] + shown, [note])
     return "\n".join(markdown_table(short)).rstrip()
 
 
