@@ -4,8 +4,9 @@ A job already done (or, with `only_new`, already failed) is skipped. Of the rest
 inputs are all done is *ready*; one that needs a job of this batch *waits* and becomes ready as
 soon as those are done; one that needs a job that is neither done nor in the batch, or that
 needs a job which failed or was itself blocked, is *lost* (blocked, never started). Blocking
-spreads transitively. The scheduler keeps no state of its own beyond one batch: every start and
-outcome goes to a `Recorder` (the study's store, or a fake in tests).
+spreads transitively. Besides the names of failed and blocked jobs the scheduler keeps nothing:
+it reads statuses from, and hands every start and outcome to, a `Recorder` (the study's store,
+or a dict in tests).
 """
 
 from __future__ import annotations
