@@ -164,3 +164,55 @@ time.sleep(600)
         time.sleep(0.2)
     os.kill(worker, signal.SIGKILL)
     raise AssertionError("the pool worker outlived its driver")
+
+
+def test_the_parallel_queue_submits_released_jobs_and_cancels_what_is_left_when_stopped():
+    """run_queue, the one queue of the pool and Ray executors, on handles that finish in submission order."""
+    from speechmerge.study.executors import run_queue
+
+    submitted, cancelled = [], []
+
+    def submit(task, spec):
+        submitted.append(spec["name"])
+        return len(submitted) - 1  # the handle
+
+    def more(key, outcome):
+        return [("s1", "fake", {"name": "s1"}), ("s2", "fake", {"name": "s2"})] if key == "e1" else []
+
+    queue = run_queue(
+        [("e1", "fake", {"name": "e1"}), ("b", "fake", {"name": "b"})],
+        more,
+        submit=submit,
+        wait_one=lambda handles: [min(handles)],
+        result=lambda handle: {"ok": True, "handle": handle},
+        cancel=cancelled.append,
+    )
+    assert next(queue) == ("e1", {"ok": True, "handle": 0})
+    assert next(queue) == ("b", {"ok": True, "handle": 1})
+    assert submitted == ["e1", "b", "s1", "s2"]  # e1's dependents were submitted when it came back
+    queue.close()  # the caller stops: the jobs still pending are cancelled
+    assert sorted(cancelled) == [2, 3]
+
+
+def test_a_lost_worker_fails_its_job_only():
+    import itertools
+
+    from speechmerge.study.executors import run_queue
+
+    def result(handle):
+        if handle == 0:
+            raise RuntimeError("worker died")
+        return {"ok": True}
+
+    outcomes = dict(
+        run_queue(
+            [("a", "fake", {}), ("b", "fake", {})],
+            lambda key, outcome: [],
+            submit=lambda task, spec, handles=itertools.count(): next(handles),
+            wait_one=lambda handles: [min(handles)],
+            result=result,
+            cancel=lambda handle: None,
+        )
+    )
+    assert outcomes["b"] == {"ok": True}
+    assert not outcomes["a"]["ok"] and outcomes["a"]["error"] == "worker lost: RuntimeError: worker died"

@@ -38,7 +38,7 @@ class ExpertGroup:
         return self.selection.keeps(language, task, domain)
 
 
-Label = tuple[str, str, str, str]  # (language, task, domain, split), "-" for a missing label
+GroupLabels = tuple[str, str, str, str]  # (language, task, domain, split), "-" for a missing label
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class EvalSet:
     scope: str
     limit: int | None
     digest: str
-    labels: frozenset[Label]  # the (language, task, domain, split) groups it holds
+    labels: frozenset[GroupLabels]  # the (language, task, domain, split) groups it holds
 
     def spec(self) -> dict:
         return {"name": self.name, "path": self.path, "stage": self.stage, "scope": self.scope, "limit": self.limit}
@@ -178,7 +178,7 @@ def set_names(paths: list[Path]) -> list[str]:
     ]
 
 
-def _labels_of(path: Path, limit: int | None) -> frozenset[Label]:
+def _labels_of(path: Path, limit: int | None) -> frozenset[GroupLabels]:
     return frozenset(
         (u.language, u.task, u.domain or "-", u.split or "-") for u in load_set({"path": str(path), "limit": limit})
     )
