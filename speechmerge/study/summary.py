@@ -29,6 +29,7 @@ from typing import Literal
 from speechmerge.errors import SpeechmergeError
 from speechmerge.evaluation.relative_scores import gain_kept, vs_expert
 from speechmerge.study.rows import Scope, ScoreRow, Stage
+from speechmerge.study.selection import primary_metric
 
 LineKind = Literal["merge", "base", "experts", "baseline"]
 SCOPES: tuple[Scope, ...] = ("in_domain", "out_of_domain", "retention")
@@ -57,8 +58,6 @@ METRICS = {
     "language_id": MetricStyle("LID", percent=True, higher_is_better=True),
 }
 NORMALISED = MetricStyle("norm.", percent=True, higher_is_better=True)
-PRIMARY_METRICS = {"transcribe": ("wer", "cer"), "translate": ("bleu", "chrf")}
-FALLBACK_PRIMARY = ("wer", "bleu", "cer", "chrf")
 
 
 @dataclass(frozen=True, order=True)
@@ -228,13 +227,6 @@ def metrics_in(lines: list[Line], scope: str) -> list[str]:
     """The metrics scored in `scope`, in METRICS order."""
     present = {name for line in lines for group, name in line.scores if group.scope == scope}
     return [name for name in METRICS if name in present]
-
-
-def primary_metric(task: str, available: Iterable[str]) -> str | None:
-    """WER (else CER) for transcription, BLEU (else chrF) for translation; for another task the
-    first of WER, BLEU, CER, chrF it was scored with."""
-    available = set(available)
-    return next((name for name in PRIMARY_METRICS.get(task, FALLBACK_PRIMARY) if name in available), None)
 
 
 def primary_groups(lines: list[Line], scope: str) -> list[tuple[Group, str]]:
