@@ -1,7 +1,9 @@
 """From decoded text to the numbers a paper reports.
 
-Per utterance: the normalised reference and hypothesis and their word/character edit counts
-(transcription), or the raw texts (translation). Per group of utterances sharing language,
+Per utterance: the normalised reference and hypothesis, their word/character edit counts and
+the word alignment (transcription), or the raw texts and sacrebleu's sentence statistics
+(translation): everything the significance tests resample, so they run from predictions.jsonl
+without decoding again. Per group of utterances sharing language,
 task, domain and split: corpus-level WER (CER for languages without spaces, or on request)
 for `transcribe`, sacrebleu BLEU and chrF for `translate`, and the share of clips whose
 detected language is the manifest's. Macro averages: the unweighted mean of a metric over the
@@ -18,11 +20,20 @@ from typing import Optional
 from pydantic import BaseModel
 
 from speechmerge.data.manifest import Utterance
-from speechmerge.evaluation.metrics import EditCounts, bleu, char_edits, chrf, total, word_edits
+from speechmerge.evaluation.metrics import (
+    METRICS,
+    EditCounts,
+    bleu,
+    char_edits,
+    chrf,
+    ops_counts,
+    sentence_statistics,
+    total,
+    word_alignment,
+)
 from speechmerge.evaluation.normalizers import normalise, normaliser_name, uses_spaces
 from speechmerge.evaluation.prediction_cache import CachedDecode
 
-METRICS = ("wer", "cer", "bleu", "chrf")
 ALL_SPLITS = "all"
 
 
@@ -46,6 +57,9 @@ class Prediction(BaseModel):
     hypothesis_normalised: Optional[str] = None
     word_edits: Optional[EditCounts] = None
     char_edits: Optional[EditCounts] = None
+    word_ops: Optional[str] = None
+    bleu_stats: Optional[list[int]] = None
+    chrf_stats: Optional[list[int]] = None
 
     @property
     def group(self) -> tuple[str, str, str, str]:
@@ -105,12 +119,19 @@ def score_prediction(utterance: Utterance, manifest: str, decoded: CachedDecode,
             normalise(decoded.text, utterance.language),
         )
         spaced = uses_spaces(utterance.language)
+        ops = word_alignment(reference, hypothesis) if spaced else None
         fields.update(
             normaliser=normaliser_name(utterance.language),
             reference_normalised=reference,
             hypothesis_normalised=hypothesis,
-            word_edits=word_edits(reference, hypothesis) if spaced else None,
+            word_edits=ops_counts(ops) if spaced else None,
+            word_ops=ops,
             char_edits=char_edits(reference, hypothesis) if (cer or not spaced) else None,
+        )
+    else:
+        fields.update(
+            bleu_stats=sentence_statistics("bleu", [decoded.text], [utterance.reference])[0],
+            chrf_stats=sentence_statistics("chrf", [decoded.text], [utterance.reference])[0],
         )
     return Prediction(**fields)
 

@@ -39,6 +39,7 @@ class ScoreRow(BaseModel):
     metric: str
     value: float
     utterances: int
+    statistics: Optional[dict[str, Any]] = None  # per-utterance: speechmerge.evaluation.statistics.UtteranceStatistics
 
 
 class StudyFacts(BaseModel):

@@ -123,6 +123,7 @@ def _score(model, spec: dict) -> tuple[list[dict], dict]:
     """Evaluate on the spec's sets; one row per (group, metric), labelled with the set's stage and scope."""
     from speechmerge.evaluation.api import evaluate
     from speechmerge.evaluation.options import EvalOptions
+    from speechmerge.evaluation.statistics import group_statistics
     from speechmerge.study.data import load_set
 
     sets, utterances = {}, []
@@ -134,10 +135,13 @@ def _score(model, spec: dict) -> tuple[list[dict], dict]:
     result = evaluate(model, [utterances], EvalOptions.model_validate(spec["options"]))
     rows = []
     for group in result.groups:
-        item = sets[(group.language, group.task, group.domain, group.split)]
+        key = (group.language, group.task, group.domain, group.split)
+        item = sets[key]
+        members = [p for p in result.predictions if p.group == key]
         for metric in METRICS:
             value = group.metric(metric)
             if value is not None:
+                statistics = group_statistics(members, metric)
                 rows.append(
                     {
                         "stage": item["stage"],
@@ -149,6 +153,7 @@ def _score(model, spec: dict) -> tuple[list[dict], dict]:
                         "metric": metric,
                         "value": float(value),
                         "utterances": group.utterances,
+                        "statistics": statistics.model_dump() if statistics else None,
                     }
                 )
     timing = result.timing.model_dump()
