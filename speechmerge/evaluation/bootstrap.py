@@ -12,9 +12,11 @@ same seed one system's BLEU resamples are sacrebleu's own.
 - stratified (macro averages, normalised performance): every group resampled on its own, the
   groups' resampled scores combined resample by resample;
 - paired (two systems on the same utterances): both scored on the same resamples; Δ* = B* − A*.
-  Probability of improvement: the share of resamples where B is better. Two-sided p-value from
-  the bootstrap distribution shifted to the null (Efron & Tibshirani 1993, §16.4):
-  p = (1 + #{|Δ* − mean Δ*| ≥ |Δ|}) / (R + 1).
+  Probability of improvement: the share of resamples where B is better. Two-sided p-value by
+  inverting the percentile interval (Efron & Tibshirani 1993, §15.4): twice the share of
+  resamples on the far side of 0, p = min(1, 2 (1 + min(#{Δ* ≤ 0}, #{Δ* ≥ 0})) / (R + 1)), so
+  p < 1 − c exactly when the c percentile interval of Δ excludes 0 (up to the +1, which keeps a
+  p-value from R resamples above 0).
 """
 
 from __future__ import annotations
@@ -132,11 +134,11 @@ def paired_bootstrap(
     deltas = deltas[keep]
     observed = observed_b - observed_a
     better = deltas > 0 if higher_is_better else deltas < 0
-    extreme = np.abs(deltas - deltas.mean()) >= abs(observed) - 1e-12 * max(1.0, abs(observed))
+    far_side = min(int((deltas <= 0).sum()), int((deltas >= 0).sum()))
     return PairedBootstrap(
         difference=observed,
         interval=percentile_interval(deltas, confidence),
         probability_of_improvement=float(better.mean()),
-        p_value=float((1 + extreme.sum()) / (len(deltas) + 1)),
+        p_value=min(1.0, 2 * (1 + far_side) / (len(deltas) + 1)),
         sd=float(deltas.std(ddof=1)),
     )
