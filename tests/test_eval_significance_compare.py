@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -185,6 +186,11 @@ def test_compare_two_real_evaluations_of_tiny_models(tmp_path, capsys):
         code, _, err = run_cli(["eval", model, clips["transcribe"], clips["translate"], "-o", out], capsys)
         assert code == 0, err
         outputs.append(out)
+    # the eval table shows each score of a group of 2+ utterances with its interval
+    table = (outputs[0] / "summary.md").read_text()
+    assert re.search(r"\| es \| transcribe \| synthetic \| test \| 3 \| [0-9.]+ \[[0-9.]+, [0-9.]+\]", table)
+    rows = list(csv.DictReader(io.StringIO((outputs[0] / "summary.csv").read_text())))
+    assert float(rows[0]["wer_low"]) <= float(rows[0]["wer"]) <= float(rows[0]["wer_high"])
     code, out, err = run_cli(["compare", *outputs, "--json", "--resamples", "200"], capsys)
     assert code == 0, err
     records = json.loads(out)["comparisons"]

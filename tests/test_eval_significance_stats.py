@@ -125,3 +125,46 @@ def test_statistics_of_two_evaluations_pair_up_by_id_and_name_the_ids_that_diffe
     c = b.model_copy(update={"ids": ["y", "z"]})
     with pytest.raises(SpeechmergeError, match="'x' only in A, 'z' only in B"):
         pair_up(a, c, "es/transcribe")
+
+
+def _transcribed(count: int, error_rate: float, seed: int, language: str = "es"):
+    from speechmerge.evaluation.prediction_cache import CachedDecode
+    from speechmerge.evaluation.scoring import score_prediction
+
+    rng = np.random.default_rng(seed)
+    words = "uno dos tres cuatro cinco seis siete ocho nueve diez".split()
+    out = []
+    for index in range(count):
+        reference = " ".join(rng.choice(words, size=10))
+        hypothesis = " ".join(w if rng.random() > error_rate else "mal" for w in reference.split())
+        utterance = _utterance("transcribe", reference, index=index).model_copy(
+            update={"id": f"{language}-{index}", "language": language, "split": "test"}
+        )
+        out.append(score_prediction(utterance, "m", CachedDecode(text=hypothesis, language=language), False))
+    return out
+
+
+def test_eval_scores_carry_intervals_and_the_macro_average_a_stratified_one():
+    """Two independent groups of equal size and error rate: each group's interval contains its WER,
+    and the macro interval is about 1/sqrt(2) as wide (the variance of a mean of two)."""
+    from speechmerge.evaluation.scoring import add_intervals, group_scores, macro_scores
+
+    predictions = _transcribed(300, 0.2, seed=1, language="es") + _transcribed(300, 0.2, seed=2, language="fr")
+    predictions += _transcribed(1, 0.2, seed=3, language="de")
+    groups, _ = group_scores(predictions)
+    two = [g for g in groups if g.language != "de"]
+    macro = macro_scores(two)
+    add_intervals(two, macro, predictions, resamples=2000)
+    by_language = {g.language: g for g in groups}
+    widths = []
+    for language in ("es", "fr"):
+        low, high = by_language[language].intervals["wer"]
+        assert low <= by_language[language].wer <= high
+        widths.append(high - low)
+    low, high = macro[0].intervals["wer"]
+    assert low <= macro[0].wer <= high
+    assert high - low == pytest.approx(np.hypot(*widths) / 2, rel=0.15)
+    # de (one utterance) has no interval, so neither has a macro average over it
+    everything = macro_scores(groups)
+    add_intervals(groups, everything, predictions, resamples=200)
+    assert "wer" not in by_language["de"].intervals and "wer" not in everything[0].intervals

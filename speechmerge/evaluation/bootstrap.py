@@ -86,10 +86,10 @@ def bootstrap_scores(
     metric: str,
     stats: np.ndarray,
     resamples: int = RESAMPLES,
-    seed: int = SEED,
+    seed: int | Sequence[int] = SEED,
     blocks: Optional[Sequence[Optional[str]]] = None,
 ) -> np.ndarray:
-    """R resampled corpus scores of one system on one group."""
+    """R resampled corpus scores of one system on one group (`seed` as numpy.random.default_rng takes it)."""
     unit_stats = units(stats, blocks)
     return resampled_scores(metric, unit_stats, draw_counts(len(unit_stats), resamples, np.random.default_rng(seed)))
 

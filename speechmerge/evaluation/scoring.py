@@ -7,19 +7,26 @@ without decoding again. Per group of utterances sharing language,
 task, domain and split: corpus-level WER (CER for languages without spaces, or on request)
 for `transcribe`, sacrebleu BLEU and chrF for `translate`, and the share of clips whose
 detected language is the manifest's. Macro averages: the unweighted mean of a metric over the
-groups that have it, per split and over all groups.
+groups that have it, per split and over all groups. Every score carries its 95 % bootstrap
+interval (`add_intervals`; a group of fewer than 2 utterances has none): per group the percentile
+interval over utterances resampled with replacement, per macro average the stratified bootstrap
+(each group resampled on its own, the resampled group scores averaged);
+`speechmerge.evaluation.bootstrap` gives the procedure.
 """
 
 from __future__ import annotations
 
 import math
+import zlib
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Optional
 
+import numpy as np
 from pydantic import BaseModel
 
 from speechmerge.data.manifest import Utterance
+from speechmerge.evaluation.bootstrap import CONFIDENCE, RESAMPLES, SEED, bootstrap_scores, percentile_interval
 from speechmerge.evaluation.metrics import (
     METRICS,
     EditCounts,
@@ -33,6 +40,7 @@ from speechmerge.evaluation.metrics import (
 )
 from speechmerge.evaluation.normalizers import normalise, normaliser_name, uses_spaces
 from speechmerge.evaluation.prediction_cache import CachedDecode
+from speechmerge.evaluation.statistics import group_statistics
 
 ALL_SPLITS = "all"
 
@@ -80,9 +88,14 @@ class GroupScore(BaseModel):
     bleu: Optional[float] = None
     chrf: Optional[float] = None
     language_id: Optional[float] = None
+    intervals: dict[str, tuple[float, float]] = {}  # metric -> (low, high), 95 % bootstrap (add_intervals)
 
     def metric(self, name: str) -> Optional[float]:
         return getattr(self, name)
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        return (self.language, self.task, self.domain, self.split)
 
 
 class MacroScore(BaseModel):
@@ -95,6 +108,7 @@ class MacroScore(BaseModel):
     bleu: Optional[float] = None
     chrf: Optional[float] = None
     language_id: Optional[float] = None
+    intervals: dict[str, tuple[float, float]] = {}
 
 
 def score_prediction(utterance: Utterance, manifest: str, decoded: CachedDecode, cer: bool) -> Prediction:
@@ -191,3 +205,41 @@ def macro_scores(groups: Sequence[GroupScore]) -> list[MacroScore]:
         )
         for split, members in selections
     ]
+
+
+def _group_seed(seed: int, group: tuple[str, ...]) -> list[int]:
+    """A seed of its own per group (stable whatever other groups are evaluated with it), so that
+    the groups of a stratified bootstrap are resampled independently."""
+    return [seed, zlib.crc32("/".join(group).encode())]
+
+
+def add_intervals(
+    groups: Sequence[GroupScore],
+    macros: Sequence[MacroScore],
+    predictions: Sequence[Prediction],
+    confidence: float = CONFIDENCE,
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+) -> None:
+    """Fill each score's `intervals`: per group by bootstrap over its utterances, per macro
+    average by the stratified bootstrap over the groups it averages (those with an interval)."""
+    members: dict[tuple[str, str, str, str], list[Prediction]] = defaultdict(list)
+    for prediction in predictions:
+        members[prediction.group].append(prediction)
+    samples: dict[tuple[tuple[str, str, str, str], str], np.ndarray] = {}
+    for group in groups:
+        for metric in METRICS:
+            stats = group_statistics(members[group.key], metric) if group.metric(metric) is not None else None
+            if stats is None or len(stats.ids) < 2:
+                continue
+            drawn = bootstrap_scores(metric, stats.array, resamples, _group_seed(seed, group.key))
+            samples[(group.key, metric)] = drawn
+            interval = percentile_interval(drawn, confidence)
+            group.intervals[metric] = (interval.low, interval.high)
+    for macro in macros:
+        chosen = [g for g in groups if macro.split in (g.split, ALL_SPLITS)]
+        for metric in METRICS:
+            drawn = [samples[(g.key, metric)] for g in chosen if (g.key, metric) in samples]
+            if drawn and len(drawn) == sum(g.metric(metric) is not None for g in chosen):
+                interval = percentile_interval(np.mean(drawn, axis=0), confidence)
+                macro.intervals[metric] = (interval.low, interval.high)
