@@ -259,3 +259,20 @@ def test_minimum_detectable_difference_is_the_normal_power_formula():
     assert minimum_detectable_difference(0.02, alpha=0.01, power=0.9) == pytest.approx(
         0.02 * (2.575829 + 1.281552), abs=1e-6
     )
+
+
+def test_speaker_blocked_intervals_widen_when_speakers_differ():
+    """20 speakers of 10 utterances, each speaker with its own error rate (0 to 60 %): utterances of
+    one speaker are alike, so resampling speakers shows more spread than resampling utterances."""
+    from speechmerge.evaluation.bootstrap import bootstrap_scores, percentile_interval
+
+    rng = np.random.default_rng(12)
+    ops, speakers = [], []
+    for speaker in range(20):
+        rate = rng.uniform(0.0, 0.6)
+        ops += random_ops(rng, 10, 10, rate)
+        speakers += [f"s{speaker}"] * 10
+    stats = wer_statistics(ops, speakers)
+    plain = percentile_interval(bootstrap_scores("wer", stats.array, 2000, seed=1), 0.95)
+    blocked = percentile_interval(bootstrap_scores("wer", stats.array, 2000, seed=1, blocks=speakers), 0.95)
+    assert blocked.high - blocked.low > 1.5 * (plain.high - plain.low)

@@ -202,3 +202,64 @@ def test_a_reference_named_in_the_recipe(tmp_path):
     assert CELL.match(main["good"]["ID WER % ↓"]).group(4) is None
     with pytest.raises(SpeechmergeError, match="recipe reference: 'nobody'"):
         write_report(facts(reference="nobody"), study_rows(), tmp_path / "b")
+
+
+# --- select: significant ------------------------------------------------------------------------
+
+
+def _validation_statistics(rate: float, seed: int, n: int = 40) -> dict:
+    rng = np.random.default_rng(seed)
+    ops = ["".join("S" if e else "C" for e in rng.random(10) < rate) for _ in range(n)]
+    stats = [[o.count("S"), 0, 0, 10] for o in ops]
+    return {"metric": "wer", "ids": [f"v{i}" for i in range(n)], "speakers": [None] * n, "stats": stats, "ops": ops}
+
+
+def test_select_significant_keeps_the_default_unless_another_setting_is_significantly_better():
+    from speechmerge.study.significance import keep_default_unless_better
+
+    group = ("es", "transcribe", "-", "wer")
+    experts = {group: _validation_statistics(0.1, 1)}
+    at_default = _validation_statistics(0.30, 2)
+    # slightly better: the default's outputs with one error fewer on one utterance
+    slightly = {**at_default, "stats": [row[:] for row in at_default["stats"]]}
+    first_wrong = next(i for i, row in enumerate(slightly["stats"]) if row[0] > 0)
+    slightly["stats"][first_wrong][0] -= 1
+    statistics = {
+        "default": {group: at_default},
+        "slightly": {group: slightly},
+        "much": {group: _validation_statistics(0.05, 4)},
+    }
+    default = ("default", {"scale": 1.0})
+
+    def best(job):
+        return {"job": job, "setting": {"scale": 0.5}, "score": 1.0, "criterion": "mean vs_expert on validation"}
+
+    kept = keep_default_unless_better(best("slightly"), default, statistics, experts, {}, "vs_expert")
+    assert kept["job"] == "default" and kept["setting"] == {"scale": 1.0}
+    assert kept["criterion"].startswith("select: significant: the default setting kept")
+    taken = keep_default_unless_better(best("much"), default, statistics, experts, {}, "vs_expert")
+    assert taken["job"] == "much" and "better than the default setting, p = " in taken["criterion"]
+    unsearched = keep_default_unless_better(best("much"), None, statistics, experts, {}, "vs_expert")
+    assert unsearched["job"] == "much" and "default setting was not searched" in unsearched["criterion"]
+
+
+def test_the_recipe_names_a_reference_and_the_selection_rule(tmp_path):
+    from study_helpers import study_recipe, write_recipe
+
+    from speechmerge.study.recipe import load_study
+
+    recipe = study_recipe(tmp_path, tmp_path / "base", reference="ties")
+    recipe["evaluation"] = {**recipe.get("evaluation", {}), "select": "significant"}
+    loaded = load_study(write_recipe(tmp_path / "s.yaml", recipe))
+    assert loaded.reference == "ties" and loaded.evaluation.select == "significant"
+    recipe["evaluation"]["select"] = "sometimes"
+    with pytest.raises(Exception, match="select"):
+        load_study(write_recipe(tmp_path / "t.yaml", recipe))
+
+
+def test_the_report_says_which_rule_chose(tmp_path):
+    facts_with_rules = facts().model_copy(update={"selection_rules": {"good": "select: significant: kept"}})
+    rows = study_rows()
+    validation = [r.model_copy(update={"stage": "validation", "job": r.job + ":v"}) for r in rows]
+    paths = write_report(facts_with_rules, rows + validation, tmp_path / "report")
+    assert "Chosen by: good: select: significant: kept." in paths["markdown"].read_text(encoding="utf-8")

@@ -78,6 +78,8 @@ def resampled_scores(metric: str, unit_stats: np.ndarray, counts: np.ndarray) ->
 def percentile_interval(samples: np.ndarray, confidence: float) -> Interval:
     tail = (1 - confidence) / 2
     kept = samples[np.isfinite(samples)]
+    if not kept.size:  # e.g. a group whose references are all empty: no rate to resample
+        return Interval(float("nan"), float("nan"), confidence)
     low, high = np.quantile(kept, [tail, 1 - tail])
     return Interval(float(low), float(high), confidence)
 
@@ -140,5 +142,5 @@ def paired_bootstrap(
         interval=percentile_interval(deltas, confidence),
         probability_of_improvement=float(better.mean()),
         p_value=min(1.0, 2 * (1 + far_side) / (len(deltas) + 1)),
-        sd=float(deltas.std(ddof=1)),
+        sd=float(deltas.std(ddof=1)) if len(deltas) > 1 else float("nan"),
     )

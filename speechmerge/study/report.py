@@ -150,7 +150,7 @@ def report_blocks(facts: StudyFacts, rows: list[ScoreRow]) -> list[Block]:
         Heading("Retention: English and other languages the experts were not trained for (test sets)"),
         *group_blocks(lines, ("retention",), resampler),
         Heading("Hyper-parameter search (validation sets)"),
-        *search_blocks(validation, reference_lines(rows, "validation"), resampler),
+        *search_blocks(validation, reference_lines(rows, "validation"), resampler, facts.selection_rules),
         Heading("Plots"),
         ranking_figure(lines, resampler),
         heatmap_figure(lines),
@@ -589,7 +589,12 @@ def id_ood_blocks(lines: TestLines) -> list[Block]:
     return [table]
 
 
-def search_blocks(validation: list[Line], references: list[Line], resampler: Resampler | None = None) -> list[Block]:
+def search_blocks(
+    validation: list[Line],
+    references: list[Line],
+    resampler: Resampler | None = None,
+    rules: dict[str, str] | None = None,
+) -> list[Block]:
     """Every validation setting of every method with its in-domain averages (and their intervals),
     the chosen ones marked."""
     resampler = resampler or Resampler()
@@ -628,6 +633,10 @@ def search_blocks(validation: list[Line], references: list[Line], resampler: Res
         "chosen: the setting the method took to the test sets. Bold: the best setting in each column over all methods.",
         f"[low, high]: {100 * resampler.confidence:g} % bootstrap interval over the validation utterances.",
     ]
+    if rules:
+        table.notes.append(
+            "Chosen by: " + "; ".join(f"{method}: {rule}" for method, rule in sorted(rules.items()) if rule) + "."
+        )
     return [table]
 
 

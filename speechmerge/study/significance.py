@@ -50,6 +50,11 @@ def _goodness(metric: str, values: np.ndarray) -> np.ndarray:
     return 1.0 - values if metric in ("wer", "cer") else values
 
 
+def group_draws(name: str, n: int, resamples: int, seed: int) -> np.ndarray:
+    """The bootstrap draws of one group, seeded by its name: the same for every model scored on it."""
+    return draw_counts(n, resamples, np.random.default_rng([seed, zlib.crc32(name.encode())]))
+
+
 class Resampler:
     """Bootstrap resamples of a study's groups, shared by every line (see the module docstring)."""
 
@@ -62,9 +67,8 @@ class Resampler:
     def _draws(self, group: Group, ids: list[str]) -> np.ndarray:
         if group not in self._counts:
             name = "/".join((group.scope, group.evaluation, group.language, group.task, group.domain))
-            rng = np.random.default_rng([self.seed, zlib.crc32(name.encode())])
             self._order[group] = ids
-            self._counts[group] = draw_counts(len(ids), self.resamples, rng)
+            self._counts[group] = group_draws(name, len(ids), self.resamples, self.seed)
         return self._counts[group]
 
     def samples(self, line: Line, group: Group, metric: str) -> Samples:
@@ -194,3 +198,85 @@ def interval_text(interval: Optional[Interval], percent: bool) -> str:
         return ""
     scale = 100 if percent else 1
     return f" [{scale * interval.low:.1f}, {scale * interval.high:.1f}]"
+
+
+GroupKey = tuple[str, str, str, str]  # (language, task, domain, metric) of a validation score
+
+
+def _criterion_samples(
+    systems: Sequence[dict[GroupKey, dict]], groups: Sequence[GroupKey], criterion: str, resamples: int, seed: int
+) -> tuple[list[float], list[np.ndarray]] | None:
+    """Mean over groups of vs_expert (or gain_kept) of systems[0], systems[1] (the two compared), against
+    systems[2] (the experts) and systems[3] (the base), observed and per resample."""
+    observed, drawn = [[], []], [[], []]
+    for group in groups:
+        stats = [UtteranceStatistics.model_validate(s[group]) for s in systems]
+        ids = stats[0].ids
+        if len(ids) < 2 or any(sorted(x.ids) != sorted(ids) for x in stats):
+            return None
+        arrays = [x.array[[x.ids.index(i) for i in ids]].astype(float) for x in stats]
+        counts = group_draws("validation/" + "/".join(group), len(ids), resamples, seed)
+        metric = group[3]
+        full = [_goodness(metric, np.array([x.score()])) for x in stats]
+        resampled = [_goodness(metric, resampled_scores(metric, a, counts)) for a in arrays]
+        for k in (0, 1):
+            for target, values in ((observed, full), (drawn, resampled)):
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    value = (
+                        values[k] / values[2]
+                        if criterion == "vs_expert"
+                        else (values[k] - values[3]) / (values[2] - values[3])
+                    )
+                target[k].append(value)
+    if not groups:
+        return None
+    return [float(np.nanmean(o)) for o in observed], [np.nanmean(d, axis=0) for d in drawn]
+
+
+def keep_default_unless_better(
+    best: dict,
+    default: tuple[str, dict] | None,
+    statistics: dict[str, dict[GroupKey, dict]],
+    experts: dict[GroupKey, dict],
+    base: dict[GroupKey, dict],
+    criterion: str,
+    alpha: float = 0.05,
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+) -> dict:
+    """`select: significant`: the method's default setting, unless the best setting on validation
+    (`best`, a selection record) is significantly better on the validation criterion (paired
+    bootstrap of the difference of mean vs_expert / gain_kept over the groups, p < alpha). Returns
+    the selection record, its `criterion` saying which rule chose. `default`: the (job, setting) of
+    the method's default point, None when the grid does not hold it."""
+    if default is None:
+        return {
+            **best,
+            "criterion": f"{best['criterion']} (select: significant, but the default setting was not searched)",
+        }
+    default_job, default_setting = default
+    if best["job"] == default_job:
+        return {**best, "criterion": f"{best['criterion']} (select: significant: the default setting is the best)"}
+    mine, theirs = statistics.get(best["job"], {}), statistics.get(default_job, {})
+    groups = sorted(g for g in mine if g in theirs and g in experts and (criterion == "vs_expert" or g in base))
+    found = _criterion_samples(
+        [mine, theirs, experts, base if criterion == "gain_kept" else experts], groups, criterion, resamples, seed
+    )
+    if found is None:
+        return {
+            **best,
+            "criterion": f"{best['criterion']} (select: significant without per-utterance statistics: the best)",
+        }
+    (best_value, default_value), (best_samples, default_samples) = found
+    test = paired_bootstrap(default_value, best_value, default_samples, best_samples, True, 1 - alpha)
+    if test.p_value < alpha and test.difference > 0:
+        return {
+            **best,
+            "criterion": f"{best['criterion']}; select: significant: better than the default setting, p = {test.p_value:.3g}",
+        }
+    return {
+        "job": default_job,
+        "setting": default_setting,
+        "score": default_value,
+        "criterion": f"select: significant: the default setting kept, the best on validation is not significantly better (p = {test.p_value:.3g})",
+    }
