@@ -263,3 +263,10 @@ def test_the_report_says_which_rule_chose(tmp_path):
     validation = [r.model_copy(update={"stage": "validation", "job": r.job + ":v"}) for r in rows]
     paths = write_report(facts_with_rules, rows + validation, tmp_path / "report")
     assert "Chosen by: good: select: significant: kept." in paths["markdown"].read_text(encoding="utf-8")
+
+
+def test_latex_tables_carry_the_markers_as_symbols(tmp_path):
+    paths = write_report(facts(), study_rows(), tmp_path / "report")
+    latex = paths["latex"].read_text(encoding="utf-8")
+    assert r"$\blacktriangle$" in latex and r"$\blacktriangledown$" in latex
+    assert "▲" not in latex and "▼" not in latex
