@@ -197,3 +197,24 @@ def test_compare_two_real_evaluations_of_tiny_models(tmp_path, capsys):
     assert {r["metric"] for r in records} >= {"wer", "bleu"}
     for record in records:
         assert record["a_low"] <= record["a"] <= record["a_high"] or np.isnan(record["a"])
+
+
+def test_compare_draws_the_resamples_eval_draws(folders, capsys):
+    """A's intervals in `compare` are those `speechmerge eval` gives A's scores (same draws per group)."""
+    from speechmerge.evaluation.compare import read_evaluation
+    from speechmerge.evaluation.scoring import add_intervals, group_scores, macro_scores
+
+    predictions = read_evaluation(folders["a"]).predictions
+    groups, _ = group_scores(predictions)
+    macro = macro_scores(groups)
+    add_intervals(groups, macro, predictions, resamples=200)
+    code, out, err = run_cli(["compare", folders["a"], folders["b"], "--json", "--resamples", "200"], capsys)
+    assert code == 0, err
+    records = {(r["group"], r["metric"]): r for r in json.loads(out)["comparisons"]}
+    for group in groups:
+        for metric, (low, high) in group.intervals.items():
+            record = records[(f"{group.language}/{group.task}", metric)]
+            assert (record["a_low"], record["a_high"]) == pytest.approx((low, high))
+    assert (records[("macro", "wer")]["a_low"], records[("macro", "wer")]["a_high"]) == pytest.approx(
+        macro[0].intervals["wer"]
+    )

@@ -21,6 +21,7 @@ same seed one system's BLEU resamples are sacrebleu's own.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional
@@ -45,6 +46,13 @@ class Interval:
 
     def contains(self, value: float) -> bool:
         return self.low <= value <= self.high
+
+
+def group_seed(seed: int, group: Sequence[str]) -> list[int]:
+    """The seed of one group's resamples: its own per group (so the groups of a stratified
+    bootstrap are drawn independently) and stable whatever other groups are scored with it, so
+    `speechmerge eval` and `speechmerge compare` draw the same resamples of a group."""
+    return [seed, zlib.crc32("/".join(group).encode())]
 
 
 def units(stats: np.ndarray, blocks: Optional[Sequence[Optional[str]]] = None) -> np.ndarray:

@@ -16,7 +16,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from speechmerge.errors import SpeechmergeError
-from speechmerge.evaluation.bootstrap import CONFIDENCE, RESAMPLES, SEED
+from speechmerge.evaluation.bootstrap import CONFIDENCE, RESAMPLES, SEED, group_seed
 from speechmerge.evaluation.metrics import METRICS
 from speechmerge.evaluation.scoring import ALL_SPLITS, Prediction
 from speechmerge.evaluation.significance import PERCENT, Comparison, compare_group, compare_macro
@@ -125,7 +125,7 @@ def compare_evaluations(
     groups_a, groups_b = _by_group(a.predictions), _by_group(b.predictions)
     _check_same_groups(groups_a, groups_b)
     result = CompareResult(a.name, b.name)
-    tested: dict[tuple[str, str], list[tuple[UtteranceStatistics, UtteranceStatistics]]] = defaultdict(list)
+    tested: dict[tuple[str, str], list[tuple[UtteranceStatistics, UtteranceStatistics, list[int]]]] = defaultdict(list)
     for group in sorted(groups_a):
         label = group_label(group)
         for metric in METRICS:
@@ -137,15 +137,19 @@ def compare_evaluations(
                     f"{label}: {len(stats_a.ids)} utterance, no interval or test ({metric}); a group needs at least 2"
                 )
                 continue
-            result.groups.append(compare_group(label, stats_a, stats_b, confidence, resamples, seed, by_speaker))
-            tested[(group[3], metric)].append((stats_a, stats_b))
+            draws = group_seed(seed, group)
+            result.groups.append(
+                compare_group(label, stats_a, stats_b, confidence, resamples, seed, by_speaker, draws=draws)
+            )
+            tested[(group[3], metric)].append((stats_a, stats_b, draws))
     splits = sorted({split for split, _ in tested})
     for split in splits + ([ALL_SPLITS] if len(splits) > 1 else []):
         for metric in METRICS:
-            pairs = [p for (s, m), found in tested.items() if m == metric and split in (s, ALL_SPLITS) for p in found]
-            if len(pairs) > 1:
+            found = [p for (s, m), kept in tested.items() if m == metric and split in (s, ALL_SPLITS) for p in kept]
+            if len(found) > 1:
                 label = f"macro {split}" if split != "-" else "macro"
-                result.macro.append(compare_macro(label, pairs, confidence, resamples, seed, by_speaker))
+                pairs, draws = [(a, b) for a, b, _ in found], [d for _, _, d in found]
+                result.macro.append(compare_macro(label, pairs, confidence, resamples, seed, by_speaker, draws))
     if not result.groups:
         raise SpeechmergeError(
             f"{a.folder} and {b.folder}: no group has 2 or more utterances scored by both; nothing can be tested"

@@ -17,7 +17,6 @@ interval over utterances resampled with replacement, per macro average the strat
 from __future__ import annotations
 
 import math
-import zlib
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Optional
@@ -26,7 +25,14 @@ import numpy as np
 from pydantic import BaseModel
 
 from speechmerge.data.manifest import Utterance
-from speechmerge.evaluation.bootstrap import CONFIDENCE, RESAMPLES, SEED, bootstrap_scores, percentile_interval
+from speechmerge.evaluation.bootstrap import (
+    CONFIDENCE,
+    RESAMPLES,
+    SEED,
+    bootstrap_scores,
+    group_seed,
+    percentile_interval,
+)
 from speechmerge.evaluation.metrics import (
     METRICS,
     EditCounts,
@@ -207,12 +213,6 @@ def macro_scores(groups: Sequence[GroupScore]) -> list[MacroScore]:
     ]
 
 
-def _group_seed(seed: int, group: tuple[str, ...]) -> list[int]:
-    """A seed of its own per group (stable whatever other groups are evaluated with it), so that
-    the groups of a stratified bootstrap are resampled independently."""
-    return [seed, zlib.crc32("/".join(group).encode())]
-
-
 def add_intervals(
     groups: Sequence[GroupScore],
     macros: Sequence[MacroScore],
@@ -232,7 +232,7 @@ def add_intervals(
             stats = group_statistics(members[group.key], metric) if group.metric(metric) is not None else None
             if stats is None or len(stats.ids) < 2:
                 continue
-            drawn = bootstrap_scores(metric, stats.array, resamples, _group_seed(seed, group.key))
+            drawn = bootstrap_scores(metric, stats.array, resamples, group_seed(seed, group.key))
             samples[(group.key, metric)] = drawn
             interval = percentile_interval(drawn, confidence)
             group.intervals[metric] = (interval.low, interval.high)

@@ -184,8 +184,11 @@ def compare_group(
     seed: int = SEED,
     by_speaker: bool = False,
     ar_trials: int = AR_TRIALS,
+    draws: int | Sequence[int] | None = None,
 ) -> Comparison:
-    """Both scores with their intervals, the paired bootstrap of B − A, and the metric's tests."""
+    """Both scores with their intervals, the paired bootstrap of B − A, and the metric's tests.
+    `draws` seeds the bootstrap resamples (default `seed`; `group_seed` gives eval's per-group
+    draws); `seed` seeds sacrebleu's tests."""
     b = pair_up(a, b, label)
     if len(a.ids) < 2:
         raise SpeechmergeError(
@@ -194,7 +197,8 @@ def compare_group(
         )
     metric = a.metric
     blocks = _speakers(a, label) if by_speaker else None
-    samples_a, samples_b = paired_bootstrap_scores(metric, [a.array, b.array], resamples, seed, blocks)
+    draws = seed if draws is None else draws
+    samples_a, samples_b = paired_bootstrap_scores(metric, [a.array, b.array], resamples, draws, blocks)
     score_a, score_b = a.score(), b.score()
     paired = paired_bootstrap(score_a, score_b, samples_a, samples_b, HIGHER_IS_BETTER[metric], confidence)
     tests: dict[str, float] = {}
@@ -241,17 +245,18 @@ def compare_macro(
     resamples: int = RESAMPLES,
     seed: int = SEED,
     by_speaker: bool = False,
+    draws: Sequence[int | Sequence[int]] | None = None,
 ) -> Comparison:
     """The unweighted mean over groups of one metric, by the stratified paired bootstrap (each
-    group resampled on its own with its own draws, shared by A and B)."""
+    group resampled on its own with its own draws, shared by A and B; `draws`: one seed per
+    group, default derived from `seed`)."""
     metric = pairs[0][0].metric
-    rng = np.random.default_rng(seed)
+    draws = draws or [[seed, index] for index in range(len(pairs))]
     sums_a, sums_b, observed_a, observed_b = [], [], [], []
-    for a, b in pairs:
+    for (a, b), group_draws in zip(pairs, draws, strict=True):
         b = pair_up(a, b, label)
         blocks = _speakers(a, label) if by_speaker else None
-        group_seed = int(rng.integers(2**31))
-        samples_a, samples_b = paired_bootstrap_scores(metric, [a.array, b.array], resamples, group_seed, blocks)
+        samples_a, samples_b = paired_bootstrap_scores(metric, [a.array, b.array], resamples, group_draws, blocks)
         sums_a.append(samples_a)
         sums_b.append(samples_b)
         observed_a.append(a.score())
