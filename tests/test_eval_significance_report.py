@@ -270,3 +270,10 @@ def test_latex_tables_carry_the_markers_as_symbols(tmp_path):
     latex = paths["latex"].read_text(encoding="utf-8")
     assert r"$\blacktriangle$" in latex and r"$\blacktriangledown$" in latex
     assert "▲" not in latex and "▼" not in latex
+
+
+def test_without_experts_the_top_group_is_judged_on_the_first_in_domain_column(tmp_path):
+    rows = [r for r in study_rows() if r.model_kind != "expert"]
+    page = parsed(write_report(facts(), rows, tmp_path / "report"))
+    (line,) = [p for p in page.paragraphs if p.startswith("Top group on")]
+    assert line.startswith("Top group on ID WER % ↓: good —")

@@ -394,19 +394,24 @@ def _significance_notes(resampler: Resampler, reference: Line | None, verdicts: 
     return notes
 
 
+def _scored_merges(merges: list[Line], compute: Callable, samples: Callable) -> list[tuple]:
+    """(line, Average, resampled values) of the merges with both."""
+    scored = [(line, compute(line), samples(line)) for line in merges]
+    return [(line, value, drawn) for line, value, drawn in scored if value is not None and drawn is not None]
+
+
 def top_group_blocks(lines: TestLines, columns: list, resampler: Resampler) -> list[Block]:
     """The merges not significantly worse than the best merge, on vs experts (else the first ID
-    column): paired bootstrap of each against the best, Holm over those comparisons."""
-    chosen = next((c for c in columns if c[0].label.startswith(f"{NORMALISED.label} vs experts")), None) or next(
-        (c for c in columns if c[0].label.startswith("ID ")), None
+    column with two merges scored): paired bootstrap of each against the best, Holm over those
+    comparisons."""
+    candidates = [c for c in columns if c[0].label.startswith(f"{NORMALISED.label} vs experts")]
+    candidates += [c for c in columns if c[0].label.startswith("ID ")]
+    found = next(
+        ((c[0], scored) for c in candidates if len(scored := _scored_merges(lines.merges, c[1], c[3])) > 1), None
     )
-    if chosen is None:
+    if found is None:
         return []
-    column, compute, _, samples = chosen
-    scored = [(line, compute(line), samples(line)) for line in lines.merges]
-    scored = [(line, value, drawn) for line, value, drawn in scored if value is not None and drawn is not None]
-    if len(scored) < 2:
-        return []
+    column, scored = found
     pick = max if column.higher_is_better else min
     best, best_value, best_samples = pick(scored, key=lambda item: item[1].value)
     others = [(line, value, drawn) for line, value, drawn in scored if line is not best]
