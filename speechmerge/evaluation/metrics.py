@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 
 # Every metric the evaluator scores, in the order tables show them.
 METRICS = ("wer", "cer", "bleu", "chrf")
@@ -102,7 +103,9 @@ def total(counts: Sequence[EditCounts]) -> EditCounts:
 SACREBLEU_METRICS = ("bleu", "chrf")
 
 
+@cache
 def _sacrebleu_metric(name: str):
+    """One sacrebleu metric object per name, at its defaults (scoring from statistics keeps no state)."""
     from sacrebleu.metrics import BLEU, CHRF
 
     return {"bleu": BLEU, "chrf": CHRF}[name]()
