@@ -4,6 +4,7 @@ minimum detectable difference per group, error bars on the ranking (the HTML par
 
 from __future__ import annotations
 
+import io
 import re
 import zlib
 from html.parser import HTMLParser
@@ -277,3 +278,18 @@ def test_without_experts_the_top_group_is_judged_on_the_first_in_domain_column(t
     page = parsed(write_report(facts(), rows, tmp_path / "report"))
     (line,) = [p for p in page.paragraphs if p.startswith("Top group on")]
     assert line.startswith("Top group on ID WER % ↓: good —")
+
+
+def test_the_ranking_plot_draws_error_bars():
+    from PIL import Image
+
+    from speechmerge.study.plots import ranking_bars
+
+    def dark_pixels(png: bytes) -> int:
+        return int((np.asarray(Image.open(io.BytesIO(png)).convert("L")) < 60).sum())
+
+    names, values, references = ["a", "b"], [90.0, 100.0], [False, True]
+    plain = ranking_bars(names, values, references, "x")
+    with_bars = ranking_bars(names, values, references, "x", [(80.0, 95.0), None])
+    # the error bar is drawn in near-black: more dark pixels than the same bars without it
+    assert dark_pixels(with_bars) > dark_pixels(plain)
