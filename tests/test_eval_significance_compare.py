@@ -179,9 +179,10 @@ def test_compare_two_real_evaluations_of_tiny_models(tmp_path, capsys):
     from eval_models import write_spanish_sets, write_tiny_whisper
 
     clips = write_spanish_sets(tmp_path / "clips", transcribe=3, translate=2, seed=3)
-    outputs = []
+    outputs, models = [], []
     for seed in (21, 22):
         model = write_tiny_whisper(tmp_path / f"tiny{seed}", seed=seed)
+        models.append(model)
         out = tmp_path / f"eval{seed}"
         code, _, err = run_cli(["eval", model, clips["transcribe"], clips["translate"], "-o", out], capsys)
         assert code == 0, err
@@ -197,6 +198,11 @@ def test_compare_two_real_evaluations_of_tiny_models(tmp_path, capsys):
     assert {r["metric"] for r in records} >= {"wer", "bleu"}
     for record in records:
         assert record["a_low"] <= record["a"] <= record["a_high"] or np.isnan(record["a"])
+    # the same two models given with their data: decoded through the prediction cache, the same comparison
+    args = ["--data", clips["transcribe"], "--data", clips["translate"], "--json", "--resamples", "200"]
+    code, again, err = run_cli(["compare", *models, *args], capsys)
+    assert code == 0, err
+    assert json.loads(again)["comparisons"] == records
 
 
 def test_compare_draws_the_resamples_eval_draws(folders, capsys):

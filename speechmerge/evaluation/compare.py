@@ -1,5 +1,6 @@
 """`speechmerge compare A B`: two `speechmerge eval` folders, compared group by group from their
-predictions.jsonl (no decoding): both scores with intervals, B − A with its interval, the p-value
+predictions.jsonl (no decoding), or two models with `--data` (decoded through the prediction
+cache): both scores with intervals, B − A with its interval, the p-value
 of each test and one verdict line per group and macro average (`speechmerge.evaluation.significance`).
 """
 
@@ -40,7 +41,8 @@ def read_evaluation(folder: Path) -> Evaluation:
     path = folder / "predictions.jsonl"
     if not path.is_file():
         raise SpeechmergeError(
-            f"{folder}: no predictions.jsonl here; give a folder written by `speechmerge eval` (its -o/--output)"
+            f"{folder}: no predictions.jsonl here; give a folder written by `speechmerge eval` (its -o/--output), "
+            "or compare two models with --data"
         )
     predictions = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
@@ -59,6 +61,15 @@ def read_evaluation(folder: Path) -> Evaluation:
     summary = folder / "summary.json"
     name = json.loads(summary.read_text(encoding="utf-8")).get("model") if summary.is_file() else None
     return Evaluation(name or folder.name, folder, predictions)
+
+
+def evaluate_model(model: str, data: Sequence[Path]) -> Evaluation:
+    """A model evaluated on `data` with the default decoding options, through the prediction cache
+    (what `speechmerge eval MODEL DATA...` would write into predictions.jsonl)."""
+    from speechmerge.evaluation.api import evaluate
+
+    result = evaluate(model, list(data), progress=True)
+    return Evaluation(result.model, Path(model), result.predictions)
 
 
 def group_label(group: Group) -> str:
