@@ -159,7 +159,7 @@ def compare_evaluations(
             found = [p for (s, m), kept in tested.items() if m == metric and split in (s, ALL_SPLITS) for p in kept]
             if len(found) > 1:
                 label = f"macro {split}" if split != "-" else "macro"
-                pairs, draws = [(a, b) for a, b, _ in found], [d for _, _, d in found]
+                pairs, draws = [(mine, theirs) for mine, theirs, _ in found], [d for _, _, d in found]
                 result.macro.append(compare_macro(label, pairs, confidence, resamples, seed, by_speaker, draws))
     if not result.groups:
         raise SpeechmergeError(
