@@ -180,6 +180,42 @@ def eval_command(
     run_eval_command(model, data, output, options, labels, skip_bad=skip_bad, force=force)
 
 
+@app.command()
+def compare(
+    a: Path = typer.Argument(
+        ..., help="The first (reference) evaluation: a folder written by `speechmerge eval` (a model with --data)."
+    ),
+    b: Path = typer.Argument(..., help="The second evaluation, of the same utterances (a model with --data)."),
+    data: Optional[list[Path]] = typer.Option(
+        None,
+        "--data",
+        "-d",
+        help="Manifests or corpus folders: A and B are then models, decoded (default options, prediction cache) on them.",
+    ),
+    confidence: float = typer.Option(0.95, help="Confidence level of the intervals; 1 - confidence is the test level."),
+    resamples: int = typer.Option(1000, help="Bootstrap resamples (and sacrebleu's paired-bootstrap resamples)."),
+    seed: int = typer.Option(12345, min=1, help="Seed of every resampling (sacrebleu's default; reproducible)."),
+    by_speaker: bool = typer.Option(
+        False, "--by-speaker", help="Resample whole speakers instead of utterances (manifests must name speakers)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of the table."),
+    as_csv: bool = typer.Option(False, "--csv", help="Print CSV instead of the table."),
+) -> None:
+    """Is B better than A? Per group and macro average: both scores with intervals, B - A with its interval, the p-value of each test, a verdict."""
+    from speechmerge.evaluation.compare import as_csv as csv_text
+    from speechmerge.evaluation.compare import as_json as json_text
+    from speechmerge.evaluation.compare import compare_evaluations, evaluate_model, markdown, read_evaluation
+
+    if as_json and as_csv:
+        raise SpeechmergeError("--json and --csv: choose one output format")
+    first, second = (evaluate_model(str(m), data) for m in (a, b)) if data else map(read_evaluation, (a, b))
+    result = compare_evaluations(first, second, confidence, resamples, seed, by_speaker)
+    print(json_text(result) if as_json else csv_text(result) if as_csv else markdown(result), end="")
+    if result.too_small and (as_json or as_csv):
+        for line in result.too_small:
+            print(f"note: {line}", file=sys.stderr)
+
+
 data_app = typer.Typer(
     help="Speech data: build the built-in espeak-ng corpora, check manifests, import Hugging Face datasets.",
     no_args_is_help=True,

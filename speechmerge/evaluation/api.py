@@ -131,7 +131,7 @@ def evaluate(
     """Decode every utterance of `data` with `model` (cached) and score the predictions."""
     from speechmerge.evaluation.decoding import decode_utterances
     from speechmerge.evaluation.model import check_data, open_eval_model
-    from speechmerge.evaluation.scoring import group_scores, macro_scores, score_prediction
+    from speechmerge.evaluation.scoring import add_intervals, group_scores, macro_scores, score_prediction
 
     eval_model = open_eval_model(model)
     items = load_data(data, skip_bad=skip_bad, labels=labels)
@@ -143,6 +143,8 @@ def evaluate(
     start = time.perf_counter()
     predictions = [score_prediction(u, name, d, options.cer) for (name, u), d in zip(items, decoded)]
     groups, signatures = group_scores(predictions)
+    macro = macro_scores(groups)
+    add_intervals(groups, macro, predictions)
     result = EvalResult(
         model=eval_model.label,
         model_path=str(eval_model.directory),
@@ -151,7 +153,7 @@ def evaluate(
         data=sorted({name for name, _ in items}),
         predictions=predictions,
         groups=groups,
-        macro=macro_scores(groups),
+        macro=macro,
         bleu_signature=signatures.get("bleu"),
         chrf_signature=signatures.get("chrf"),
         timing=Timing(

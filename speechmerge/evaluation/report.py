@@ -5,8 +5,10 @@
 - `predictions.jsonl`: one line per utterance (reference, hypothesis, normalised texts, edits);
 - `summary.json`: the model, its key, the options, the timing, every group and macro score,
   the sacrebleu signatures;
-- `summary.md`: the Markdown table (`markdown_table`), WER/CER/LID in percent, BLEU/chrF 0-100;
-- `summary.csv`: the same rows with WER/CER/LID as fractions.
+- `summary.md`: the Markdown table (`markdown_table`), WER/CER/LID in percent, BLEU/chrF 0-100,
+  each score with its 95 % bootstrap interval;
+- `summary.csv`: the same rows with WER/CER/LID as fractions, each interval as `<metric>_low`
+  and `<metric>_high`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from speechmerge.evaluation.api import EvalResult
+from speechmerge.evaluation.metrics import METRICS
 from speechmerge.evaluation.normalizers import BASIC, ENGLISH
 
 CSV_COLUMNS = (
@@ -32,6 +35,7 @@ CSV_COLUMNS = (
     "bleu",
     "chrf",
     "language_id",
+    *(f"{metric}_{end}" for metric in METRICS for end in ("low", "high")),
 )
 PERCENT = ("wer", "cer", "language_id")
 NORMALISER_NOTE = {
@@ -40,10 +44,20 @@ NORMALISER_NOTE = {
 }
 
 
-def _cell(name: str, value: Optional[float]) -> str:
+def _cell(name: str, value: Optional[float], interval: Optional[tuple[float, float]] = None) -> str:
     if value is None:
         return "–"
-    return f"{100 * value:.2f}" if name in PERCENT else f"{value:.2f}"
+    scale = 100 if name in PERCENT else 1
+    text = f"{scale * value:.2f}"
+    return text + (f" [{scale * interval[0]:.2f}, {scale * interval[1]:.2f}]" if interval else "")
+
+
+def _interval_columns(score) -> dict[str, Optional[float]]:
+    return {
+        f"{metric}_{end}": score.intervals[metric][index] if metric in score.intervals else None
+        for metric in METRICS
+        for index, end in enumerate(("low", "high"))
+    }
 
 
 def markdown_table(result: EvalResult) -> str:
@@ -57,10 +71,10 @@ def markdown_table(result: EvalResult) -> str:
     ]
     metrics = ("wer", "cer", "bleu", "chrf", "language_id")
     for g in result.groups:
-        cells = " | ".join(_cell(name, g.metric(name)) for name in metrics)
+        cells = " | ".join(_cell(name, g.metric(name), g.intervals.get(name)) for name in metrics)
         lines.append(f"| {g.language} | {g.task} | {g.domain} | {g.split} | {g.utterances} | {cells} |")
     for m in result.macro:
-        cells = " | ".join(_cell(name, getattr(m, name)) for name in metrics)
+        cells = " | ".join(_cell(name, getattr(m, name), m.intervals.get(name)) for name in metrics)
         lines.append(f"| **macro** | | | {m.split} | {m.groups} groups | {cells} |")
     used = sorted({g.normaliser for g in result.groups if g.normaliser})
     notes = (
@@ -78,6 +92,10 @@ def markdown_table(result: EvalResult) -> str:
     if result.bleu_signature:
         notes.append(f"BLEU: sacrebleu {result.bleu_signature}; chrF: sacrebleu {result.chrf_signature}")
     notes.append("LID: share of clips whose detected language is the manifest's. Macro: unweighted mean over groups.")
+    notes.append(
+        "[low, high]: 95 % bootstrap interval (1000 resamples of the utterances, seeded; macro: each group "
+        "resampled on its own); none for a group of fewer than 2 utterances. Compare two models: speechmerge compare."
+    )
     return "\n".join(lines + notes) + "\n"
 
 
@@ -85,8 +103,9 @@ def csv_table(result: EvalResult) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
+    plain = [c for c in CSV_COLUMNS if not c.endswith(("_low", "_high"))]
     for g in result.groups:
-        writer.writerow({name: getattr(g, name) for name in CSV_COLUMNS})
+        writer.writerow({**{name: getattr(g, name) for name in plain}, **_interval_columns(g)})
     for m in result.macro:
         writer.writerow(
             {
@@ -94,6 +113,7 @@ def csv_table(result: EvalResult) -> str:
                 "split": m.split,
                 "utterances": m.groups,
                 **{n: getattr(m, n) for n in ("wer", "cer", "bleu", "chrf", "language_id")},
+                **_interval_columns(m),
             }
         )
     return out.getvalue()

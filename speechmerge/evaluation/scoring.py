@@ -1,11 +1,17 @@
 """From decoded text to the numbers a paper reports.
 
-Per utterance: the normalised reference and hypothesis and their word/character edit counts
-(transcription), or the raw texts (translation). Per group of utterances sharing language,
+Per utterance: the normalised reference and hypothesis, their word/character edit counts and
+the word alignment (transcription), or the raw texts and sacrebleu's sentence statistics
+(translation): everything the significance tests resample, so they run from predictions.jsonl
+without decoding again. Per group of utterances sharing language,
 task, domain and split: corpus-level WER (CER for languages without spaces, or on request)
 for `transcribe`, sacrebleu BLEU and chrF for `translate`, and the share of clips whose
 detected language is the manifest's. Macro averages: the unweighted mean of a metric over the
-groups that have it, per split and over all groups.
+groups that have it, per split and over all groups. Every score carries its 95 % bootstrap
+interval (`add_intervals`; a group of fewer than 2 utterances has none): per group the percentile
+interval over utterances resampled with replacement, per macro average the stratified bootstrap
+(each group resampled on its own, the resampled group scores averaged);
+`speechmerge.evaluation.bootstrap` gives the procedure.
 """
 
 from __future__ import annotations
@@ -15,14 +21,33 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Optional
 
+import numpy as np
 from pydantic import BaseModel
 
 from speechmerge.data.manifest import Utterance
-from speechmerge.evaluation.metrics import EditCounts, bleu, char_edits, chrf, total, word_edits
+from speechmerge.evaluation.bootstrap import (
+    CONFIDENCE,
+    RESAMPLES,
+    SEED,
+    bootstrap_scores,
+    group_seed,
+    percentile_interval,
+)
+from speechmerge.evaluation.metrics import (
+    METRICS,
+    EditCounts,
+    bleu,
+    char_edits,
+    chrf,
+    ops_counts,
+    sentence_statistics,
+    total,
+    word_alignment,
+)
 from speechmerge.evaluation.normalizers import normalise, normaliser_name, uses_spaces
 from speechmerge.evaluation.prediction_cache import CachedDecode
+from speechmerge.evaluation.statistics import group_statistics
 
-METRICS = ("wer", "cer", "bleu", "chrf")
 ALL_SPLITS = "all"
 
 
@@ -46,6 +71,9 @@ class Prediction(BaseModel):
     hypothesis_normalised: Optional[str] = None
     word_edits: Optional[EditCounts] = None
     char_edits: Optional[EditCounts] = None
+    word_ops: Optional[str] = None
+    bleu_stats: Optional[list[int]] = None
+    chrf_stats: Optional[list[int]] = None
 
     @property
     def group(self) -> tuple[str, str, str, str]:
@@ -66,9 +94,14 @@ class GroupScore(BaseModel):
     bleu: Optional[float] = None
     chrf: Optional[float] = None
     language_id: Optional[float] = None
+    intervals: dict[str, tuple[float, float]] = {}  # metric -> (low, high), 95 % bootstrap (add_intervals)
 
     def metric(self, name: str) -> Optional[float]:
         return getattr(self, name)
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        return (self.language, self.task, self.domain, self.split)
 
 
 class MacroScore(BaseModel):
@@ -81,6 +114,7 @@ class MacroScore(BaseModel):
     bleu: Optional[float] = None
     chrf: Optional[float] = None
     language_id: Optional[float] = None
+    intervals: dict[str, tuple[float, float]] = {}
 
 
 def score_prediction(utterance: Utterance, manifest: str, decoded: CachedDecode, cer: bool) -> Prediction:
@@ -105,12 +139,19 @@ def score_prediction(utterance: Utterance, manifest: str, decoded: CachedDecode,
             normalise(decoded.text, utterance.language),
         )
         spaced = uses_spaces(utterance.language)
+        ops = word_alignment(reference, hypothesis) if spaced else None
         fields.update(
             normaliser=normaliser_name(utterance.language),
             reference_normalised=reference,
             hypothesis_normalised=hypothesis,
-            word_edits=word_edits(reference, hypothesis) if spaced else None,
+            word_edits=ops_counts(ops) if spaced else None,
+            word_ops=ops,
             char_edits=char_edits(reference, hypothesis) if (cer or not spaced) else None,
+        )
+    else:
+        fields.update(
+            bleu_stats=sentence_statistics("bleu", [decoded.text], [utterance.reference])[0],
+            chrf_stats=sentence_statistics("chrf", [decoded.text], [utterance.reference])[0],
         )
     return Prediction(**fields)
 
@@ -170,3 +211,35 @@ def macro_scores(groups: Sequence[GroupScore]) -> list[MacroScore]:
         )
         for split, members in selections
     ]
+
+
+def add_intervals(
+    groups: Sequence[GroupScore],
+    macros: Sequence[MacroScore],
+    predictions: Sequence[Prediction],
+    confidence: float = CONFIDENCE,
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+) -> None:
+    """Fill each score's `intervals`: per group by bootstrap over its utterances, per macro
+    average by the stratified bootstrap over the groups it averages (those with an interval)."""
+    members: dict[tuple[str, str, str, str], list[Prediction]] = defaultdict(list)
+    for prediction in predictions:
+        members[prediction.group].append(prediction)
+    samples: dict[tuple[tuple[str, str, str, str], str], np.ndarray] = {}
+    for group in groups:
+        for metric in METRICS:
+            stats = group_statistics(members[group.key], metric) if group.metric(metric) is not None else None
+            if stats is None or len(stats.ids) < 2:
+                continue
+            drawn = bootstrap_scores(metric, stats.array, resamples, group_seed(seed, group.key))
+            samples[(group.key, metric)] = drawn
+            interval = percentile_interval(drawn, confidence)
+            group.intervals[metric] = (interval.low, interval.high)
+    for macro in macros:
+        chosen = [g for g in groups if macro.split in (g.split, ALL_SPLITS)]
+        for metric in METRICS:
+            drawn = [samples[(g.key, metric)] for g in chosen if (g.key, metric) in samples]
+            if drawn and len(drawn) == sum(g.metric(metric) is not None for g in chosen):
+                interval = percentile_interval(np.mean(drawn, axis=0), confidence)
+                macro.intervals[metric] = (interval.low, interval.high)

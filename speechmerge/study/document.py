@@ -230,7 +230,15 @@ LATEX_SPECIALS = {
     "~": r"\textasciitilde{}",
     "^": r"\textasciicircum{}",
 }
-LATEX_SYMBOLS = {"↑": r"$\uparrow$", "↓": r"$\downarrow$", "†": r"$^\dagger$", "–": "--", "✓": r"$\checkmark$"}
+LATEX_SYMBOLS = {
+    "↑": r"$\uparrow$",
+    "↓": r"$\downarrow$",
+    "†": r"$^\dagger$",
+    "–": "--",
+    "✓": r"$\checkmark$",
+    "▲": r"$\blacktriangle$",
+    "▼": r"$\blacktriangledown$",
+}
 
 
 def latex_text(text: str) -> str:

@@ -31,13 +31,27 @@ def _png(figure) -> bytes:
     return buffer.getvalue()
 
 
-def ranking_bars(names: Sequence[str], values: Sequence[float], is_reference: Sequence[bool], label: str) -> bytes:
-    """Horizontal bars, best at the top; reference lines (base, experts, baselines) in grey."""
+def ranking_bars(
+    names: Sequence[str],
+    values: Sequence[float],
+    is_reference: Sequence[bool],
+    label: str,
+    intervals: Sequence[tuple[float, float] | None] | None = None,
+) -> bytes:
+    """Horizontal bars, best at the top; reference lines (base, experts, baselines) in grey; each
+    bar's (low, high) interval, where given, as an error bar."""
     order = sorted(range(len(names)), key=lambda i: values[i])
     figure = _figure(7, 0.9 + 0.32 * len(names))
     axes = figure.add_subplot()
     colours = [REFERENCE_COLOUR if is_reference[i] else MERGE_COLOUR for i in order]
-    bars = axes.barh([names[i] for i in order], [values[i] for i in order], color=colours)
+    errors = None
+    if intervals and any(intervals):
+        spans = [intervals[i] or (values[i], values[i]) for i in order]
+        errors = [[max(0.0, values[i] - low) for i, (low, _) in zip(order, spans)]]
+        errors.append([max(0.0, high - values[i]) for i, (_, high) in zip(order, spans)])
+    bars = axes.barh(
+        [names[i] for i in order], [values[i] for i in order], color=colours, xerr=errors, ecolor="#222", capsize=3
+    )
     axes.bar_label(bars, labels=[f"{values[i]:.1f}" for i in order], padding=2, fontsize=8)
     axes.axvline(100, color="#444", linewidth=0.8, linestyle="--")
     axes.set_xlabel(label)

@@ -17,10 +17,11 @@ all_methods: true                   # every registered method at its defaults, p
 methods:
   task_arithmetic: {scale: [0.3, 0.5, 1.0]}   # a list is a grid axis
   ties: {density: [0.1, 0.2], scale: 1.0}
-evaluation: {batch_size: 8, validation_utterances: 8, test_utterances: 16}
+evaluation: {batch_size: 8, validation_utterances: 8, test_utterances: 16}   # select: best | significant
 merge: {output_dtype: float16}
 keep_models: selected               # selected | all | none: which merged models stay on disk after scoring
 output: runs/demo                   # relative to the current directory
+reference: joint                    # the report tests every method against it (default: joint, else task_arithmetic)
 ```
 
 Every key is checked (unknown keys and bad values name the key and the file); every grid
@@ -144,6 +145,11 @@ class EvaluationSpec(Strict):
     select_by: Literal["vs_expert", "gain_kept"] = Field(
         "vs_expert", description="validation score that picks each method's setting (mean over in-domain groups)"
     )
+    select: Literal["best", "significant"] = Field(
+        "best",
+        description="best: the setting with the best validation score; significant: the method's default setting "
+        "unless another is significantly better on validation (paired bootstrap, p < 0.05)",
+    )
 
 
 class MergeOptions(Strict):
@@ -170,6 +176,11 @@ class StudyRecipe(Strict):
         description="merged models kept on disk: the selected ones (tested), all (validation points too) or none",
     )
     output: str | None = Field(None, description="study folder (default: runs/<name>)")
+    reference: str | None = Field(
+        None,
+        description="model every method is tested against in the report: a method, a baseline, base or experts "
+        "(default: the joint baseline, else task_arithmetic)",
+    )
     _source: str = PrivateAttr("recipe")
 
     @model_validator(mode="after")

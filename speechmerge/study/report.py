@@ -36,6 +36,15 @@ from speechmerge.study.document import (
     to_markdown,
 )
 from speechmerge.study.rows import ScoreRow, StudyFacts
+from speechmerge.study.significance import (
+    MARKERS,
+    Resampler,
+    Samples,
+    Verdict,
+    detectable_differences,
+    interval_text,
+    paired_verdicts,
+)
 from speechmerge.study.summary import (
     METRICS,
     NORMALISED,
@@ -126,20 +135,23 @@ def report_blocks(facts: StudyFacts, rows: list[ScoreRow]) -> list[Block]:
     """Every section of the report, in order."""
     lines = TestLines(merge_lines(rows, "test", selected_only=True), reference_lines(rows, "test"))
     validation = merge_lines(rows, "validation", selected_only=False)
+    resampler = Resampler()
+    reference = reference_line(lines, facts.recipe)
     return [
         *provenance_blocks(facts, rows),
         Heading("Main table (test sets)"),
-        *main_blocks(lines),
+        *main_blocks(lines, resampler, reference),
+        *detectable_blocks(lines, resampler, reference),
         Heading("Scores per group (test sets)"),
-        *group_blocks(lines, ("in_domain", "out_of_domain")),
+        *group_blocks(lines, ("in_domain", "out_of_domain"), resampler),
         Heading("In-domain against out-of-domain (test sets)"),
         *id_ood_blocks(lines),
         Heading("Retention: English and other languages the experts were not trained for (test sets)"),
-        *group_blocks(lines, ("retention",)),
+        *group_blocks(lines, ("retention",), resampler),
         Heading("Hyper-parameter search (validation sets)"),
-        *search_blocks(validation, reference_lines(rows, "validation")),
+        *search_blocks(validation, reference_lines(rows, "validation"), resampler, facts.selection_rules),
         Heading("Plots"),
-        ranking_figure(lines),
+        ranking_figure(lines, resampler),
         heatmap_figure(lines),
         id_ood_figure(lines),
         *curve_figures(facts, validation),
@@ -223,9 +235,12 @@ def _by_metric(cells: Cells) -> dict[str, Cells]:
     return {metric: [c for c in cells if c[1] == metric] for metric in METRICS if any(c[1] == metric for c in cells)}
 
 
-def main_columns(lines: TestLines) -> list[tuple[Column, Callable[[Line], Average | None], bool]]:
-    """The main table's numeric columns, each with the function computing its Average for a line
-    and whether it is shown in percent."""
+def main_columns(
+    lines: TestLines, resampler: Resampler | None = None
+) -> list[tuple[Column, Callable[[Line], Average | None], bool, Callable[[Line], Samples]]]:
+    """The main table's numeric columns, each with the function computing its Average for a line,
+    whether it is shown in percent, and the function giving the Average on each bootstrap resample."""
+    resampler = resampler or Resampler()
     everything = lines.all
     retention = primary_groups(everything, "retention")
     averaged = [
@@ -239,6 +254,7 @@ def main_columns(lines: TestLines) -> list[tuple[Column, Callable[[Line], Averag
             Column(f"{prefix} {METRICS[metric].heading}", METRICS[metric].higher_is_better),
             lambda line, cells=cells: average(line, cells),
             METRICS[metric].percent,
+            lambda line, cells=cells: resampler.average(line, cells),
         )
         for prefix, scope_cells in averaged
         for metric, cells in _by_metric(scope_cells).items()
@@ -247,44 +263,203 @@ def main_columns(lines: TestLines) -> list[tuple[Column, Callable[[Line], Averag
     experts, base = lines.first("experts"), lines.first("base")
     normalised = []
     if experts:
-        normalised.append(("vs experts", lambda line: vs_reference(line, experts, in_domain)))
+        normalised.append(
+            (
+                "vs experts",
+                lambda line: vs_reference(line, experts, in_domain),
+                lambda line: resampler.ratio(line, experts, in_domain),
+            )
+        )
     if experts and base:
-        normalised.append(("gain kept", lambda line: mean_gain_kept(line, experts, base, in_domain)))
+        normalised.append(
+            (
+                "gain kept",
+                lambda line: mean_gain_kept(line, experts, base, in_domain),
+                lambda line: resampler.gain(line, experts, base, in_domain),
+            )
+        )
     if base:
-        normalised.append(("vs base", lambda line: vs_reference(line, base, in_domain)))
+        normalised.append(
+            (
+                "vs base",
+                lambda line: vs_reference(line, base, in_domain),
+                lambda line: resampler.ratio(line, base, in_domain),
+            )
+        )
     for baseline in lines.baselines:
         normalised.append(
-            (f"vs {baseline.name}", lambda line, baseline=baseline: vs_reference(line, baseline, in_domain))
+            (
+                f"vs {baseline.name}",
+                lambda line, baseline=baseline: vs_reference(line, baseline, in_domain),
+                lambda line, baseline=baseline: resampler.ratio(line, baseline, in_domain),
+            )
         )
     if in_domain:
-        columns += [(Column(f"{NORMALISED.label} {label} % ↑", True), compute, True) for label, compute in normalised]
+        columns += [
+            (Column(f"{NORMALISED.label} {label} % ↑", True), compute, True, samples)
+            for label, compute, samples in normalised
+        ]
     return columns
 
 
-def main_blocks(lines: TestLines) -> list[Block]:
+def main_blocks(lines: TestLines, resampler: Resampler | None = None, reference: Line | None = None) -> list[Block]:
     if not lines.all:
         return [
             Text(
                 "No test-set scores yet: the study has not reached its test stage. The validation search below shows what it has."
             )
         ]
-    columns = main_columns(lines)
+    resampler = resampler or Resampler()
+    columns = main_columns(lines, resampler)
     table = Table(
         "Test sets: each merge method at the setting it chose on validation, with the references",
-        [Column("model"), Column("chosen setting")] + [column for column, _, _ in columns],
+        [Column("model"), Column("chosen setting")] + [column for column, _, _, _ in columns],
     )
+    tested = [i for i, (column, _, _, _) in enumerate(columns) if column.label.startswith("ID ")]
+    verdicts = _reference_verdicts(lines, columns, tested, resampler, reference)
     partial = False
     for line in lines.all:
-        values = [compute(line) for _, compute, _ in columns]
+        values = [compute(line) for _, compute, _, _ in columns]
         partial |= any(value is not None and value.partial for value in values)
         cells = [Cell(_line_name(line)), Cell(setting_text(line.setting) if line.kind == "merge" else MISSING)]
-        table.rows.append(
-            Row(
-                cells + [_average_cell(value, percent) for value, (_, _, percent) in zip(values, columns)],
-                competes=line.kind == "merge",
-            )
-        )
+        numbers = []
+        for index, (value, (_, _, percent, samples)) in enumerate(zip(values, columns)):
+            cell = _average_cell(value, percent)
+            if value is not None:
+                marker = verdicts.get((line.name, index))
+                extra = interval_text(resampler.interval(samples(line)), percent) + (
+                    f" {marker.marker}" if marker else ""
+                )
+                cell = Cell(cell.text + extra, cell.shown)
+            numbers.append(cell)
+        table.rows.append(Row(cells + numbers, competes=line.kind == "merge"))
     table.notes = _main_notes(lines) + ([PARTIAL_NOTE] if partial else [])
+    table.notes += _significance_notes(resampler, reference, verdicts, [columns[i][0].label for i in tested])
+    return [table, *top_group_blocks(lines, columns, resampler)]
+
+
+def reference_line(lines: TestLines, recipe: dict) -> Line | None:
+    """The line every method is tested against: the recipe's `reference` (a method, baseline,
+    `base` or `experts`), else the joint baseline, else task arithmetic."""
+    named = recipe.get("reference")
+    candidates = lines.all
+    if named:
+        found = next((line for line in candidates if line.name == named or line.kind == named), None)
+        if found is None:
+            raise SpeechmergeError(
+                f"recipe reference: {named!r} is not a model of this study; name a merge method, a baseline, base or experts"
+            )
+        return found
+    return next((line for line in lines.baselines if line.name == "joint"), None) or next(
+        (line for line in lines.merges if line.name == "task_arithmetic"), None
+    )
+
+
+def _reference_verdicts(
+    lines: TestLines, columns: list, tested: list[int], resampler: Resampler, reference: Line | None
+) -> dict[tuple[str, int], Verdict]:
+    """Each merge against the reference on each ID column: one family, Holm-adjusted together."""
+    if reference is None:
+        return {}
+    family, keys = [], []
+    for line in lines.merges:
+        if line is reference:
+            continue
+        for index in tested:
+            column, compute, _, samples = columns[index]
+            mine, ref = compute(line), compute(reference)
+            s_mine, s_ref = samples(line), samples(reference)
+            if mine is None or ref is None or s_mine is None or s_ref is None:
+                continue
+            family.append((line.name, column.label, mine.value, ref.value, s_mine, s_ref, column.higher_is_better))
+            keys.append((line.name, index))
+    return dict(zip(keys, paired_verdicts(family, 1 - resampler.confidence))) if family else {}
+
+
+def _significance_notes(resampler: Resampler, reference: Line | None, verdicts: dict, tested: list[str]) -> list[str]:
+    level = f"{100 * resampler.confidence:g} %"
+    notes = [
+        f"[low, high]: {level} bootstrap interval ({resampler.resamples} resamples of each group's utterances, "
+        "groups resampled independently: a stratified bootstrap); none where the store holds no per-utterance statistics."
+    ]
+    if reference is None:
+        notes.append("No reference model to test against: name one with `reference:` in the recipe.")
+    elif verdicts:
+        notes.append(
+            f"{MARKERS['better']} / {MARKERS['worse']} / {MARKERS['same']}: better / worse / no significant difference "
+            f"than the reference, {_line_name(reference)}, on that column (paired bootstrap, α = {1 - resampler.confidence:.2g}, "
+            f"Holm-adjusted over the family of {len(verdicts)} tests: every merge on {', '.join(tested)})."
+        )
+    return notes
+
+
+def _scored_merges(merges: list[Line], compute: Callable, samples: Callable) -> list[tuple]:
+    """(line, Average, resampled values) of the merges with both."""
+    scored = [(line, compute(line), samples(line)) for line in merges]
+    return [(line, value, drawn) for line, value, drawn in scored if value is not None and drawn is not None]
+
+
+def top_group_blocks(lines: TestLines, columns: list, resampler: Resampler) -> list[Block]:
+    """The merges not significantly worse than the best merge, on vs experts (else the first ID
+    column with two merges scored): paired bootstrap of each against the best, Holm over those
+    comparisons."""
+    candidates = [c for c in columns if c[0].label.startswith(f"{NORMALISED.label} vs experts")]
+    candidates += [c for c in columns if c[0].label.startswith("ID ")]
+    found = next(
+        ((c[0], scored) for c in candidates if len(scored := _scored_merges(lines.merges, c[1], c[3])) > 1), None
+    )
+    if found is None:
+        return []
+    column, scored = found
+    pick = max if column.higher_is_better else min
+    best, best_value, best_samples = pick(scored, key=lambda item: item[1].value)
+    others = [(line, value, drawn) for line, value, drawn in scored if line is not best]
+    verdicts = paired_verdicts(
+        [
+            (line.name, column.label, value.value, best_value.value, drawn, best_samples, column.higher_is_better)
+            for line, value, drawn in others
+        ],
+        1 - resampler.confidence,
+    )
+    top = [best.name] + [v.line for v in verdicts if not (v.significant and not v.better)]
+    return [
+        Text(
+            f"Top group on {column.label}: {', '.join(top)} — the merges not significantly worse than the best, "
+            f"{best.name} (paired bootstrap against it, Holm over {len(verdicts)} comparisons, α = {1 - resampler.confidence:.2g})."
+        )
+    ]
+
+
+def detectable_blocks(lines: TestLines, resampler: Resampler, reference: Line | None) -> list[Block]:
+    """The smallest difference each in-domain test group can detect against the reference."""
+    cells = primary_groups(lines.all, "in_domain")
+    found = (
+        detectable_differences(resampler, lines.merges, reference, cells, 1 - resampler.confidence) if reference else []
+    )
+    if not found:
+        return []
+    labels = dict(zip([g for g, _ in cells], group_labels([g for g, _ in cells])))
+    rows = [
+        Row(
+            [
+                Cell(labels[group]),
+                Cell(METRICS[metric].label),
+                Cell(str(size)),
+                number_cell(mdd, METRICS[metric].percent),
+            ]
+        )
+        for group, metric, size, mdd in found
+    ]
+    table = Table(
+        "Smallest difference each in-domain test group can detect",
+        [Column("group"), Column("metric"), Column("utterances"), Column("detectable difference (points)")],
+        rows,
+    )
+    table.notes = [
+        f"(z(1 - α/2) + z(0.8)) × sd: a true difference this large is found with probability 0.8 by a paired test at "
+        f"α = {1 - resampler.confidence:.2g}; sd is the median over merges of the bootstrap standard deviation of "
+        f"(merge - {_line_name(reference)}) on the group. Smaller differences need more clips."
+    ]
     return [table]
 
 
@@ -327,8 +502,10 @@ def group_labels(groups: list[Group]) -> list[str]:
     return ["/".join(getattr(g, p) for p in parts) for g in groups]
 
 
-def group_table(lines: TestLines, scope: str, metric: str) -> Table:
-    """Models x groups of one scope and metric, with the mean over groups and the mean ratio to the base."""
+def group_table(lines: TestLines, scope: str, metric: str, resampler: Resampler | None = None) -> Table:
+    """Models x groups of one scope and metric, with the mean over groups and the mean ratio to the
+    base, each with its bootstrap interval where the store has per-utterance statistics."""
+    resampler = resampler or Resampler()
     style = METRICS[metric]
     groups = groups_with(lines.all, scope, metric)
     cells = [(group, metric) for group in groups]
@@ -346,14 +523,16 @@ def group_table(lines: TestLines, scope: str, metric: str) -> Table:
         mean = average(line, cells)
         summary = [mean] + ([vs_reference(line, base, cells)] if base else [])
         partial |= any(value is not None and value.partial for value in summary)
+        drawn = [resampler.samples(line, group, metric) for group in groups]
+        drawn += [resampler.average(line, cells)] + ([resampler.ratio(line, base, cells)] if base else [])
         numbers = [number_cell(line.get(group, metric), style.percent) for group in groups]
-        percents = [style.percent] + [True] * (len(summary) - 1)
-        table.rows.append(
-            Row(
-                [Cell(_line_name(line))] + numbers + [_average_cell(v, p) for v, p in zip(summary, percents)],
-                competes=line.kind == "merge",
-            )
-        )
+        percents = [style.percent] * (len(groups) + 1) + [True] * (len(summary) - 1)
+        numbers += [_average_cell(v, p) for v, p in zip(summary, percents[len(groups) :])]
+        numbers = [
+            _interval_cell(cell, resampler.interval(samples), percent)
+            for cell, samples, percent in zip(numbers, drawn, percents)
+        ]
+        table.rows.append(Row([Cell(_line_name(line))] + numbers, competes=line.kind == "merge"))
     sizes = {group: max(line.utterances.get(group, 0) for line in lines.all) for group in groups}
     table.notes = [
         "Utterances per group: "
@@ -364,13 +543,13 @@ def group_table(lines: TestLines, scope: str, metric: str) -> Table:
     return table
 
 
-def group_blocks(lines: TestLines, scopes: tuple[str, ...]) -> list[Block]:
+def group_blocks(lines: TestLines, scopes: tuple[str, ...], resampler: Resampler | None = None) -> list[Block]:
     blocks: list[Block] = []
     for scope in scopes:
         metrics = metrics_in(lines.all, scope)
         if not metrics:
             blocks.append(Text(f"No {SCOPE_TITLES[scope]} test scores in this study."))
-        blocks += [group_table(lines, scope, metric) for metric in metrics]
+        blocks += [group_table(lines, scope, metric, resampler) for metric in metrics]
     return blocks
 
 
@@ -414,8 +593,15 @@ def id_ood_blocks(lines: TestLines) -> list[Block]:
     return [table]
 
 
-def search_blocks(validation: list[Line], references: list[Line]) -> list[Block]:
-    """Every validation setting of every method with its in-domain averages, the chosen ones marked."""
+def search_blocks(
+    validation: list[Line],
+    references: list[Line],
+    resampler: Resampler | None = None,
+    rules: dict[str, str] | None = None,
+) -> list[Block]:
+    """Every validation setting of every method with its in-domain averages (and their intervals),
+    the chosen ones marked."""
+    resampler = resampler or Resampler()
     if not validation:
         return [Text("No validation scores of merges: the study has not searched any setting yet.")]
     cells = primary_groups(validation + references, "in_domain") or primary_groups(validation, "out_of_domain")
@@ -428,9 +614,16 @@ def search_blocks(validation: list[Line], references: list[Line]) -> list[Block]
     table = Table("Validation: every setting searched (macro averages over the validation groups)", columns)
     for line in references + validation:
         values = [average(line, metric_cells) for metric_cells in by_metric.values()]
-        numbers = [_average_cell(value, METRICS[metric].percent) for value, metric in zip(values, by_metric)]
+        drawn = [resampler.average(line, metric_cells) for metric_cells in by_metric.values()]
+        percents = [METRICS[metric].percent for metric in by_metric]
         if experts:
-            numbers.append(_average_cell(vs_reference(line, experts, cells), True))
+            values.append(vs_reference(line, experts, cells))
+            drawn.append(resampler.ratio(line, experts, cells))
+            percents.append(True)
+        numbers = [
+            _interval_cell(_average_cell(value, percent), resampler.interval(samples), percent)
+            for value, samples, percent in zip(values, drawn, percents)
+        ]
         is_merge = line.kind == "merge"
         chosen = ("✓" if line.chosen else "") if is_merge else MISSING
         table.rows.append(
@@ -441,12 +634,22 @@ def search_blocks(validation: list[Line], references: list[Line]) -> list[Block]
             )
         )
     table.notes = [
-        "chosen: the setting the method took to the test sets. Bold: the best setting in each column over all methods."
+        "chosen: the setting the method took to the test sets. Bold: the best setting in each column over all methods.",
+        f"[low, high]: {100 * resampler.confidence:g} % bootstrap interval over the validation utterances.",
     ]
+    if rules:
+        table.notes.append(
+            "Chosen by: " + "; ".join(f"{method}: {rule}" for method, rule in sorted(rules.items()) if rule) + "."
+        )
     return [table]
 
 
-def ranking_figure(lines: TestLines) -> Figure:
+def _interval_cell(cell: Cell, interval, percent: bool) -> Cell:
+    """A number cell with its interval appended (the compared value stays the number)."""
+    return Cell(cell.text + interval_text(interval, percent), cell.shown) if cell.shown is not None else cell
+
+
+def ranking_figure(lines: TestLines, resampler: Resampler | None = None) -> Figure:
     caption = "Method ranking: mean normalised performance vs the experts on the in-domain test groups (%, higher is better; grey: references; dashed: the experts)"
     experts = lines.first("experts")
     cells = primary_groups(lines.all, "in_domain")
@@ -456,12 +659,17 @@ def ranking_figure(lines: TestLines) -> Figure:
     scored = [(line, value) for line, value in scored if value is not None]
     if not any(line.kind == "merge" for line, _ in scored):
         return Figure("ranking", caption, skipped=UNDEFINED_NORMALISED)
+    resampler = resampler or Resampler()
+    intervals = [resampler.interval(resampler.ratio(line, experts, cells)) for line, _ in scored]
     png = plots.ranking_bars(
         [_line_name(line) for line, _ in scored],
         [100 * value.value for _, value in scored],
         [line.kind != "merge" for line, _ in scored],
         "normalised performance vs experts (%) ↑",
+        [(100 * i.low, 100 * i.high) if i else None for i in intervals],
     )
+    if any(intervals):
+        caption += f"; error bars: {100 * resampler.confidence:g} % bootstrap intervals"
     return Figure("ranking", caption, png)
 
 

@@ -54,7 +54,7 @@ COLUMNS = (
 def render(rows: list[ScoreRow], fmt: str) -> str:
     """Rows as CSV or JSON text (the table format is printed by `print_results`)."""
     if fmt == "json":
-        return json.dumps([row.model_dump(mode="json") for row in rows], indent=1)
+        return json.dumps([row.model_dump(mode="json", exclude={"statistics"}) for row in rows], indent=1)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(COLUMNS)

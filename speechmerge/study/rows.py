@@ -39,6 +39,7 @@ class ScoreRow(BaseModel):
     metric: str
     value: float
     utterances: int
+    statistics: Optional[dict[str, Any]] = None  # per-utterance: speechmerge.evaluation.statistics.UtteranceStatistics
 
 
 class StudyFacts(BaseModel):
@@ -56,3 +57,4 @@ class StudyFacts(BaseModel):
     job_seconds: dict[str, float] = Field(default_factory=dict)
     versions: dict[str, str] = Field(default_factory=dict)
     hyperparameters: dict[str, list[str]] = Field(default_factory=dict)
+    selection_rules: dict[str, str] = Field(default_factory=dict)  # method -> the rule that chose its setting

@@ -40,6 +40,7 @@ def score_rows(store: Store, planned_only: bool = True) -> list[ScoreRow]:
                 metric=r["metric"],
                 value=r["value"],
                 utterances=r["utterances"],
+                statistics=r.get("statistics"),
             )
         )
     return rows

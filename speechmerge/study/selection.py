@@ -33,30 +33,57 @@ def primary_metric(task: str, available: Iterable[str]) -> str | None:
 
 
 def select_settings(plan: StudyPlan, store: Store) -> list[dict]:
-    """Per method, the grid point with the best validation score (`best_point`); stored and returned."""
+    """Per method, the grid point with the best validation score (`best_point`), or with `select:
+    significant` the default point unless the best is significantly better; stored and returned."""
+    from speechmerge.study.significance import keep_default_unless_better
+
     by_job: dict[str, dict[GroupMetric, float]] = {}
+    statistics: dict[str, dict[GroupMetric, dict]] = {}  # job -> per-utterance statistics per group
     for row in store.scores():
         if row["stage"] == "validation":
             group = (row["evaluation"], row["language"], row["task"], row["domain"], row["metric"])
             by_job.setdefault(row["job"], {})[group] = row["value"]
-    base = by_job.get(next(j.key for j in plan.references if j.model_kind == "base"), {})
+            if row.get("statistics"):
+                statistics.setdefault(row["job"], {})[group] = row["statistics"]
+    base_job = next(j.key for j in plan.references if j.model_kind == "base")
+    base = by_job.get(base_job, {})
     expert_jobs = {j.model: j.key for j in plan.references if j.model_kind == "expert"}
     own_expert: dict[GroupMetric, float] = {}
+    expert_statistics: dict[GroupMetric, dict] = {}
     for values in by_job.values():
         for group in values:
             expert = next((g.name for g in plan.data.experts if g.covers(*group[1:4])), None)
             if expert in expert_jobs and group in by_job.get(expert_jobs[expert], {}):
                 own_expert[group] = by_job[expert_jobs[expert]][group]
+                if group in statistics.get(expert_jobs[expert], {}):
+                    expert_statistics[group] = statistics[expert_jobs[expert]][group]
     chosen = []
     for method in plan.grid:
         candidates = [
             (j.key, j.setting, by_job[j.key]) for j in plan.validation if j.method == method and j.key in by_job
         ]
         best = best_point(candidates, own_expert, base, plan.recipe.evaluation.select_by)
+        if best and plan.recipe.evaluation.select == "significant":
+            best = keep_default_unless_better(
+                best,
+                default_point(method, candidates),
+                statistics,
+                expert_statistics,
+                statistics.get(base_job, {}),
+                plan.recipe.evaluation.select_by,
+            )
         if best:
             chosen.append({"method": method, **best})
     store.set_selections(chosen)
     return chosen
+
+
+def default_point(method: str, candidates: list[tuple[str, dict, dict]]) -> tuple[str, dict] | None:
+    """The (job, setting) of the candidate at the method's default parameters, if the grid holds it."""
+    from speechmerge.merging.registry import get_method
+
+    defaults = get_method(method).defaults()
+    return next(((job, setting) for job, setting, _ in candidates if setting == defaults), None)
 
 
 def best_point(

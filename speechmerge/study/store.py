@@ -8,6 +8,7 @@ Tables:
 | `jobs` | content-addressed job | key (SHA-256 of what it depends on), kind, name, stage, model_kind, model, method, setting (JSON), spec (JSON), status (pending/running/done/failed), model_path, model_hash, result (JSON), error, seconds, cpu_seconds, started, finished, versions (JSON), executor |
 | `executions` | attempt that came back (done or failed) | id, job, started, finished, status, seconds, cpu_seconds, worker, error |
 | `scores` | metric of a job's model on one group | job, stage, scope, evaluation, language, task, domain, metric, value, utterances |
+| `utterance_statistics` | metric of a job's model on one group | job, evaluation, language, task, domain, metric, statistics (JSON: ids, speakers, per-utterance sufficient statistics, alignments or texts; `speechmerge.evaluation.statistics`) |
 | `plan` | job of the current recipe | job, position (jobs of earlier recipes stay, unlisted) |
 | `selections` | method | method, job, setting (JSON), score, criterion: the setting chosen on validation |
 
@@ -48,6 +49,10 @@ CREATE TABLE IF NOT EXISTS scores (
     job TEXT NOT NULL, stage TEXT NOT NULL, scope TEXT NOT NULL, evaluation TEXT NOT NULL, language TEXT NOT NULL,
     task TEXT NOT NULL, domain TEXT NOT NULL, metric TEXT NOT NULL, value REAL NOT NULL, utterances INTEGER NOT NULL,
     PRIMARY KEY (job, evaluation, language, task, domain, metric)
+);
+CREATE TABLE IF NOT EXISTS utterance_statistics (
+    job TEXT NOT NULL, evaluation TEXT NOT NULL, language TEXT NOT NULL, task TEXT NOT NULL, domain TEXT NOT NULL,
+    metric TEXT NOT NULL, statistics TEXT NOT NULL, PRIMARY KEY (job, evaluation, language, task, domain, metric)
 );
 CREATE TABLE IF NOT EXISTS plan (job TEXT PRIMARY KEY, position INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS selections (method TEXT PRIMARY KEY, job TEXT NOT NULL, setting TEXT NOT NULL, score REAL, criterion TEXT);
@@ -168,6 +173,23 @@ class Store:
         """Record a finished job, its scores and its attempt (`outcome`: started, seconds, cpu_seconds, worker), in one transaction."""
         with self._write() as db:
             db.execute("DELETE FROM scores WHERE job = ?", (key,))
+            db.execute("DELETE FROM utterance_statistics WHERE job = ?", (key,))
+            db.executemany(
+                "INSERT INTO utterance_statistics VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        key,
+                        r["evaluation"],
+                        r["language"],
+                        r["task"],
+                        r["domain"],
+                        r["metric"],
+                        json.dumps(r["statistics"]),
+                    )
+                    for r in rows
+                    if r.get("statistics")
+                ],
+            )
             db.executemany(
                 "INSERT INTO scores VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
@@ -221,8 +243,10 @@ class Store:
     def scores(self, planned_only: bool = True) -> list[dict]:
         """Every score joined with its job's labels (only the current plan's jobs by default)."""
         join = "JOIN plan ON plan.job = jobs.key" if planned_only else ""
-        query = f"""SELECT scores.*, jobs.kind, jobs.model_kind, jobs.model, jobs.method, jobs.setting, jobs.name
+        query = f"""SELECT scores.*, jobs.kind, jobs.model_kind, jobs.model, jobs.method, jobs.setting, jobs.name,
+                    utterance_statistics.statistics
                     FROM scores JOIN jobs ON jobs.key = scores.job {join}
+                    LEFT JOIN utterance_statistics USING (job, evaluation, language, task, domain, metric)
                     WHERE jobs.status = 'done' ORDER BY jobs.rowid, scores.rowid"""
         return [_decoded(row) for row in self._db.execute(query)]
 
@@ -263,7 +287,7 @@ def _column(value: Any) -> Any:
 
 def _decoded(row: sqlite3.Row) -> dict:
     out = dict(row)
-    for name in ("setting", "spec", "result", "versions"):
+    for name in ("setting", "spec", "result", "versions", "statistics"):
         if isinstance(out.get(name), str):
             out[name] = json.loads(out[name])
     return out

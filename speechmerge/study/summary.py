@@ -84,6 +84,7 @@ class Line:
     oracle_groups: set[Group] = field(default_factory=set)
     scores: dict[tuple[Group, str], float] = field(default_factory=dict)
     utterances: dict[Group, int] = field(default_factory=dict)
+    statistics: dict[tuple[Group, str], dict] = field(default_factory=dict)  # per-utterance, where stored
 
     def get(self, group: Group, metric: str) -> float | None:
         return self.scores.get((group, metric))
@@ -152,6 +153,8 @@ def _fill(line: Line, rows: Iterable[ScoreRow]) -> Line:
     for row in rows:
         line.scores[(group_of(row), row.metric)] = row.value
         line.utterances[group_of(row)] = row.utterances
+        if row.statistics:
+            line.statistics[(group_of(row), row.metric)] = row.statistics
     return line
 
 
@@ -199,6 +202,9 @@ def experts_line(rows: list[ScoreRow]) -> Line:
         if held is None or (row.value > held if METRICS[row.metric].higher_is_better else row.value < held):
             line.scores[key] = row.value
             line.utterances[group] = row.utterances
+            line.statistics.pop(key, None)
+            if row.statistics:
+                line.statistics[key] = row.statistics
     line.oracle_groups = {group for group, names in scored_by.items() if group not in own and len(names) > 1}
     return line
 

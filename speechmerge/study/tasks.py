@@ -139,8 +139,10 @@ def _score(model, spec: dict) -> tuple[list[dict], dict]:
 def set_rows(item: dict, predictions: list) -> list[dict]:
     """The score rows of one evaluation set (`item`: its name, stage, scope) from its predictions."""
     from speechmerge.evaluation.scoring import group_scores
+    from speechmerge.evaluation.statistics import group_statistics
 
     groups, _ = group_scores(predictions)
+    members = {group.key: [p for p in predictions if p.group == group.key] for group in groups}
     return [
         {
             "stage": item["stage"],
@@ -152,6 +154,9 @@ def set_rows(item: dict, predictions: list) -> list[dict]:
             "metric": metric,
             "value": float(value),
             "utterances": group.utterances,
+            "statistics": statistics.model_dump()
+            if (statistics := group_statistics(members[group.key], metric))
+            else None,
         }
         for group in groups
         for metric in METRICS
