@@ -94,7 +94,7 @@ def test_predictions_carry_alignments_and_sentence_statistics():
 
 
 def test_the_study_store_keeps_each_rows_statistics(tmp_path):
-    from speechmerge.study.results import score_rows
+    from speechmerge.study.scores import score_rows
     from speechmerge.study.store import Store
 
     store = Store(tmp_path / "study.sqlite")

@@ -65,4 +65,5 @@ def study_facts(store: Store) -> StudyFacts:
         job_seconds=job_seconds,
         versions=meta.get("versions", {}),
         hyperparameters=meta.get("hyperparameters", {}),
+        selection_rules={method: s["criterion"] or "" for method, s in store.selections().items()},
     )
