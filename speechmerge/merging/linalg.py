@@ -29,8 +29,18 @@ def _chunks(x: torch.Tensor):
 
 
 def _magnitude_bits(chunk: torch.Tensor) -> torch.Tensor:
-    """|x| as int32 bit patterns, which order like the values for non-negative float32."""
-    return chunk.abs().to(torch.float32).view(torch.int32)
+    """|x| as int32 bit patterns of float32, which order like the values for non-negative float32.
+
+    Wider magnitudes (float64) are rounded towards zero, so a threshold t found on them satisfies
+    |x| ≥ t exactly when the rounded |x| ≥ t: the selection keeps the top k and any entries tied
+    with the k-th at float32 resolution (as it keeps exact ties)."""
+    magnitude = chunk.abs()
+    narrow = magnitude.to(torch.float32)
+    if magnitude.dtype != torch.float32:
+        narrow = torch.where(
+            narrow.to(magnitude.dtype) > magnitude, torch.nextafter(narrow, torch.zeros_like(narrow)), narrow
+        )
+    return narrow.view(torch.int32)
 
 
 def _accumulate(histogram: torch.Tensor, bins: torch.Tensor) -> None:
