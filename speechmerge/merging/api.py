@@ -94,7 +94,7 @@ def merge_from_recipe_file(
     options = {"shard_size": shard_size, "device": device, "memory_budget": memory_budget}
     updates = {k: v for k, v in options.items() if v is not None}
     if updates:
-        recipe = MergeRecipe.model_validate({**recipe.model_dump(), **updates})
+        recipe = recipe.updated(**updates)
     target, report = merge(recipe, output=output, force=force)
     console = Console(stderr=True)
     console.print(f"[green]merged[/] {target}: {report.summary()}", highlight=False)
