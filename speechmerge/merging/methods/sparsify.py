@@ -14,7 +14,6 @@ from collections.abc import Iterator
 
 import torch
 
-from speechmerge.errors import SpeechmergeError
 from speechmerge.merging import linalg
 from speechmerge.merging.context import TensorContext
 from speechmerge.merging.linalg import (
@@ -365,6 +364,16 @@ def magprune_(task: torch.Tensor, drop: float, window: float, ctx: TensorContext
         first_row += block.shape[0]
 
 
+def keep_probabilities_in_range(params: dict) -> None:
+    """DELLA's keep probabilities 1 − p ± ε/2 must lie in (0, 1]."""
+    low, high = 1 - params["drop"] - params["window"] / 2, 1 - params["drop"] + params["window"] / 2
+    if not 0 < low or high > 1:
+        raise ValueError(
+            f"the keep probabilities 1 − drop ± window/2 = {low:g} … {high:g} must lie in (0, 1]; "
+            "lower `window` or move `drop` away from 0 and 1"
+        )
+
+
 @merge_method(
     name="della",
     title="DELLA-Merging (MagPrune, elect, fuse)",
@@ -387,15 +396,11 @@ def magprune_(task: torch.Tensor, drop: float, window: float, ctx: TensorContext
     ],
     randomised=True,
     blockwise=row_wise,
+    check=keep_probabilities_in_range,
 )
 def della(tasks, base, weights, ctx: TensorContext, *, drop, window, scale):
     """τ̂_t = m_t ⊙ τ_t / p_t, m_t ~ Bernoulli(p_t), p_t from the magnitude rank; γ = sign(Σ w_t τ̂_t);
     τ_m = Σ_agree w_t τ̂_t / Σ_agree w_t; θ = θ_0 + λ τ_m."""
-    if not 0 < 1 - drop - window / 2 or 1 - drop + window / 2 > 1:
-        raise SpeechmergeError(
-            f"params: della's keep probabilities 1 − drop ± window/2 = {1 - drop - window / 2:g} … "
-            f"{1 - drop + window / 2:g} must lie in (0, 1]; lower `window` or move `drop` away from 0 and 1"
-        )
     for t in range(tasks.shape[0]):
         magprune_(tasks[t], drop, window, ctx, stream=t)
     return sign_elected_mean(tasks, weights).mul_(scale)

@@ -41,7 +41,7 @@ def task_arithmetic(tasks: torch.Tensor, base, weights: torch.Tensor, ctx: Tenso
     return weighted_sum(tasks, weights).mul_(scale_or_mean(scale, tasks.shape[0]))
 
 
-def ties_model_statistics(num_tasks: int, params: dict):
+def ties_model_statistics(num_tasks: int, ctx: TensorContext, params: dict):
     """The global (paper) variant's per-task threshold over the whole model."""
     return MagnitudeThresholds(num_tasks) if params["topk"] == "global" else None
 
