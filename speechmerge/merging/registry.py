@@ -129,12 +129,13 @@ def check_signature(name: str, fn: Callable, params: tuple[Param, ...]) -> None:
     """The declared parameters must be exactly `fn`'s keyword-only parameters."""
     keywords = [p.name for p in inspect.signature(fn).parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
     declared = [p.name for p in params]
-    for missing in [k for k in keywords if k not in declared]:
-        raise TypeError(f"merge method {name!r}: keyword parameter {missing!r} of {fn.__name__} is not declared")
+    listed = f"(its keyword-only parameters: {', '.join(keywords) or 'none'})"
     for extra in [d for d in declared if d not in keywords]:
         raise TypeError(
-            f"merge method {name!r}: declared parameter {extra!r} is not a keyword parameter of {fn.__name__}"
+            f"merge method {name!r}: declared parameter {extra!r} is not a keyword of {fn.__name__} {listed}"
         )
+    for missing in [k for k in keywords if k not in declared]:
+        raise TypeError(f"merge method {name!r}: keyword parameter {missing!r} of {fn.__name__} is not declared")
 
 
 def _pydantic_model(name: str, params: tuple[Param, ...]):

@@ -20,7 +20,7 @@ from speechmerge.merging.context import TensorContext
 from speechmerge.merging.linalg import MagnitudeThresholds, low_rank_part, trim_below_, trim_to_density_, weighted_sum
 from speechmerge.merging.methods.subspace import SVD
 from speechmerge.merging.methods.task_vectors import SCALE_1_OVER_T, scale_or_mean
-from speechmerge.merging.registry import Param, merge_method
+from speechmerge.merging.registry import IdenticalExperts, Param, merge_method
 
 SOURCE = "Zhao, Sun, Zhang, LoRS-Merging, arXiv 2502.17380 (ICASSP 2026); code qmgzhao/LoRS-Merging"
 RANK = Param("rank", int, None, "r, an absolute rank; overrides rank_fraction when given", ge=1, nullable=True)
@@ -70,6 +70,7 @@ def _low_rank(task: torch.Tensor, t: int, ctx: TensorContext, rank, rank_fractio
     ),
     params=[RANK, RANK_FRACTION, DENSITY, SCALE_1_OVER_T, SVD],
     blockwise=lambda ctx, params: not ctx.is_matrix,
+    identical_experts=IdenticalExperts("expert", {"rank_fraction": 1.0, "density": 1.0}),
 )
 def lors(tasks, base, weights, ctx: TensorContext, *, rank, rank_fraction, density, scale, svd) -> torch.Tensor:
     """τ̂ = L_r(τ) + MP_ρ(τ − L_r(τ)) per block matrix; θ = θ_0 + λ Σ_t w_t τ̂_t."""
@@ -92,6 +93,7 @@ def lors(tasks, base, weights, ctx: TensorContext, *, rank, rank_fraction, densi
     "arithmetic with λ.",
     params=[RANK, RANK_FRACTION, SCALE_1_OVER_T, SVD],
     blockwise=lambda ctx, params: not ctx.is_matrix,
+    identical_experts=IdenticalExperts("expert", {"rank_fraction": 1.0}),
 )
 def lors_svp(tasks, base, weights, ctx: TensorContext, *, rank, rank_fraction, scale, svd) -> torch.Tensor:
     """τ̂ = L_r(τ) per block matrix; θ = θ_0 + λ Σ_t w_t τ̂_t."""
@@ -112,6 +114,7 @@ def lors_svp(tasks, base, weights, ctx: TensorContext, *, rank, rank_fraction, s
     params=[DENSITY, SCALE_1_OVER_T],
     tensor_statistics=lambda num_tasks, ctx, params: MagnitudeThresholds(num_tasks) if ctx.is_matrix else None,
     blockwise=True,
+    identical_experts=IdenticalExperts("expert", {"density": 1.0}),
 )
 def lors_mp(tasks, base, weights, ctx: TensorContext, *, density, scale) -> torch.Tensor:
     """τ̂ = MP_ρ(τ) per block matrix; θ = θ_0 + λ Σ_t w_t τ̂_t."""

@@ -26,7 +26,7 @@ from speechmerge.merging.linalg import (
     weighted_sum,
 )
 from speechmerge.merging.methods.task_vectors import sign_elected_mean
-from speechmerge.merging.registry import Param, merge_method
+from speechmerge.merging.registry import IdenticalExperts, Param, merge_method
 
 
 def entry_chunks(tasks: torch.Tensor, per_entry: int = 1) -> Iterator[torch.Tensor]:
@@ -143,6 +143,7 @@ class BalancingPass:
     ],
     tensor_statistics=BalancingPass,
     blockwise=True,
+    identical_experts=IdenticalExperts("expert", {"density": 1.0}),
 )
 def pcb(tasks, base, weights, ctx: TensorContext, *, density, scale):
     """β_intra,t = softmax(T·Norm(τ_t ⊙ τ_t)); β_inter,t = Σ_j softmax(Norm(τ_t ⊙ τ_j)); β_t = β_intra,t ⊙ β_inter,t;
@@ -227,6 +228,7 @@ class VarianceSelection:
     ],
     tensor_statistics=VarianceSelection,
     blockwise=True,
+    identical_experts=IdenticalExperts("expert", {"select_topk": 1.0}),
 )
 def sce(tasks, base, weights, ctx: TensorContext, *, select_topk, scale):
     """τ̂_t = τ_t ⊙ 1[Var_t τ ≥ top-τ threshold]; η_t = w_t ‖τ̂_t‖² / Σ_s w_s ‖τ̂_s‖²; γ = sign(Σ_t τ̂_t);
@@ -329,6 +331,7 @@ def row_wise(ctx: TensorContext, params: dict) -> bool:
     ],
     tensor_statistics=breadcrumbs_statistics,
     blockwise=lambda ctx, params: params["scope"] == "tensor" or row_wise(ctx, params),
+    identical_experts=IdenticalExperts("expert", {"density": 1.0, "gamma": 0.0, "scale": 1 / 3}),
 )
 def breadcrumbs(tasks, base, weights, ctx: TensorContext, *, density, gamma, scale, scope):
     """τ̂_t = τ_t ⊙ 1[rank_t in (⌊γn⌋, ⌊γn⌋ + ⌊βn⌋]] (ranks by |τ_t| descending); θ = θ_0 + λ Σ_t w_t τ̂_t."""
