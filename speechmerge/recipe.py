@@ -80,15 +80,9 @@ class MergeRecipe(Strict):
 
     @property
     def source(self) -> str:
-        """Where the recipe came from (its file), for error messages; kept by `model_copy`,
-        `with_source` and `updated`."""
+        """Where the recipe came from (its file, as given to `parse_recipe`), for error messages;
+        kept by `model_copy` and `updated`."""
         return self._source
-
-    def with_source(self, where: str) -> MergeRecipe:
-        """This recipe, named as coming from `where`."""
-        named = self.model_copy()
-        named._source = where
-        return named
 
     def updated(self, **changes: Any) -> MergeRecipe:
         """The recipe with some keys replaced (e.g. command-line options), validated again; errors

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import make_family
 
-from speechmerge.merging.linalg import CHUNK
+from speechmerge.merging.masks import CHUNK
 
 EXPERTS = 8
 BIG = dict(d_model=32, encoder_layers=24, decoder_layers=24, encoder_ffn_dim=4096, decoder_ffn_dim=4096)

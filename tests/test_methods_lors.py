@@ -106,7 +106,7 @@ def test_degenerate_pruning_is_task_arithmetic(tmp_path, family, method, params)
 def test_randomised_low_rank_part_tracks_the_exact_one():
     """LoRS's `svd: randomised` on a task matrix with a decaying spectrum: the rank-7 part is within
     a small factor of the Eckart–Young optimum and reproducible from the seed."""
-    from speechmerge.merging.linalg import low_rank_part
+    from speechmerge.merging.spectral import low_rank_part
 
     g = torch.Generator().manual_seed(9)
     q1, _ = torch.linalg.qr(torch.randn(300, 120, generator=g))

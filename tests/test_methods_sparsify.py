@@ -15,7 +15,7 @@ from near_ties import assert_close_except_near_ties, near_cut, near_zero_sum
 from test_merge_methods import deltas, run_merge
 
 from speechmerge.errors import SpeechmergeError
-from speechmerge.merging import linalg
+from speechmerge.merging import masks
 
 WEIGHTS = [1.0, 0.5, 2.0]
 
@@ -73,7 +73,7 @@ def reference_breadcrumbs_mask(tau: torch.Tensor, density: float, gamma: float, 
     rows = tau.reshape(1, -1) if scope == "tensor" or tau.dim() == 1 else tau.reshape(tau.shape[0], -1)
     mask = torch.zeros_like(rows, dtype=torch.bool)
     n = rows.shape[1]
-    top, keep = int(gamma * n), linalg.kept_count(n, density)
+    top, keep = int(gamma * n), masks.kept_count(n, density)
     order = rows.abs().argsort(dim=1, descending=True)
     mask.scatter_(1, order[:, top : top + keep], True)
     exempt = near_cut(rows.abs(), top, dim=1) | near_cut(rows.abs(), top + keep, dim=1)

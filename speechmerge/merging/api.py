@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 import speechmerge
+from speechmerge.checkpoints.dtypes import dtype_name
 from speechmerge.checkpoints.reader import resolve_model_dir
 from speechmerge.checkpoints.tokenizer import check_tokenizer_once
 from speechmerge.checkpoints.whisper import PROCESSOR_FILES
@@ -33,8 +34,6 @@ from speechmerge.errors import SpeechmergeError
 from speechmerge.merging.engine import MergeReport, execute
 from speechmerge.merging.plan import MergePlan, build_plan
 from speechmerge.recipe import MergeRecipe, load_recipe, recipe_yaml
-
-DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float64: "float64"}
 
 
 def merge(
@@ -130,7 +129,7 @@ def _write_config(plan: MergePlan, out: Path) -> None:
     config = dict(plan.reference.config)
     dtypes = {e.out_dtype for e in plan.entries}
     if len(dtypes) == 1:
-        config["dtype"] = DTYPE_NAMES[dtypes.pop()]
+        config["dtype"] = dtype_name(dtypes.pop())
         config.pop("torch_dtype", None)
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 

@@ -35,7 +35,7 @@ from speechmerge.checkpoints.reader import Checkpoint
 from speechmerge.checkpoints.writer import StreamingSafetensorsWriter
 from speechmerge.errors import SpeechmergeError
 from speechmerge.merging.context import TensorContext
-from speechmerge.merging.linalg import CHUNK
+from speechmerge.merging.masks import CHUNK
 from speechmerge.merging.plan import MergePlan, PlanEntry
 from speechmerge.merging.registry import MergeMethod
 from speechmerge.progress import progress_bar

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from speechmerge.merging.context import TensorContext
-from speechmerge.merging.linalg import weighted_sum
+from speechmerge.merging.masks import weighted_sum
 from speechmerge.merging.registry import IdenticalExperts, merge_method
 
 

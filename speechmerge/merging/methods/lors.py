@@ -1,7 +1,7 @@
 """LoRS-Merging and its two ablations: low-rank (SVP) and sparse (MP) pruning of task vectors.
 
 Zhao, Sun, Zhang, "LoRS-Merging: Low-Rank and Sparse Model Merging for Cross-Lingual Speech
-Recognition and Translation", arXiv 2502.17380; code qmgzhao/LoRS-Merging (research/papers.md §1.3).
+Recognition and Translation", arXiv 2502.17380; code qmgzhao/LoRS-Merging.
 Per 2-D block linear weight of each task vector τ (attention, cross-attention, MLP):
 
     L = U[:, :r] diag(σ_1..σ_r) V[:, :r]^T          (top-r SVD part, "SVP")
@@ -17,10 +17,11 @@ from __future__ import annotations
 import torch
 
 from speechmerge.merging.context import TensorContext
-from speechmerge.merging.linalg import MagnitudeThresholds, low_rank_part, trim_below_, trim_to_density_, weighted_sum
+from speechmerge.merging.masks import MagnitudeThresholds, trim_below_, trim_to_density_, weighted_sum
 from speechmerge.merging.methods.subspace import SVD
 from speechmerge.merging.methods.task_vectors import SCALE_1_OVER_T, scale_or_mean
 from speechmerge.merging.registry import IdenticalExperts, Param, merge_method
+from speechmerge.merging.spectral import low_rank_part
 
 SOURCE = "Zhao, Sun, Zhang, LoRS-Merging, arXiv 2502.17380 (ICASSP 2026); code qmgzhao/LoRS-Merging"
 RANK = Param("rank", int, None, "r, an absolute rank; overrides rank_fraction when given", ge=1, nullable=True)

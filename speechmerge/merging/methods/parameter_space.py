@@ -13,7 +13,7 @@ import math
 import torch
 
 from speechmerge.merging.context import TensorContext
-from speechmerge.merging.linalg import weighted_sum
+from speechmerge.merging.masks import weighted_sum
 from speechmerge.merging.registry import IdenticalExperts, Param, merge_method
 
 

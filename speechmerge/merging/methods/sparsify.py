@@ -14,9 +14,9 @@ from collections.abc import Iterator
 
 import torch
 
-from speechmerge.merging import linalg
+from speechmerge.merging import masks
 from speechmerge.merging.context import TensorContext
-from speechmerge.merging.linalg import (
+from speechmerge.merging.masks import (
     MagnitudeSelector,
     disjoint_mean,
     elect_sign,
@@ -30,16 +30,16 @@ from speechmerge.merging.registry import IdenticalExperts, Param, merge_method
 
 
 def entry_chunks(tasks: torch.Tensor, per_entry: int = 1) -> Iterator[torch.Tensor]:
-    """[T, c] views over the flattened entries of every task, c·T·per_entry ≈ linalg.CHUNK."""
+    """[T, c] views over the flattened entries of every task, c·T·per_entry ≈ masks.CHUNK."""
     flat = tasks.reshape(tasks.shape[0], -1)
-    step = max(1, linalg.CHUNK // (tasks.shape[0] * per_entry))
+    step = max(1, masks.CHUNK // (tasks.shape[0] * per_entry))
     return iter(flat.split(step, dim=1))
 
 
 def row_blocks(task: torch.Tensor) -> Iterator[torch.Tensor]:
     """[rows, columns] views of one task tensor seen as rows (1-D: a single row), ≈ CHUNK entries each."""
     rows = task.reshape(1, -1) if task.dim() == 1 else task.reshape(task.shape[0], -1)
-    return iter(rows.split(max(1, linalg.CHUNK // rows.shape[1]), dim=0))
+    return iter(rows.split(max(1, masks.CHUNK // rows.shape[1]), dim=0))
 
 
 # --- PCB ---------------------------------------------------------------------------------

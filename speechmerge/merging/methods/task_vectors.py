@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from speechmerge.merging.context import TensorContext
-from speechmerge.merging.linalg import (
+from speechmerge.merging.masks import (
     MagnitudeThresholds,
     disjoint_mean,
     elect_sign,

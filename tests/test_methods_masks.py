@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from speechmerge.merging import linalg
+from speechmerge.merging import masks
 
 
 def sorted_kth(x: torch.Tensor, k: int) -> float:
@@ -21,24 +21,24 @@ def sorted_kth(x: torch.Tensor, k: int) -> float:
 @pytest.mark.parametrize("k", [0, 1, 2, 17, 500, 999, 1000, 5000])
 def test_kth_largest_magnitude_equals_sorting(k):
     x = torch.randn(1000, generator=torch.Generator().manual_seed(k)) * 1e-3
-    assert linalg.kth_largest_magnitude(x, k) == sorted_kth(x, k)
+    assert masks.kth_largest_magnitude(x, k) == sorted_kth(x, k)
 
 
 def test_selection_handles_ties_zeros_and_tiny_values():
     x = torch.tensor([0.0, 0.0, 3.0, -3.0, 1e-30, -2.0, 3.0, 0.5, 0.0, 1e-38])
     for k in range(0, 12):
-        assert linalg.kth_largest_magnitude(x, k) == sorted_kth(x, k), k
+        assert masks.kth_largest_magnitude(x, k) == sorted_kth(x, k), k
 
 
 def test_stream_over_chunks_equals_one_flat_sort(monkeypatch):
-    monkeypatch.setattr(linalg, "CHUNK", 37)  # force many chunk boundaries
+    monkeypatch.setattr(masks, "CHUNK", 37)  # force many chunk boundaries
     g = torch.Generator().manual_seed(0)
     tensors = [
         torch.randn(shape, generator=g) * scale for shape, scale in [((40, 30), 1e-2), ((7,), 5.0), ((3, 5, 11), 1e-4)]
     ]
     flat = torch.cat([t.flatten() for t in tensors])
     for k in [1, 10, 600, flat.numel() - 1]:
-        selector = linalg.MagnitudeSelector()
+        selector = masks.MagnitudeSelector()
         for t in tensors:
             selector.count(t)
         selector.narrow(k)
@@ -51,7 +51,7 @@ def test_trim_to_density_keeps_exactly_the_largest():
     g = torch.Generator().manual_seed(1)
     tasks = torch.randn(3, 20, 10, generator=g)
     original = tasks.clone()
-    linalg.trim_to_density_(tasks, 0.25)
+    masks.trim_to_density_(tasks, 0.25)
     for t in range(3):
         keep = original[t].abs().flatten().topk(50).indices
         expected = torch.zeros(200)
@@ -64,8 +64,8 @@ def test_disjoint_mean_against_a_loop_over_entries():
     tasks = torch.randn(4, 6, generator=g)
     tasks[1, 2] = 0.0
     weights = torch.tensor([1.0, 2.0, 0.5, 1.0])
-    sign = linalg.elect_sign(tasks, weights)
-    merged = linalg.disjoint_mean(tasks, sign, weights)
+    sign = masks.elect_sign(tasks, weights)
+    merged = masks.disjoint_mean(tasks, sign, weights)
     for j in range(6):
         total = sum(float(weights[t] * tasks[t, j]) for t in range(4))
         if abs(total) <= 1e-5 * sum(abs(float(weights[t] * tasks[t, j])) for t in range(4)):
@@ -84,7 +84,7 @@ def test_float64_selection_keeps_the_top_k_and_only_float32_ties():
     x = torch.randn(2000, generator=g, dtype=torch.float64)
     x[:3] = 1.0 + torch.tensor([1e-12, 2e-12, 3e-12], dtype=torch.float64)  # three float32 ties
     for k in [1, 2, 3, 4, 100, 1999]:
-        kept = x.abs() >= linalg.kth_largest_magnitude(x, k)
+        kept = x.abs() >= masks.kth_largest_magnitude(x, k)
         exact = x.abs() >= x.abs().sort(descending=True).values[k - 1]
         assert bool((kept | ~exact).all()), k  # every exact top-k entry is kept
         extra = x.abs()[kept & ~exact].float()
