@@ -33,6 +33,12 @@ def method_markdown(method: MergeMethod) -> str:
         flags.append("randomised (reproducible from `seed`)")
     if method.statistics is not None:
         flags.append("may gather whole-model statistics in a first streaming pass")
+    if method.identical_experts is not None:
+        settings = ", ".join(f"{k}={_default_text(v)}" for k, v in method.identical_experts.params.items())
+        flags.append(
+            f"identical experts merge to the {method.identical_experts.gives}"
+            + (f" with {settings}" if settings else "")
+        )
     return (
         f"### `{method.name}` — {method.title}\n\n"
         f"*{method.family}; {'; '.join(flags)}.*\n\n"

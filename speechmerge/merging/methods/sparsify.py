@@ -331,7 +331,6 @@ def row_wise(ctx: TensorContext, params: dict) -> bool:
     ],
     tensor_statistics=breadcrumbs_statistics,
     blockwise=lambda ctx, params: params["scope"] == "tensor" or row_wise(ctx, params),
-    identical_experts=IdenticalExperts("expert", {"density": 1.0, "gamma": 0.0, "scale": 1 / 3}),
 )
 def breadcrumbs(tasks, base, weights, ctx: TensorContext, *, density, gamma, scale, scope):
     """τ̂_t = τ_t ⊙ 1[rank_t in (⌊γn⌋, ⌊γn⌋ + ⌊βn⌋]] (ranks by |τ_t| descending); θ = θ_0 + λ Σ_t w_t τ̂_t."""
