@@ -321,12 +321,23 @@ def row_wise(ctx: TensorContext, params: dict) -> bool:
     ),
     params=[
         Param(
-            "density", float, 0.1, "β, the fraction of each tensor kept below the outliers (issue #7: 0.1)", gt=0, le=1
+            "density",
+            float,
+            0.1,
+            "β, the fraction of each tensor kept below the outliers (rezazzr/breadcrumbs issue #7: 0.1)",
+            gt=0,
+            le=1,
         ),
         Param(
             "gamma", float, 0.01, "γ, the fraction of largest-magnitude outliers dropped (official: 0.01)", ge=0, lt=1
         ),
-        Param("scale", float, 1.0, "λ (α in the paper), the scale of the summed task vectors (issue #7: 1)", gt=0),
+        Param(
+            "scale",
+            float,
+            1.0,
+            "λ (α in the paper), the scale of the summed task vectors (rezazzr/breadcrumbs issue #7: 1)",
+            gt=0,
+        ),
         Param("scope", str, "tensor", "where the ranking is taken: per tensor or per row", choices=("tensor", "row")),
     ],
     tensor_statistics=breadcrumbs_statistics,
