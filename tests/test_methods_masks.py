@@ -89,3 +89,19 @@ def test_float64_selection_keeps_the_top_k_and_only_float32_ties():
         assert bool((kept | ~exact).all()), k  # every exact top-k entry is kept
         extra = x.abs()[kept & ~exact].float()
         assert bool((extra == x.abs().sort(descending=True).values[k - 1].float()).all()), k
+
+
+def test_near_tie_exemption_tolerates_only_swaps_at_the_cut():
+    """The tests' tie rule (near_ties.py): a swap of two magnitudes within rounding of the top-k cut
+    passes, a swap across a clear gap fails, and too many exempt entries fail."""
+    from near_ties import assert_close_except_near_ties, near_cut
+
+    x = torch.tensor([5.0, 4.0, 3.0 + 1e-6, 3.0, 2.0, 1.0])
+    reference = torch.where(x >= 3.0 + 1e-6, x, 0.0)  # top 3
+    swapped = torch.tensor([5.0, 4.0, 0.0, 3.0, 0.0, 0.0])  # the near-tied 3rd and 4th swapped
+    assert assert_close_except_near_ties(swapped, reference, near_cut(x, 3), atol=0, rtol=0) == 2
+    wrong = torch.tensor([5.0, 0.0, 3.0 + 1e-6, 3.0, 0.0, 0.0])  # the 2nd dropped: not a tie
+    with pytest.raises(AssertionError):
+        assert_close_except_near_ties(wrong, reference, near_cut(x, 3), atol=0, rtol=0)
+    with pytest.raises(AssertionError, match="near a selection boundary"):
+        assert_close_except_near_ties(swapped, reference, torch.ones(6, dtype=torch.bool), atol=0, rtol=0, max_exempt=2)
