@@ -219,7 +219,7 @@ def main() -> None:
 
     import torch
 
-    from speechmerge.checkpoints.reader import resolve_model_dir
+    from speechmerge.checkpoints.resolve import resolve_model_dir
     from speechmerge.data.corpus import build_corpus
 
     torch.set_num_threads(args.threads)

@@ -116,7 +116,7 @@ def make_checkpoints(workdir: Path, shape: str, experts: int, dtype: str) -> tup
     import torch
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-    from speechmerge.checkpoints.reader import HFCheckpoint
+    from speechmerge.checkpoints.hf import HFCheckpoint
     from speechmerge.checkpoints.writer import StreamingSafetensorsWriter, TensorSlot
 
     root = workdir / f"{shape}-{dtype}"
@@ -203,7 +203,7 @@ def weight_files(directory: Path) -> list[str]:
 
 def hash_inputs_once(base: Path, experts: list[Path], cache: Path) -> float:
     """Fill speechmerge's content-hash cache for the inputs; return the seconds it took."""
-    from speechmerge.checkpoints.reader import files_hash
+    from speechmerge.checkpoints.hf import files_hash
 
     os.environ["SPEECHMERGE_CACHE"] = str(cache)
     start = time.perf_counter()

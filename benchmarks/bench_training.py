@@ -47,7 +47,7 @@ def dense_copy(adapter: Path, base: str, output: Path) -> Path:
     from peft import PeftModel
     from transformers import WhisperForConditionalGeneration
 
-    from speechmerge.checkpoints.reader import resolve_model_dir
+    from speechmerge.checkpoints.resolve import resolve_model_dir
     from speechmerge.checkpoints.whisper import PROCESSOR_FILES
 
     base_dir = resolve_model_dir(base)

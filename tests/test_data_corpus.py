@@ -206,7 +206,7 @@ def test_an_interrupted_build_leaves_no_manifests_and_resumes(tmp_path, monkeypa
     assert not list(tmp_path.glob("multilingual-*")) and not list(tmp_path.glob(".multilingual-*"))
     written = list((tmp_path / "audio").rglob("*.wav"))
     assert 4 <= len(written) <= 5  # stopped at the failure (one more clip may have been in flight)
-    assert not list((tmp_path / "audio").rglob("*.tmp"))
+    assert not list((tmp_path / "audio").rglob(".*.tmp-*"))  # no temporary file left behind
     monkeypatch.setattr(corpus_module, "speak", real_speak)
     spoken = []
     build_corpus(

@@ -12,7 +12,7 @@ import pytest
 import soundfile
 from conftest import run_cli
 
-from speechmerge.data.hf_import import import_dataset, parse_columns, read_dataset
+from speechmerge.data.hf_import import import_dataset, parse_columns
 from speechmerge.data.manifest import load_audio, read_manifest
 from speechmerge.errors import SpeechmergeError
 
@@ -123,6 +123,18 @@ def test_jsonl_audiofolder_at_the_top_is_the_train_split(tmp_path):
     assert (utterance.id, utterance.text, utterance.language) == ("clip_one", "hallo", "de")
 
 
+def test_unreadable_metadata_is_named_and_leaves_progress_bars_as_they_were(tmp_path):
+    folder = tmp_path / "af"
+    folder.mkdir()
+    (folder / "x.wav").write_bytes(tone_bytes(440.0, 0.4, 16000, 1))
+    (folder / "metadata.jsonl").write_text("{not json\n")
+    assert datasets.is_progress_bar_enabled()
+    with pytest.raises(SpeechmergeError, match=r"metadata\.jsonl: cannot read the metadata"):
+        import_dataset(folder, tmp_path / "out")
+    assert datasets.is_progress_bar_enabled()  # switched off only while the metadata was read
+    assert not (tmp_path / "out").exists()
+
+
 def test_bad_rows_are_named_and_skip_bad_reports_them(tmp_path, caplog):
     rows = [
         row("uno"),
@@ -177,15 +189,6 @@ def test_refusals_leave_existing_output_alone(tmp_path):
         import_dataset(tmp_path / "out", tmp_path / "other")
     import_dataset(source, tmp_path / "out", {"text": "sentence", "language": "locale"}, force=True)
     assert not (tmp_path / "out" / "keep.txt").exists() and (tmp_path / "out" / "train.jsonl").is_file()
-
-
-def test_read_dataset_converts_once_into_the_cache(tmp_path):
-    source = saved_dataset(tmp_path / "ds", {"train": [row("hola")], "test": [row("adiós")]})
-    first = read_dataset(source, {"text": "sentence", "language": "locale"})
-    assert sorted(u.text for u in first) == ["adiós", "hola"]
-    stamp = first[0].audio.stat().st_mtime_ns
-    again = read_dataset(source, {"text": "sentence", "language": "locale"})
-    assert again == first and again[0].audio.stat().st_mtime_ns == stamp
 
 
 def test_cli_import(tmp_path, capsys):

@@ -11,7 +11,6 @@ from speechmerge.data.designs import DOMAINS, STUDY_LANGUAGES, UNSEEN_DOMAIN
 from speechmerge.data.sentences import (
     TEXT_DIR,
     available_languages,
-    available_sets,
     ordered_split,
     read_tsv,
     sentences,
@@ -22,15 +21,18 @@ from speechmerge.errors import SpeechmergeError
 ALL = (*STUDY_LANGUAGES, "en")
 
 
-def test_every_set_the_designs_use_is_shipped():
-    assert set(available_sets()) == {"general", "heldout", *DOMAINS, UNSEEN_DOMAIN}
+SETS = ("general", "heldout", *DOMAINS, UNSEEN_DOMAIN)
+
+
+def test_every_set_the_designs_use_is_shipped_and_nothing_else():
+    assert {path.name for path in TEXT_DIR.iterdir() if path.is_dir()} == set(SETS)
     assert set(available_languages("general")) == {*ALL, "pt-br"}
     assert set(available_languages("heldout")) == set(ALL)
     for domain in (*DOMAINS, UNSEEN_DOMAIN):
         assert set(available_languages(domain)) == {"pt", "en"}
 
 
-@pytest.mark.parametrize("set_name", ["general", "heldout", *DOMAINS, UNSEEN_DOMAIN])
+@pytest.mark.parametrize("set_name", SETS)
 def test_every_language_has_every_english_sentence_and_nothing_else(set_name):
     english = read_tsv(TEXT_DIR / set_name / "en.tsv")
     for language in available_languages(set_name):
@@ -48,7 +50,7 @@ def test_set_sizes():
         assert len(sentences(domain, "pt")) == 60
 
 
-@pytest.mark.parametrize("set_name", available_sets())
+@pytest.mark.parametrize("set_name", SETS)
 def test_sentences_are_clean_text_of_reasonable_length(set_name):
     for language in available_languages(set_name):
         texts = [s.text for s in sentences(set_name, language)]

@@ -12,12 +12,12 @@ WORKER = textwrap.dedent(
     import os, sys, time
     from pathlib import Path
     from speechmerge.checkpoints.converted import convert_once
-    from speechmerge.checkpoints.writer import atomic_output_dir
+    from speechmerge.fsutil import atomic_directory
 
     def build(target):
         with open(sys.argv[1], "a") as log:
             log.write(f"{os.getpid()}\\n")
-        with atomic_output_dir(target) as tmp:
+        with atomic_directory(target) as tmp:
             time.sleep(1.0)  # long enough for the other process to arrive meanwhile
             (tmp / "config.json").write_text("{}")
 

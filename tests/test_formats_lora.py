@@ -42,7 +42,7 @@ def _peft_merged(base_dir, adapter_dir) -> dict:
 
 
 def _expert(base_dir, adapter_dir):
-    from speechmerge.checkpoints.reader import open_checkpoint
+    from speechmerge.checkpoints.resolve import open_checkpoint
 
     return open_checkpoint(adapter_dir, base=open_checkpoint(base_dir))
 

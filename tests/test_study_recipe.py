@@ -117,3 +117,15 @@ def test_every_bundled_study_recipe_validates_and_names_what_the_study_asks_for(
     for method, points in grid.items():
         known = {p.name for p in get_method(method).params}
         assert all(set(point) <= known for point in points), method
+
+
+def test_a_recipe_moved_to_another_output_still_names_its_file_in_errors(tmp_path):
+    """`--output` rebuilds the recipe; an error found afterwards must still name the recipe file."""
+    from speechmerge.errors import SpeechmergeError
+    from speechmerge.study.recipe import method_grid, parse_study
+
+    data = _recipe(tmp_path, methods={"ties": {"densty": 0.2}})
+    recipe = parse_study(data, "my.yaml").with_output(str(tmp_path / "elsewhere"))
+    assert recipe.source == "my.yaml" and recipe.folder() == tmp_path / "elsewhere"
+    with pytest.raises(SpeechmergeError, match=r"^my\.yaml: methods\.ties\.densty: unknown key"):
+        method_grid(recipe)

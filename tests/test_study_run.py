@@ -35,8 +35,8 @@ def _run(path, **options):
     return run_study(path, progress=False, **{"workers": 1, **options})  # in this process unless a test asks for a pool
 
 
-def test_tiny_study_trains_merges_selects_and_tests(base, tmp_path):
-    from speechmerge.study.results import score_rows
+def test_tiny_study_trains_merges_selects_and_tests(base, tmp_path, capsys):
+    from speechmerge.study.scores import score_rows
 
     recipe = study_recipe(tmp_path, base, baselines={"joint": True})
     folder = _run(write_recipe(tmp_path / "tiny.yaml", recipe))
@@ -74,8 +74,13 @@ def test_tiny_study_trains_merges_selects_and_tests(base, tmp_path):
         j["method"]: j["result"]["timing"]["merge_seconds"] > 0 for j in jobs.values() if j["kind"] == "test"
     }
     assert merged_again == {"soup": False, "ties": False, "task_arithmetic": True}
-    # the report rendered from the store
+    # the report rendered from the store, and its main table printed: the references and each method
     assert (folder / "report" / "report.html").stat().st_size > 0
+    printed = [
+        line.split("|")[1].strip().strip("*") for line in capsys.readouterr().out.splitlines() if line[:1] == "|"
+    ]
+    assert printed[0] == "model" and printed[2:5] == ["base (base)", "experts (own sets)", "baseline: joint"]
+    assert sorted(printed[5:]) == ["soup", "task_arithmetic", "ties"]
 
 
 class SimulatedKill(BaseException):
@@ -151,7 +156,7 @@ def test_a_larger_grid_runs_only_its_new_points_and_a_changed_setting_reruns_wha
 
 def test_the_study_runs_on_a_local_ray_instance(base, experts, tmp_path):
     pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'speechmerge[ray]')")
-    from speechmerge.study.results import score_rows
+    from speechmerge.study.scores import score_rows
 
     recipe = study_recipe(tmp_path, base, experts={"train": False, "given": experts}, methods={"soup": {}})
     folder = _run(write_recipe(tmp_path / "tiny.yaml", recipe), executor="ray", workers=2)

@@ -83,10 +83,10 @@ def test_a_file_that_is_not_a_store_is_refused_in_one_line(tmp_path):
 
 
 def test_the_validation_choice_maximises_the_mean_normalised_score():
-    """vs_expert = s(m)/s(e) with s = 1 - WER or BLEU (speechmerge.evaluation.normalised), by hand."""
-    from speechmerge.study.runner import best_point
+    """vs_expert = s(m)/s(e) with s = 1 - WER or BLEU (speechmerge.evaluation.relative_scores), by hand."""
+    from speechmerge.study.selection import best_point
 
-    asr, st = ("es", "transcribe", "general", "wer"), ("es", "translate", "general", "bleu")
+    asr, st = ("es.test", "es", "transcribe", "general", "wer"), ("es.test", "es", "translate", "general", "bleu")
     expert = {asr: 0.2, st: 30.0}
     base = {asr: 0.5, st: 10.0}
     candidates = [

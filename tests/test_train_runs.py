@@ -97,7 +97,7 @@ def test_full_fine_tuning_lowers_the_loss(base, corpus, tmp_path):
 def test_decoder_mode_keeps_the_encoder_bit_identical_in_the_base_dtype(base_fp16, corpus, tmp_path):
     from transformers import WhisperForConditionalGeneration
 
-    from speechmerge.checkpoints.reader import open_checkpoint
+    from speechmerge.checkpoints.resolve import open_checkpoint
 
     expert = finetune(base_fp16, _spanish(corpus), tmp_path / "decoder", _config(), progress=False)
     base_tensors, trained = _tensors(base_fp16), _tensors(expert)
@@ -144,7 +144,7 @@ def test_lora_mode_writes_an_adapter_that_loads(base, corpus, tmp_path, lora_enc
     import peft
     from transformers import WhisperForConditionalGeneration
 
-    from speechmerge.checkpoints.reader import open_checkpoint
+    from speechmerge.checkpoints.resolve import open_checkpoint
 
     config = _config(mode="lora", lora_rank=4, lora_alpha=8, steps=2, learning_rate=1e-2, lora_encoder=lora_encoder)
     adapter = finetune(base, _spanish(corpus), tmp_path / "lora", config, progress=False)

@@ -46,7 +46,7 @@ def convert_model(
     force: bool = False,
 ) -> Path:
     """Convert `source` into `output` (format `to`); refuses an existing output unless `force`."""
-    from speechmerge.checkpoints.writer import refuse_existing
+    from speechmerge.fsutil import refuse_existing
 
     if to not in FORMATS:
         raise SpeechmergeError(f"--to {to!r}: expected one of {', '.join(FORMATS)}")
@@ -55,7 +55,7 @@ def convert_model(
     kind = detect_format(source)
     if to == "ct2":
         from speechmerge.checkpoints.export import export_ct2
-        from speechmerge.checkpoints.reader import resolve_model_dir
+        from speechmerge.checkpoints.resolve import resolve_model_dir
 
         return export_ct2(resolve_model_dir(source), output, quantization=quantization, force=force)
     if kind == "hf":

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from speechmerge.errors import SpeechmergeError
 
+# The dtypes a conversion writes (float64 would double the size of weights trained in float32).
 DTYPES = ("float32", "float16", "bfloat16")
 SHARD_BYTES = 2 * 1024**3
 # Bump when the conversion output changes, so cached copies are rebuilt.
@@ -45,14 +46,6 @@ def models_dir() -> Path:
         path.mkdir(parents=True, exist_ok=True)
         return path
     return cache_dir("models")
-
-
-def torch_dtype(name: str):
-    import torch
-
-    if name not in DTYPES:
-        raise SpeechmergeError(f"dtype {name!r}: expected one of {', '.join(DTYPES)}")
-    return getattr(torch, name)
 
 
 def check_state_names(tensors: list[HFTensor], config, source) -> None:
@@ -89,25 +82,23 @@ def write_hf_model(
 ) -> Path:
     """Write `tensors` with config, generation config, tokenizer and feature extractor into
     `target`, atomically; `source` names the input in errors."""
-    from rich.console import Console
-    from rich.progress import track
-
+    from speechmerge.checkpoints.dtypes import float_dtype
     from speechmerge.checkpoints.processor import whisper_config, write_model_files
-    from speechmerge.checkpoints.writer import StreamingSafetensorsWriter, TensorSlot, atomic_output_dir
+    from speechmerge.checkpoints.writer import StreamingSafetensorsWriter, TensorSlot
+    from speechmerge.fsutil import atomic_directory
+    from speechmerge.progress import progress_bar
 
-    out_dtype = torch_dtype(dtype)
+    out_dtype = float_dtype(dtype, choices=DTYPES)
     config = whisper_config(shape, tokenizer)
     config.dtype = dtype
     check_state_names(tensors, config, source)
     slots = [TensorSlot(t.name, tuple(t.shape), out_dtype) for t in tensors]
-    with atomic_output_dir(Path(target), force=force) as tmp:
+    with atomic_directory(Path(target), force=force) as tmp:
         writer = StreamingSafetensorsWriter(tmp, slots, SHARD_BYTES, metadata={"converted_by": "speechmerge"})
         try:
-            progress = track(
-                tensors, description=f"converting to {Path(target).name}", transient=True, console=Console(stderr=True)
-            )
-            for item in progress:
-                writer.write(item.name, item.load().to(out_dtype))
+            with progress_bar(transient=True) as bar:
+                for item in bar.track(tensors, description=f"converting to {Path(target).name}"):
+                    writer.write(item.name, item.load().to(out_dtype))
             writer.close()
         finally:
             writer.abort()

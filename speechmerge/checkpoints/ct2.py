@@ -45,6 +45,7 @@ from pathlib import Path
 import torch
 
 from speechmerge.checkpoints.converted import HFTensor
+from speechmerge.checkpoints.dtypes import dtype_name
 from speechmerge.checkpoints.processor import DecodingFacts, WhisperShape
 from speechmerge.errors import SpeechmergeError
 
@@ -140,7 +141,7 @@ class Ct2ModelFile:
             if dtype_id not in CT2_DTYPES:
                 raise SpeechmergeError(
                     f"{self.label}: variable {name} has unknown CTranslate2 dtype id {dtype_id}; "
-                    f"known: {sorted(CT2_DTYPES)} ({', '.join(str(d).removeprefix('torch.') for d in CT2_DTYPES.values())})"
+                    f"known: {sorted(CT2_DTYPES)} ({', '.join(dtype_name(d) for d in CT2_DTYPES.values())})"
                 )
             dtype = CT2_DTYPES[dtype_id]
             expected = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
@@ -398,7 +399,7 @@ def convert_ct2(
 def converted_ct2_dir(directory: Path) -> Path:
     """A CTranslate2 directory converted once into the model cache (keyed by its content)."""
     from speechmerge.checkpoints.converted import convert_once, source_key
-    from speechmerge.checkpoints.reader import files_hash
+    from speechmerge.checkpoints.hf import files_hash
 
     files = Ct2Files.of_directory(Path(directory).resolve())
     side = [p for p in (files.folder / n for n in ("config.json", "tokenizer.json", "vocabulary.json")) if p.is_file()]

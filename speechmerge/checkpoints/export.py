@@ -19,7 +19,7 @@ COPIED_FILES = ("tokenizer.json", "preprocessor_config.json")
 
 def export_ct2(model_dir: Path, target: Path, quantization: str = "float16", force: bool = False) -> Path:
     """Write the CTranslate2 model of the Hugging Face Whisper directory `model_dir` to `target`."""
-    from speechmerge.checkpoints.writer import atomic_output_dir, refuse_existing
+    from speechmerge.fsutil import atomic_directory, refuse_existing
 
     model_dir, target = Path(model_dir), Path(target)
     if quantization not in QUANTIZATIONS:
@@ -37,7 +37,7 @@ def export_ct2(model_dir: Path, target: Path, quantization: str = "float16", for
             "copy the base model's tokenizer files into the directory first"
         )
     copied = [name for name in COPIED_FILES if (model_dir / name).is_file()]
-    with atomic_output_dir(target, force=force) as tmp:
+    with atomic_directory(target, force=force) as tmp:
         converter = ctranslate2.converters.TransformersConverter(str(model_dir), copy_files=copied)
         try:
             converter.convert(str(tmp), quantization=quantization, force=True)

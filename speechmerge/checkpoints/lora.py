@@ -220,7 +220,7 @@ class LoraExpert:
     def content_hash(self) -> str:
         import hashlib
 
-        from speechmerge.checkpoints.reader import files_hash
+        from speechmerge.checkpoints.hf import files_hash
 
         own = files_hash([self.path / "adapter_config.json", self._weights_file])
         return hashlib.sha256(f"{own}|{self.base.content_hash()}".encode()).hexdigest()

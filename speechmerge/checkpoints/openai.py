@@ -186,7 +186,7 @@ def convert_openai(
 def converted_openai_dir(path: Path) -> Path:
     """An openai-whisper `.pt` converted once into the model cache (keyed by its content)."""
     from speechmerge.checkpoints.converted import convert_once, source_key
-    from speechmerge.checkpoints.reader import files_hash
+    from speechmerge.checkpoints.hf import files_hash
 
     path = Path(path).resolve()
     key = source_key(files_hash([path]))

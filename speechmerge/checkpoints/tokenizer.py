@@ -198,7 +198,7 @@ def check_tokenizer_once(source: Path) -> None:
     """`check_tokenizer`, remembered per tokenizer.json content (a study merges many models
     with the same tokenizer; the check takes about a second)."""
     from speechmerge.cache import cache_dir
-    from speechmerge.checkpoints.reader import files_hash
+    from speechmerge.checkpoints.hf import files_hash
 
     path = tokenizer_file(source)
     marker = cache_dir("tokenizer-checks") / f"{files_hash([path])}.ok"

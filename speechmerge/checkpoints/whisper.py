@@ -15,19 +15,20 @@ memory, no weights) and looking at the module that owns each parameter:
 | `bias`        | biases of linear and conv layers                                         |
 
 "Block linear weights" (attention, cross_attention, mlp) are the 2-D matrices that SVD and
-pruning methods act on (research/papers.md §6.1); every other role follows each method's rule
-for non-matrix tensors.
+pruning methods act on; every other role follows each method's rule for non-matrix tensors
+(docs/methods.md). LoRS-Merging's official code (Zhao, Sun, Zhang, arXiv 2502.17380;
+qmgzhao/LoRS-Merging) picks them by openai-whisper names (`attn.` or `mlp.`, `weight`), which on
+Hugging Face names would miss fc1/fc2 and catch the 448 x d decoder positional table under a
+plain "is 2-D" test: hence roles from the model's structure.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from functools import lru_cache
 
 MATRIX_ROLES = frozenset({"attention", "cross_attention", "mlp"})
-ROLES = ("attention", "cross_attention", "mlp", "embedding", "positional", "conv", "norm", "bias")
 
 # Config fields that must agree between a base and its experts.
 ARCHITECTURE_KEYS = (
@@ -142,6 +143,7 @@ def _layout_for(config_items: tuple) -> WhisperLayout:
     from importlib.metadata import version
 
     from speechmerge.cache import cache_dir
+    from speechmerge.fsutil import write_file_atomically
 
     key = hashlib.sha256(json.dumps([version("transformers"), config_items]).encode()).hexdigest()[:32]
     memo = cache_dir("layouts") / f"{key}.json"
@@ -150,9 +152,7 @@ def _layout_for(config_items: tuple) -> WhisperLayout:
         return WhisperLayout(roles={r["name"]: TensorRole(**r) for r in data["roles"]}, tied=data["tied"])
     layout = _derive_layout(config_items)
     data = {"roles": [vars(r) for r in layout.roles.values()], "tied": layout.tied}
-    tmp = memo.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data))
-    tmp.replace(memo)
+    write_file_atomically(memo, json.dumps(data))
     return layout
 
 

@@ -1,5 +1,5 @@
-"""Writing merged weights: standard sharded safetensors, streamed, into a directory that
-appears only when complete.
+"""Writing merged weights: standard sharded safetensors, streamed (into the temporary directory
+of `fsutil.atomic_directory`, so the output appears only when complete).
 
 Because the merge plan knows every output tensor's name, shape and dtype before any work,
 each shard's safetensors header is written first and tensor bytes are then appended as they
@@ -11,30 +11,14 @@ are computed: no shard is ever buffered in memory. The files are ordinary safete
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from speechmerge.checkpoints.dtypes import SAFETENSORS_CODES
 from speechmerge.errors import SpeechmergeError
-
-_DTYPE_CODES = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
 
 
 def parse_size(text: str | int) -> int:
@@ -98,7 +82,7 @@ class StreamingSafetensorsWriter:
         header, offset = {}, 0
         for slot in self.shards[shard]:
             header[slot.name] = {
-                "dtype": _DTYPE_CODES[slot.dtype],
+                "dtype": SAFETENSORS_CODES[slot.dtype],
                 "shape": list(slot.shape),
                 "data_offsets": [offset, offset + slot.nbytes],
             }
@@ -148,34 +132,3 @@ class StreamingSafetensorsWriter:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
-
-
-def refuse_existing(target: Path, force: bool) -> None:
-    """An existing output is never overwritten without --force (checked before any work)."""
-    if target.exists() and not force:
-        raise SpeechmergeError(f"{target}: already exists; choose another output or pass --force to replace it")
-
-
-@contextmanager
-def atomic_output_dir(target: Path, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory beside `target`; on success it replaces `target` in one
-    rename, on any failure it is removed and `target` is left as it was."""
-    target = Path(target)
-    refuse_existing(target, force)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{os.getpid()}"
-        target.rename(old)
-        tmp.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(target)

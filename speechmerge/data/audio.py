@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from speechmerge.data.atomic import atomic_file
 from speechmerge.errors import SpeechmergeError
+from speechmerge.fsutil import atomic_file
 
 SAMPLE_RATE = 16000
 

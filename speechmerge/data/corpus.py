@@ -22,7 +22,6 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -30,7 +29,6 @@ from typing import Optional
 import numpy as np
 from pydantic import BaseModel
 
-from speechmerge.data.atomic import atomic_directory, atomic_file
 from speechmerge.data.audio import audio_duration, write_wav
 from speechmerge.data.conditions import apply_condition
 from speechmerge.data.designs import (
@@ -47,6 +45,8 @@ from speechmerge.data.espeak import Voice, espeak_binary, speak, speaker_voice
 from speechmerge.data.manifest import Utterance, read_manifest, write_manifest
 from speechmerge.data.sentences import ordered_split, sentences
 from speechmerge.errors import SpeechmergeError
+from speechmerge.fsutil import atomic_directory, atomic_file
+from speechmerge.progress import progress_bar
 
 CORPUS_VERSION = 1
 INDEX = "corpus.json"
@@ -272,14 +272,12 @@ def _speak_all(jobs: list[_Job], seed: int, workers: int, progress: bool, on_cli
         babble = talkers.get(job.plan.voice_language) if job.plan.condition.noise == "babble" else ()
         write_wav(job.path, apply_condition(speech, job.plan.condition, rng, babble))
 
-    bar = _progress_bar() if progress else None
-    task = bar.add_task("speaking clips (espeak-ng)", total=len(jobs)) if bar else None
     pool = ThreadPoolExecutor(max_workers=workers)
     try:
-        with bar if bar else nullcontext():
+        with progress_bar(progress) as bar:
+            task = bar.add_task("speaking clips (espeak-ng)", total=len(jobs))
             for done, _ in enumerate(pool.map(render, jobs), start=1):
-                if bar:
-                    bar.update(task, completed=done)
+                bar.update(task, completed=done)
                 if on_clip:
                     on_clip(done, len(jobs))
     finally:  # on an error or Ctrl-C, clips not yet started are dropped (finished ones are kept)
@@ -337,7 +335,7 @@ def _write_build(
                 )
             )
     infos = []
-    with atomic_directory(directory) as tmp:
+    with atomic_directory(directory, force=True) as tmp:
         for (language, task, domain, split), utterances in groups.items():
             relative = f"manifests/{language}.{domain}.{split}.{task}.jsonl"
             write_manifest(tmp / relative, utterances, relative_audio=True)
@@ -381,9 +379,3 @@ def _domain_descriptions(name: str, domains) -> dict[str, str]:
     described["general"] = "everyday sentences (test only); clean"
     described["general-br"] = "everyday sentences in Brazilian Portuguese, espeak pt-br (test only); clean"
     return described
-
-
-def _progress_bar():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())

@@ -20,19 +20,19 @@ appears only when complete.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import re
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from speechmerge.data.atomic import atomic_directory
 from speechmerge.data.audio import UnreadableAudio, resample, write_wav
-from speechmerge.data.manifest import FIELDS, Utterance, read_manifest, scan_manifest, write_manifest
+from speechmerge.data.manifest import FIELDS, Utterance, scan_manifest, write_manifest
 from speechmerge.errors import SpeechmergeError
+from speechmerge.fsutil import atomic_directory, refuse_existing
 
 log = logging.getLogger("speechmerge.data")
 
@@ -89,8 +89,7 @@ def _audiofolder_splits(source: Path, metadata: list[Path]) -> dict:
     import datasets
 
     splits = {}
-    datasets.disable_progress_bars()
-    with tempfile.TemporaryDirectory(prefix="speechmerge-metadata-") as scratch:
+    with _datasets_progress_bars_off(), tempfile.TemporaryDirectory(prefix="speechmerge-metadata-") as scratch:
         for path in metadata:
             split = "train" if path.parent == source else path.parent.relative_to(source).parts[0]
             if split in splits:
@@ -104,8 +103,21 @@ def _audiofolder_splits(source: Path, metadata: list[Path]) -> dict:
                 raise SpeechmergeError(
                     f"{path}: cannot read the metadata ({error}); it needs a header with file_name and one row per file"
                 ) from error
-    datasets.enable_progress_bars()
     return splits
+
+
+@contextmanager
+def _datasets_progress_bars_off():
+    """datasets' bars off for a block (one per small metadata file is noise), as they were after it."""
+    import datasets
+
+    enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if enabled:
+            datasets.enable_progress_bars()
 
 
 def import_dataset(
@@ -122,12 +134,11 @@ def import_dataset(
     `columns` maps our fields to the dataset's columns (defaults: a column of the field's own
     name; `audio`, else `file_name`, for the audio). Returns `split -> manifest path`."""
     output = Path(output)
-    if output.exists() and not force:
-        raise SpeechmergeError(f"{output}: already exists; choose another output folder or pass --force to replace it")
+    refuse_existing(output, force)
     splits = open_dataset_splits(source)
     fixed = {"language": language, "task": task}
     written = {}
-    with atomic_directory(output) as tmp:
+    with atomic_directory(output, force=True) as tmp:
         for split, (dataset, folder) in splits.items():
             mapping = _resolve_columns(source, split, dataset.column_names, columns or {}, fixed)
             manifest = tmp / f"{split}.jsonl"
@@ -255,26 +266,3 @@ def _text(value) -> str:
 def _safe_id(value) -> str:
     """An id usable as a file name: anything but letters, digits, '.', '_' and '-' becomes '_'."""
     return re.sub(r"[^\w.\-]", "_", str(value)).strip("._") or "clip"
-
-
-def read_dataset(
-    source: Path,
-    columns: Optional[dict[str, str]] = None,
-    language: Optional[str] = None,
-    task: Optional[str] = None,
-    skip_bad: bool = False,
-) -> list[Utterance]:
-    """Read a Hugging Face dataset directly: converted once into the cache (keyed by source and options), then read."""
-    import hashlib
-
-    from speechmerge.cache import cache_dir
-
-    source = Path(source).resolve()
-    stamp = max((path.stat().st_mtime_ns for path in source.rglob("*") if path.is_file()), default=0)
-    key = hashlib.sha256(
-        json.dumps([str(source), stamp, columns, language, task, skip_bad], sort_keys=True).encode()
-    ).hexdigest()[:16]
-    target = cache_dir("datasets") / key
-    if not target.is_dir():
-        import_dataset(source, target, columns, language, task, skip_bad)
-    return [utterance for manifest in sorted(target.glob("*.jsonl")) for utterance in read_manifest(manifest)]

@@ -26,9 +26,9 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict
 
-from speechmerge.data.atomic import atomic_file
 from speechmerge.data.audio import SAMPLE_RATE, UnreadableAudio, audio_duration, load_audio
 from speechmerge.errors import SpeechmergeError
+from speechmerge.fsutil import atomic_file
 
 __all__ = [
     "FIELDS",

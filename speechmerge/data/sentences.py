@@ -22,7 +22,6 @@ import numpy as np
 from speechmerge.errors import SpeechmergeError
 
 TEXT_DIR = Path(__file__).parent / "text"
-SPLITS = ("train", "validation", "test")
 
 
 @dataclass(frozen=True)
@@ -69,11 +68,6 @@ def sentences(set_name: str, language: str) -> tuple[Sentence, ...]:
 def available_languages(set_name: str) -> list[str]:
     """The languages a set is written in."""
     return sorted(path.stem for path in (TEXT_DIR / set_name).glob("*.tsv"))
-
-
-def available_sets() -> list[str]:
-    """Every sentence set shipped with speechmerge."""
-    return sorted(path.name for path in TEXT_DIR.iterdir() if path.is_dir())
 
 
 @cache

@@ -10,7 +10,7 @@ prompt
 
 greedily (beam 1) or by beam search, with the model's suppressed tokens, at most
 `max_new_tokens` tokens. `transformers` is the reference; `ctranslate2` decodes the same model
-exported to CTranslate2. Both read audio the same way (log-mel features from the model's own
+exported to CTranslate2. Both read audio the same way (`features.log_mel.LogMel`: the model's own
 `WhisperFeatureExtractor`) and turn tokens into text with the model's own tokenizer.
 """
 
@@ -52,28 +52,6 @@ def max_new_tokens(model: EvalModel, requested: Optional[int]) -> int:
     at most the context less the prompt."""
     limit = model.max_target_positions - PROMPT_LENGTH
     return min(model.max_target_positions // 2, limit) if requested is None else max(1, min(requested, limit))
-
-
-class LogMel:
-    """Audio files -> the model's log-mel features [n, mels, 3000] (float32 numpy)."""
-
-    def __init__(self, model: EvalModel):
-        from transformers import WhisperFeatureExtractor
-
-        if (model.directory / "preprocessor_config.json").is_file():
-            self.extractor = WhisperFeatureExtractor.from_pretrained(model.directory)
-        else:
-            self.extractor = WhisperFeatureExtractor(feature_size=model.num_mel_bins)
-
-    @property
-    def settings(self) -> str:
-        return self.extractor.to_json_string()
-
-    def __call__(self, audio: Sequence[Path]):
-        from speechmerge.data.audio import SAMPLE_RATE, load_audio
-
-        clips = [load_audio(path) for path in audio]
-        return self.extractor(clips, sampling_rate=SAMPLE_RATE, return_tensors="np").input_features
 
 
 def load_tokenizer(model: EvalModel):

@@ -45,8 +45,8 @@ def run_eval_command(
     """Evaluate `model` on `data`, write the result under `output` and print its Markdown table."""
     from rich.console import Console
 
-    from speechmerge.checkpoints.writer import refuse_existing
     from speechmerge.evaluation.report import markdown_table, write_result
+    from speechmerge.fsutil import refuse_existing
 
     target = output or default_output(model)
     refuse_existing(target, force)

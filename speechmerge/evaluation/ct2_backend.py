@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from speechmerge.errors import SpeechmergeError
-from speechmerge.evaluation.backend import DecodeSettings, LogMel, language_code, load_tokenizer
+from speechmerge.evaluation.backend import DecodeSettings, language_code, load_tokenizer
 from speechmerge.evaluation.model import EvalModel
+from speechmerge.features.log_mel import LogMel
 
 QUANTIZATIONS = ("int8", "float32", "int8_float32", "int16")
 
@@ -58,7 +59,7 @@ class Ct2Backend:
             str(directory), device="cpu", compute_type=quantization, intra_threads=threads
         )
         self.tokenizer = load_tokenizer(model)
-        self.log_mel = LogMel(model)
+        self.log_mel = LogMel(model.directory)
         generation = json.loads((model.directory / "generation_config.json").read_text())
         self.suppress_tokens = list(generation.get("suppress_tokens") or [])
         self.encoder_calls = 0

@@ -64,7 +64,7 @@ def decode_utterances(
     `use_cache=False` refreshes the cache)."""
     import torch
 
-    from speechmerge.evaluation.encoder_cache import clip_key
+    from speechmerge.features.encoder_cache import clip_key
 
     stats = DecodeStats()
     cache = PredictionCache(model.key, options.prediction_key())

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Optional
 
 from speechmerge.errors import SpeechmergeError
-from speechmerge.evaluation.backend import PROMPT_LENGTH, DecodeSettings, LogMel, language_code, load_tokenizer
+from speechmerge.evaluation.backend import PROMPT_LENGTH, DecodeSettings, language_code, load_tokenizer
 from speechmerge.evaluation.model import EvalModel
+from speechmerge.features.log_mel import LogMel
 
 
 class SuppressedTokens:
@@ -47,7 +48,7 @@ class TransformersBackend:
         import torch
         from transformers import GenerationConfig, WhisperForConditionalGeneration
 
-        from speechmerge.evaluation.encoder_cache import EncoderOutputCache, directory_encoder_key
+        from speechmerge.features.encoder_cache import EncoderOutputCache, directory_encoder_key
 
         torch.set_num_threads(threads)
         self.model_info = model
@@ -64,7 +65,7 @@ class TransformersBackend:
         # generate() falls back to the model's own config for None values: clear suppression there too.
         self.model.generation_config.suppress_tokens = self.model.generation_config.begin_suppress_tokens = None
         self.tokenizer = load_tokenizer(model)
-        self.log_mel = LogMel(model)
+        self.log_mel = LogMel(model.directory)
         self.cache = (
             EncoderOutputCache(directory_encoder_key(model.directory), self.log_mel.settings, device=device)
             if encoder_cache
@@ -80,7 +81,7 @@ class TransformersBackend:
         return self.model.model.encoder(inputs).last_hidden_state
 
     def encode(self, audio: Sequence[Path]):
-        from speechmerge.evaluation.encoder_cache import encode_clips
+        from speechmerge.features.encoder_cache import encode_clips
 
         return encode_clips(self._encode_features, self.log_mel, audio, self.cache, batch_size=max(1, len(audio))).to(
             self.device

@@ -1,6 +1,6 @@
 """The model under evaluation: a Hugging Face Whisper directory, what it can decode, and its key.
 
-`open_eval_model(spec)` accepts everything `checkpoints.reader.resolve_model_dir` does
+`open_eval_model(spec)` accepts everything `checkpoints.resolve.resolve_model_dir` does
 (directories, `builtin:whisper-base`, CTranslate2 directories, `.pt` files, hub ids) and
 checks what decoding needs: a Whisper config, weights, a tokenizer and a generation config
 with the language and task tokens. Its `key` is a SHA-256 over the weight files and every
@@ -58,7 +58,8 @@ class EvalModel:
 
 def open_eval_model(spec: str | Path) -> EvalModel:
     """Resolve `spec` to a local Whisper directory and check that it can be decoded."""
-    from speechmerge.checkpoints.reader import HFCheckpoint, files_hash, resolve_model_dir
+    from speechmerge.checkpoints.hf import HFCheckpoint, files_hash
+    from speechmerge.checkpoints.resolve import resolve_model_dir
 
     directory = resolve_model_dir(spec)
     checkpoint = HFCheckpoint(directory)  # explains a directory that is not Whisper or has no weights

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -52,8 +51,6 @@ class PredictionCache:
             return None
 
     def put(self, key: str, decoded: CachedDecode) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(decoded.model_dump(), ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, path)
+        from speechmerge.fsutil import write_file_atomically
+
+        write_file_atomically(self._path(key), json.dumps(decoded.model_dump(), ensure_ascii=False))

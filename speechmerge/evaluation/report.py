@@ -101,9 +101,9 @@ def csv_table(result: EvalResult) -> str:
 
 def write_result(result: EvalResult, directory: Path, force: bool = False) -> Path:
     """Write the evaluation's files into `directory` (refused if it exists, unless `force`)."""
-    from speechmerge.checkpoints.writer import atomic_output_dir
+    from speechmerge.fsutil import atomic_directory
 
-    with atomic_output_dir(Path(directory), force=force) as tmp:
+    with atomic_directory(Path(directory), force=force) as tmp:
         with open(tmp / "predictions.jsonl", "w", encoding="utf-8") as handle:
             for prediction in result.predictions:
                 handle.write(prediction.model_dump_json() + "\n")

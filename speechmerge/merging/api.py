@@ -20,17 +20,12 @@ import torch
 
 import speechmerge
 from speechmerge.checkpoints.dtypes import dtype_name
-from speechmerge.checkpoints.reader import resolve_model_dir
+from speechmerge.checkpoints.resolve import resolve_model_dir
 from speechmerge.checkpoints.tokenizer import check_tokenizer_once
 from speechmerge.checkpoints.whisper import PROCESSOR_FILES
-from speechmerge.checkpoints.writer import (
-    StreamingSafetensorsWriter,
-    TensorSlot,
-    atomic_output_dir,
-    parse_size,
-    refuse_existing,
-)
+from speechmerge.checkpoints.writer import StreamingSafetensorsWriter, TensorSlot, parse_size
 from speechmerge.errors import SpeechmergeError
+from speechmerge.fsutil import atomic_directory, refuse_existing
 from speechmerge.merging.engine import MergeReport, execute
 from speechmerge.merging.plan import MergePlan, build_plan
 from speechmerge.recipe import MergeRecipe, load_recipe, recipe_yaml
@@ -55,7 +50,7 @@ def merge(
         check_tokenizer_once(carry_from)
     slots = [TensorSlot(e.name, e.shape, e.out_dtype) for e in plan.entries]
     inputs = _inputs(plan)
-    with atomic_output_dir(target, force=force) as tmp:
+    with atomic_directory(target, force=force) as tmp:
         writer = StreamingSafetensorsWriter(
             tmp, slots, parse_size(recipe.shard_size), metadata={"speechmerge_method": recipe.method}
         )

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from speechmerge.checkpoints.reader import Checkpoint
+from speechmerge.checkpoints.resolve import Checkpoint
 from speechmerge.checkpoints.writer import StreamingSafetensorsWriter
 from speechmerge.errors import SpeechmergeError
 from speechmerge.merging.context import TensorContext

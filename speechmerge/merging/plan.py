@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from speechmerge.checkpoints.dtypes import FLOAT_DTYPES
-from speechmerge.checkpoints.reader import Checkpoint, open_checkpoint
+from speechmerge.checkpoints.resolve import Checkpoint, open_checkpoint
 from speechmerge.checkpoints.whisper import ARCHITECTURE_KEYS, TensorRole, whisper_layout
 from speechmerge.errors import SpeechmergeError
 from speechmerge.merging.registry import MergeMethod, get_method

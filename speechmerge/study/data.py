@@ -38,9 +38,13 @@ class ExpertGroup:
         return self.selection.keeps(language, task, domain)
 
 
+GroupLabels = tuple[str, str, str, str]  # (language, task, domain, split), "-" for a missing label
+
+
 @dataclass(frozen=True)
 class EvalSet:
-    """One manifest scored in one stage and scope (its first `limit` utterances)."""
+    """One manifest scored in one stage and scope (its first `limit` utterances), under a name of
+    its own: a job scores each of its sets apart, so two sets with the same labels stay two."""
 
     name: str
     path: str
@@ -48,6 +52,7 @@ class EvalSet:
     scope: str
     limit: int | None
     digest: str
+    labels: frozenset[GroupLabels]  # the (language, task, domain, split) groups it holds
 
     def spec(self) -> dict:
         return {"name": self.name, "path": self.path, "stage": self.stage, "scope": self.scope, "limit": self.limit}
@@ -102,7 +107,8 @@ def _builtin(recipe: StudyRecipe, progress: bool) -> StudyData:
         else:
             continue
         path = corpus.path(info)
-        sets.append(EvalSet(Path(info.path).stem, str(path), stage, scope, limit, _set_digest(path, limit)))
+        labels = frozenset({(info.language, info.task, info.domain or "-", info.split or "-")})
+        sets.append(EvalSet(Path(info.path).stem, str(path), stage, scope, limit, _set_digest(path, limit), labels))
     digests = {
         g.name: _digest_files(
             corpus.path(i)
@@ -141,13 +147,41 @@ def _from_manifests(recipe: StudyRecipe) -> StudyData:
         ("out_of_domain", "test", "out_of_domain", evaluation.test_utterances),
         ("retention", "test", "retention", evaluation.test_utterances),
     ]
-    sets = []
-    for role, stage, scope, limit in roles:
-        for text in getattr(sets_spec, role):
-            path = _existing(Path(text), recipe, f"corpus.manifests.{role}")
-            sets.append(EvalSet(path.stem, str(path), stage, scope, limit, _set_digest(path, limit)))
+    chosen = [
+        (_existing(Path(text), recipe, f"corpus.manifests.{role}"), stage, scope, limit)
+        for role, stage, scope, limit in roles
+        for text in getattr(sets_spec, role)
+    ]
+    paths = [path for path, *_ in chosen]
+    repeated = next((p for p in paths if paths.count(p) > 1), None)
+    if repeated is not None:
+        raise SpeechmergeError(
+            f"{recipe.source}: corpus.manifests: {str(repeated)!r} is listed twice; give each manifest one role"
+        )
+    names = set_names(paths)
+    sets = [
+        EvalSet(name, str(path), stage, scope, limit, _set_digest(path, limit), _labels_of(path, limit))
+        for name, (path, stage, scope, limit) in zip(names, chosen)
+    ]
     digests = {g.name: _digest_files(train) for g in groups}
     return StudyData(groups, sets, train, digests)
+
+
+def set_names(paths: list[Path]) -> list[str]:
+    """A distinct name per manifest: its file stem, with its folder where two stems are the same,
+    its whole path where even those are."""
+    stems = [p.stem for p in paths]
+    folders = [f"{p.parent.name}/{p.stem}" for p in paths]
+    return [
+        stem if stems.count(stem) == 1 else folder if folders.count(folder) == 1 else str(path)
+        for path, stem, folder in zip(paths, stems, folders)
+    ]
+
+
+def _labels_of(path: Path, limit: int | None) -> frozenset[GroupLabels]:
+    return frozenset(
+        (u.language, u.task, u.domain or "-", u.split or "-") for u in load_set({"path": str(path), "limit": limit})
+    )
 
 
 def _existing(path: Path, recipe: StudyRecipe, key: str) -> Path:

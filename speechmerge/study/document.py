@@ -123,7 +123,8 @@ def _styled_rows(table: Table) -> Iterator[tuple[Row, list[tuple[str, str]]]]:
 MARKDOWN_EMPHASIS = {"best": "**{}**", "reference": "*{}*", "": "{}"}
 
 
-def _markdown_table(table: Table) -> list[str]:
+def markdown_table(table: Table) -> list[str]:
+    """The table as Markdown lines: its title in bold, a pipe table, its notes."""
     lines = [f"**{table.title}**", "", "| " + " | ".join(c.label for c in table.columns) + " |"]
     lines.append("|" + "|".join("---" if c.higher_is_better is None else "---:" for c in table.columns) + "|")
     for _, cells in _styled_rows(table):
@@ -144,7 +145,7 @@ def to_markdown(title: str, blocks: list[Block]) -> str:
         elif isinstance(block, Code):
             lines += ["```", block.text.rstrip("\n"), "```"]
         elif isinstance(block, Table):
-            lines += _markdown_table(block)
+            lines += markdown_table(block)
         elif block.png is not None:
             lines += [f"![{block.caption}]({block.path})", "", f"*{block.caption}*"]
         else:

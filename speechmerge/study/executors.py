@@ -16,22 +16,23 @@ cores // workers torch threads: two 1-thread workers on a 2-core machine.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import Protocol
 
 from speechmerge.errors import SpeechmergeError
 from speechmerge.study.tasks import run_task
+from speechmerge.sysinfo import available_memory_bytes, cpu_count
 
 Call = tuple[str, str, dict]
 More = Callable[[str, dict], list[Call]]
+Handle = Hashable  # a pending job: a Future, or a Ray ObjectRef
 
 
 def _nothing_more(key: str, outcome: dict) -> list[Call]:
     return []
 
 
-GIB = 2**30
-MEMORY_PER_WORKER = 2 * GIB
+MEMORY_PER_WORKER = 2 * 2**30
 
 
 class Executor(Protocol):
@@ -42,27 +43,43 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def available_memory() -> int:
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 4 * GIB
-
-
 def default_workers() -> int:
+    """min(max(2, cores // 2), cores, available memory / 2 GB), at least 1 (memory unknown: no limit)."""
     cores = cpu_count()
-    return max(1, min(max(2, cores // 2), cores, available_memory() // MEMORY_PER_WORKER))
+    memory = available_memory_bytes()
+    by_memory = memory // MEMORY_PER_WORKER if memory else cores
+    return max(1, min(max(2, cores // 2), cores, by_memory))
+
+
+def run_queue(
+    calls: list[Call],
+    more: More,
+    submit: Callable[[str, dict], Handle],
+    wait_one: Callable[[list[Handle]], list[Handle]],
+    result: Callable[[Handle], dict],
+    cancel: Callable[[Handle], None],
+) -> Iterator[tuple[str, dict]]:
+    """The queue of a parallel executor: submit the calls, yield each outcome as its job finishes,
+    submit what it made ready (`more`), and cancel what is still queued if the caller stops early.
+
+    `submit(task, spec)` starts one job and returns its handle, `wait_one(handles)` blocks until
+    at least one is done and returns the done ones, `result(handle)` is its outcome."""
+    handles: dict[Handle, str] = {}
+
+    def submit_batch(batch: list[Call]) -> None:
+        handles.update({submit(task, spec): key for key, task, spec in batch})
+
+    submit_batch(calls)
+    try:
+        while handles:
+            for handle in wait_one(list(handles)):
+                key = handles.pop(handle)
+                outcome = _outcome(lambda done=handle: result(done))
+                yield key, outcome
+                submit_batch(more(key, outcome))
+    finally:
+        for handle in handles:
+            cancel(handle)
 
 
 class LocalExecutor:
@@ -101,23 +118,14 @@ class PoolExecutor:
     def submit_all(self, calls: list[Call], more: More = _nothing_more) -> Iterator[tuple[str, dict]]:
         from concurrent.futures import FIRST_COMPLETED, wait
 
-        futures = {}
-
-        def submit(batch: list[Call]) -> None:
-            futures.update({self.pool.submit(run_task, task, spec, self.threads): key for key, task, spec in batch})
-
-        submit(calls)
-        try:
-            while futures:
-                done, _ = wait(futures, return_when=FIRST_COMPLETED)
-                for future in done:
-                    key = futures.pop(future)
-                    outcome = _outcome(future.result)
-                    yield key, outcome
-                    submit(more(key, outcome))
-        finally:
-            for future in futures:
-                future.cancel()
+        return run_queue(
+            calls,
+            more,
+            submit=lambda task, spec: self.pool.submit(run_task, task, spec, self.threads),
+            wait_one=lambda futures: list(wait(futures, return_when=FIRST_COMPLETED).done),
+            result=lambda future: future.result(),
+            cancel=lambda future: future.cancel(),
+        )
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -149,28 +157,14 @@ class RayExecutor:
         self.remote = ray.remote(run_task)
 
     def submit_all(self, calls: list[Call], more: More = _nothing_more) -> Iterator[tuple[str, dict]]:
-        refs = {}
-
-        def submit(batch: list[Call]) -> None:
-            refs.update(
-                {
-                    self.remote.options(num_cpus=self.cpus).remote(task, spec, self.cpus): key
-                    for key, task, spec in batch
-                }
-            )
-
-        submit(calls)
-        try:
-            while refs:
-                done, _ = self.ray.wait(list(refs), num_returns=1)
-                for ref in done:
-                    key = refs.pop(ref)
-                    outcome = _outcome(lambda done_ref=ref: self.ray.get(done_ref))
-                    yield key, outcome
-                    submit(more(key, outcome))
-        finally:
-            for ref in refs:
-                self.ray.cancel(ref, force=True)
+        return run_queue(
+            calls,
+            more,
+            submit=lambda task, spec: self.remote.options(num_cpus=self.cpus).remote(task, spec, self.cpus),
+            wait_one=lambda refs: self.ray.wait(refs, num_returns=1)[0],
+            result=self.ray.get,
+            cancel=lambda ref: self.ray.cancel(ref, force=True),
+        )
 
     def close(self) -> None:
         if self.started_here:

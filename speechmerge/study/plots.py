@@ -13,6 +13,7 @@ from collections.abc import Sequence
 DPI = 110
 MERGE_COLOUR = "#3b6fb6"
 REFERENCE_COLOUR = "#b0b0b0"
+LABEL_ITERATIONS = 1000
 
 
 def _figure(width: float, height: float):
@@ -76,9 +77,15 @@ def heatmap(
 
 def scatter(points: Sequence[tuple[str, float, float, bool]], x_label: str, y_label: str) -> bytes:
     """One labelled point per (name, x, y, is_reference); references in grey squares."""
+    return _png(scatter_figure(points, x_label, y_label))
+
+
+def scatter_figure(points: Sequence[tuple[str, float, float, bool]], x_label: str, y_label: str):
+    """The scatter's figure. Labels are moved apart until none overlaps another (adjustText), a
+    thin line joining a moved label to its point."""
     figure = _figure(6.5, 5)
     axes = figure.add_subplot()
-    for name, x, y, is_reference in points:
+    for _, x, y, is_reference in points:
         axes.scatter(
             [x],
             [y],
@@ -86,12 +93,37 @@ def scatter(points: Sequence[tuple[str, float, float, bool]], x_label: str, y_la
             color=REFERENCE_COLOUR if is_reference else MERGE_COLOUR,
             zorder=3,
         )
-        axes.annotate(name, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=8)
     axes.set_xlabel(x_label)
     axes.set_ylabel(y_label)
     axes.margins(0.15)
     axes.grid(alpha=0.3)
-    return _png(figure)
+    labels = [axes.text(x, y, name, fontsize=8) for name, x, y, _ in points]
+    place_labels(axes, labels, [p[1] for p in points], [p[2] for p in points])
+    return figure
+
+
+def place_labels(axes, labels: list, xs: Sequence[float], ys: Sequence[float]) -> None:
+    """Move text labels apart, and off the points, with adjustText's repulsion: a fixed number of
+    iterations from its seeded random start, so the same plot always comes out the same. Its
+    crossing removal is off: it swaps labels after the overlap test and can put two back on each other."""
+    from adjustText import adjust_text
+
+    figure = axes.figure
+    figure.draw_without_rendering()  # the constrained layout settles the axes before labels move
+    figure.set_layout_engine("none")  # and keeps them there, so the placement holds in the PNG
+    adjust_text(
+        labels,
+        x=list(xs),
+        y=list(ys),
+        ax=axes,
+        iter_lim=LABEL_ITERATIONS,
+        prevent_crossings=False,
+        force_text=(0.5, 1.0),
+        force_static=(0.3, 0.5),
+        force_pull=(0.001, 0.001),
+        expand=(1.2, 1.6),
+        arrowprops={"arrowstyle": "-", "color": "#888888", "linewidth": 0.5},
+    )
 
 
 def curves(

@@ -33,25 +33,13 @@ import itertools
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 
 from speechmerge.errors import SpeechmergeError
 from speechmerge.training.config import TrainingConfig
+from speechmerge.validation import Strict, describe_validation_error, read_yaml_file
 
 Label = Literal["language", "task", "domain"]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 def _checked_training(settings: dict) -> dict:
@@ -66,7 +54,7 @@ def _checked_training(settings: dict) -> dict:
     return settings
 
 
-class ManifestSets(_Strict):
+class ManifestSets(Strict):
     train: list[str] = Field(
         min_length=1, description="manifests the experts train on (split train; split validation validates)"
     )
@@ -81,7 +69,7 @@ class ManifestSets(_Strict):
     )
 
 
-class CorpusSpec(_Strict):
+class CorpusSpec(Strict):
     builtin: Literal["multilingual", "multidomain"] | None = Field(None, description="a built-in espeak-ng corpus")
     size: Literal["tiny", "demo", "full"] = Field("demo", description="built-in corpus size (docs/data.md)")
     seed: int = Field(0, description="seed of voices and noises")
@@ -98,7 +86,7 @@ class CorpusSpec(_Strict):
         return self
 
 
-class GivenExpert(_Strict):
+class GivenExpert(Strict):
     name: str = Field(description="label in reports")
     path: str = Field(description="model reference: directory, hub id, builtin:..., .pt, CTranslate2 or LoRA directory")
     languages: list[str] = Field(default_factory=list, description="what it was fine-tuned on (empty: any)")
@@ -106,7 +94,7 @@ class GivenExpert(_Strict):
     domains: list[str] = Field(default_factory=list)
 
 
-class ExpertsSpec(_Strict):
+class ExpertsSpec(Strict):
     per: list[Label] = Field(
         default_factory=lambda: ["language", "task"],
         min_length=1,
@@ -130,7 +118,7 @@ class ExpertsSpec(_Strict):
         return TrainingConfig(**self.training)
 
 
-class BaselinesSpec(_Strict):
+class BaselinesSpec(Strict):
     joint: bool = Field(False, description="one model on the union of the experts' data, experts x steps steps")
     sequential: bool = Field(False, description="one stage per expert's data, each continuing from the last")
     training: dict[str, Any] | None = Field(None, description="TrainingConfig settings (default: the experts')")
@@ -141,7 +129,7 @@ class BaselinesSpec(_Strict):
         return None if value is None else _checked_training(value)
 
 
-class EvaluationSpec(_Strict):
+class EvaluationSpec(Strict):
     backend: Literal["transformers", "ctranslate2"] = "transformers"
     beam_size: int = Field(1, ge=1, le=16)
     batch_size: int = Field(8, ge=1, le=256)
@@ -158,14 +146,14 @@ class EvaluationSpec(_Strict):
     )
 
 
-class MergeOptions(_Strict):
+class MergeOptions(Strict):
     output_dtype: Literal["base", "float32", "float16", "bfloat16"] = "float16"
     device: Literal["cpu", "cuda", "auto"] = "auto"
     memory_budget: str = "1GB"
     seed: int = 0
 
 
-class StudyRecipe(_Strict):
+class StudyRecipe(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="study name (folder-safe)")
     base: str = Field(description="the pre-trained model the experts start from")
     corpus: CorpusSpec
@@ -184,6 +172,13 @@ class StudyRecipe(_Strict):
     output: str | None = Field(None, description="study folder (default: runs/<name>)")
     _source: str = PrivateAttr("recipe")
 
+    @model_validator(mode="after")
+    def _remember_source(self, info: ValidationInfo) -> StudyRecipe:
+        """The file (or other place) the recipe was read from, given as validation context `source`."""
+        if info.context and "source" in info.context:
+            self._source = info.context["source"]
+        return self
+
     @field_validator("methods", mode="before")
     @classmethod
     def _empty_params(cls, value):
@@ -201,7 +196,12 @@ class StudyRecipe(_Strict):
 
     @property
     def source(self) -> str:
+        """Where the recipe came from, for error messages (its file)."""
         return self._source
+
+    def with_output(self, output: str) -> StudyRecipe:
+        """The same recipe (and source) writing its study into `output`."""
+        return self.model_copy(update={"output": output})
 
     def folder(self) -> Path:
         return Path(self.output or f"runs/{self.name}")
@@ -238,27 +238,16 @@ def _canonical(point: GridPoint) -> str:
 
 def parse_study(data: Any, where: str) -> StudyRecipe:
     """Validate a study given as a dict; one line naming the key on error."""
-    from speechmerge.merging.registry import describe_validation_error
-
     if not isinstance(data, dict):
         raise SpeechmergeError(f"{where}: expected a mapping of study keys, found {type(data).__name__}")
     try:
-        recipe = StudyRecipe.model_validate(data)
+        return StudyRecipe.model_validate(data, context={"source": where})
     except ValidationError as error:
         raise SpeechmergeError(describe_validation_error(error, where)) from None
-    recipe._source = where
-    return recipe
 
 
 def load_study(path: Path) -> StudyRecipe:
     """Read and validate a study YAML file, and validate its whole method grid."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpeechmergeError(f"{path}: no such study recipe file")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise SpeechmergeError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
-    recipe = parse_study(data, str(path))
+    recipe = parse_study(read_yaml_file(path, "study recipe"), str(path))
     method_grid(recipe)
     return recipe

@@ -87,7 +87,7 @@ class TestLines:
 def write_report(facts: StudyFacts, rows: list[ScoreRow], out_dir: Path) -> dict[str, Path]:
     """Write the study's report into `out_dir` (its own folder, replaced whole) and return the paths
     written: `markdown`, `html`, `latex` and one entry per drawn plot."""
-    from speechmerge.data.atomic import atomic_directory
+    from speechmerge.fsutil import atomic_directory
 
     out_dir = Path(out_dir)
     check_rows(rows, f"study {facts.name}")
@@ -95,8 +95,7 @@ def write_report(facts: StudyFacts, rows: list[ScoreRow], out_dir: Path) -> dict
     blocks = report_blocks(facts, rows)
     title = f"Study report: {facts.name}"
     figures = [block for block in blocks if isinstance(block, Figure) and block.png is not None]
-    with atomic_directory(out_dir) as tmp:
-        tmp.chmod(0o755)  # mkdtemp makes it owner-only; a report is meant to be read
+    with atomic_directory(out_dir, force=True) as tmp:
         (tmp / "plots").mkdir()
         for figure in figures:
             (tmp / figure.path).write_bytes(figure.png)
@@ -300,7 +299,7 @@ def _main_notes(lines: TestLines) -> list[str]:
         (
             "norm.: mean over in-domain groups with s = 1 - WER (or BLEU): vs experts = s(model)/s(expert of the group); "
             "gain kept = (s(model) - s(base))/(s(expert) - s(base)), the share of the expert's gain kept; "
-            "vs base, vs <baseline> = s(model)/s(that model) (speechmerge.evaluation.normalised; in %)."
+            "vs base, vs <baseline> = s(model)/s(that model) (speechmerge.evaluation.relative_scores; in %)."
         ),
         "Bold: the best merge in each column; reference rows (base, experts, baselines) in italics, not ranked.",
         "–: not scored, or a normalised score that is not defined (its reference scores 0, or for gain kept the expert is no better than the base).",

@@ -1,8 +1,4 @@
-"""From the store to `ScoreRow`s (the report's input) and to `speechmerge results` tables.
-
-A merge's row is `selected` when its setting is the one its method chose on validation (the
-store's `selections`); rows of base, experts and baselines are always selected.
-"""
+"""`speechmerge results`: a study's scores (or jobs) from its store, filtered, as a table, CSV or JSON."""
 
 from __future__ import annotations
 
@@ -13,43 +9,11 @@ from pathlib import Path
 
 from speechmerge.errors import SpeechmergeError
 from speechmerge.study.rows import ScoreRow
+from speechmerge.study.scores import score_rows
 from speechmerge.study.store import Store, store_path
 
 FORMATS = ("table", "csv", "json")
 STAGES = ("validation", "test")
-
-
-def score_rows(store: Store, planned_only: bool = True) -> list[ScoreRow]:
-    """Every finished score of the study as the report's rows."""
-    chosen = store.selections()
-    rows = []
-    for r in store.scores(planned_only):
-        selected = True
-        if r["model_kind"] == "merge":
-            pick = chosen.get(r["method"])
-            selected = pick is not None and json.dumps(pick["setting"], sort_keys=True) == json.dumps(
-                r["setting"], sort_keys=True
-            )
-        rows.append(
-            ScoreRow(
-                job=r["job"],
-                model_kind=r["model_kind"],
-                model=r["model"],
-                method=r["method"],
-                setting=r["setting"] or {},
-                stage=r["stage"],
-                selected=selected,
-                scope=r["scope"],
-                evaluation=r["evaluation"],
-                language=r["language"],
-                task=r["task"],
-                domain=r["domain"],
-                metric=r["metric"],
-                value=r["value"],
-                utterances=r["utterances"],
-            )
-        )
-    return rows
 
 
 def filter_rows(

@@ -3,7 +3,7 @@
 A *line* is what one row of a report table describes: a merge method at the setting it chose on
 validation, or a reference (the base, the experts, each baseline). A *group* is one (scope,
 evaluation set, language, task, domain) cell of the evaluation. Averages are macro averages: the
-unweighted mean over groups. Normalised performance follows `speechmerge.evaluation.normalised`,
+unweighted mean over groups. Normalised performance follows `speechmerge.evaluation.relative_scores`,
 per in-domain group with the group's primary metric (WER for transcription, BLEU for
 translation), then averaged over groups:
 
@@ -27,8 +27,9 @@ from statistics import fmean
 from typing import Literal
 
 from speechmerge.errors import SpeechmergeError
-from speechmerge.evaluation.normalised import gain_kept, vs_expert
+from speechmerge.evaluation.relative_scores import gain_kept, vs_expert
 from speechmerge.study.rows import Scope, ScoreRow, Stage
+from speechmerge.study.selection import primary_metric
 
 LineKind = Literal["merge", "base", "experts", "baseline"]
 SCOPES: tuple[Scope, ...] = ("in_domain", "out_of_domain", "retention")
@@ -57,8 +58,6 @@ METRICS = {
     "language_id": MetricStyle("LID", percent=True, higher_is_better=True),
 }
 NORMALISED = MetricStyle("norm.", percent=True, higher_is_better=True)
-PRIMARY_METRICS = {"transcribe": ("wer", "cer"), "translate": ("bleu", "chrf")}
-FALLBACK_PRIMARY = ("wer", "bleu", "cer", "chrf")
 
 
 @dataclass(frozen=True, order=True)
@@ -230,13 +229,6 @@ def metrics_in(lines: list[Line], scope: str) -> list[str]:
     return [name for name in METRICS if name in present]
 
 
-def primary_metric(task: str, available: Iterable[str]) -> str | None:
-    """WER (else CER) for transcription, BLEU (else chrF) for translation; for another task the
-    first of WER, BLEU, CER, chrF it was scored with."""
-    available = set(available)
-    return next((name for name in PRIMARY_METRICS.get(task, FALLBACK_PRIMARY) if name in available), None)
-
-
 def primary_groups(lines: list[Line], scope: str) -> list[tuple[Group, str]]:
     """Each group of `scope` with its primary metric."""
     metrics: dict[Group, set[str]] = {}
@@ -261,7 +253,7 @@ def _normalised_mean(per_group: list[float | None], expected: int) -> Average | 
 
 
 def ratios(line: Line, reference: Line, cells: list[tuple[Group, str]]) -> list[float | None]:
-    """s(line) / s(reference) per cell (normalised.vs_expert with `reference` as the expert); None
+    """s(line) / s(reference) per cell (relative_scores.vs_expert with `reference` as the expert); None
     where either score is missing or the reference scores 0."""
     out = []
     for group, metric in cells:
@@ -277,7 +269,7 @@ def vs_reference(line: Line, reference: Line, cells: list[tuple[Group, str]]) ->
 
 
 def mean_gain_kept(line: Line, experts: Line, base: Line, cells: list[tuple[Group, str]]) -> Average | None:
-    """Mean over cells of normalised.gain_kept: the share of the expert's gain over the base kept."""
+    """Mean over cells of relative_scores.gain_kept: the share of the expert's gain over the base kept."""
     gains = []
     for group, metric in cells:
         values = (line.get(group, metric), experts.get(group, metric), base.get(group, metric))

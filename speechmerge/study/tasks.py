@@ -18,7 +18,7 @@ import time
 import traceback
 from pathlib import Path
 
-METRICS = ("wer", "cer", "bleu", "chrf")
+from speechmerge.evaluation.metrics import METRICS
 
 
 def run_task(task: str, spec: dict, threads: int | None = None) -> dict:
@@ -120,39 +120,43 @@ def merge_and_evaluate(spec: dict) -> dict:
 
 
 def _score(model, spec: dict) -> tuple[list[dict], dict]:
-    """Evaluate on the spec's sets; one row per (group, metric), labelled with the set's stage and scope."""
+    """Evaluate on the spec's sets in one decoding pass, then score each set apart, under its own
+    name: one row per (set, group, metric), labelled with the set's stage and scope."""
     from speechmerge.evaluation.api import evaluate
     from speechmerge.evaluation.options import EvalOptions
     from speechmerge.study.data import load_set
 
-    sets, utterances = {}, []
-    for item in spec["sets"]:
-        loaded = load_set(item)
-        utterances += loaded
-        for u in loaded:
-            sets[(u.language, u.task, u.domain or "-", u.split or "-")] = item
-    result = evaluate(model, [utterances], EvalOptions.model_validate(spec["options"]))
-    rows = []
-    for group in result.groups:
-        item = sets[(group.language, group.task, group.domain, group.split)]
-        for metric in METRICS:
-            value = group.metric(metric)
-            if value is not None:
-                rows.append(
-                    {
-                        "stage": item["stage"],
-                        "scope": item["scope"],
-                        "evaluation": item["name"],
-                        "language": group.language,
-                        "task": group.task,
-                        "domain": group.domain,
-                        "metric": metric,
-                        "value": float(value),
-                        "utterances": group.utterances,
-                    }
-                )
+    loaded = [(item, load_set(item)) for item in spec["sets"]]
+    result = evaluate(model, [utterances for _, utterances in loaded], EvalOptions.model_validate(spec["options"]))
+    rows, start = [], 0
+    for item, utterances in loaded:  # predictions come in the order of the data given
+        rows += set_rows(item, result.predictions[start : start + len(utterances)])
+        start += len(utterances)
     timing = result.timing.model_dump()
     return rows, {k: timing[k] for k in ("utterances", "decoded", "from_cache", "decode_seconds")}
+
+
+def set_rows(item: dict, predictions: list) -> list[dict]:
+    """The score rows of one evaluation set (`item`: its name, stage, scope) from its predictions."""
+    from speechmerge.evaluation.scoring import group_scores
+
+    groups, _ = group_scores(predictions)
+    return [
+        {
+            "stage": item["stage"],
+            "scope": item["scope"],
+            "evaluation": item["name"],
+            "language": group.language,
+            "task": group.task,
+            "domain": group.domain,
+            "metric": metric,
+            "value": float(value),
+            "utterances": group.utterances,
+        }
+        for group in groups
+        for metric in METRICS
+        if (value := group.metric(metric)) is not None
+    ]
 
 
 def _complete_model(path: Path) -> bool:
@@ -162,7 +166,7 @@ def _complete_model(path: Path) -> bool:
 
 
 def _model_hash(path: Path) -> str:
-    from speechmerge.checkpoints.reader import open_checkpoint
+    from speechmerge.checkpoints.resolve import open_checkpoint
 
     return open_checkpoint(path).content_hash()
 

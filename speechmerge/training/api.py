@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from speechmerge.data.atomic import atomic_directory
 from speechmerge.errors import SpeechmergeError
+from speechmerge.fsutil import atomic_directory, refuse_existing
 from speechmerge.training.config import TrainingConfig
 from speechmerge.training.expert import TrainingRecord, write_dense_expert, write_lora_expert, write_record
 from speechmerge.training.selection import DataSelection, TrainingData, training_data
@@ -36,7 +36,7 @@ class Base:
 
     @classmethod
     def open(cls, spec: str | Path) -> Base:
-        from speechmerge.checkpoints.reader import open_checkpoint, resolve_model_dir
+        from speechmerge.checkpoints.resolve import open_checkpoint, resolve_model_dir
 
         directory = resolve_model_dir(spec)
         if (directory / "adapter_config.json").is_file() and not (directory / "config.json").is_file():
@@ -62,10 +62,7 @@ def finetune(
     """Fine-tune `base` on `data` into the expert directory `output`; return its path."""
     config = config or TrainingConfig()
     output = Path(output)
-    if output.exists() and not force:
-        raise SpeechmergeError(
-            f"{output}: already exists; choose another output directory, delete it, or pass --force to replace it"
-        )
+    refuse_existing(output, force)
     return run_finetuning(
         Base.open(base),
         [data],
@@ -146,7 +143,7 @@ def run_finetuning(
         environment=_environment(accelerator, precision),
         baseline=baseline,
     )
-    with atomic_directory(output) as tmp:
+    with atomic_directory(output, force=True) as tmp:
         if config.mode == "lora":
             write_lora_expert(model, base.spec, base.directory, tmp)
         else:
@@ -209,7 +206,9 @@ def _accelerator(config: TrainingConfig):
         raise SpeechmergeError(
             "--precision fp16: mixed precision with float16 needs a GPU; use fp32 or bf16 on the CPU"
         )
-    # accelerate keeps one process-wide state; a later run may ask another device or precision.
+    # accelerate keeps one process-wide state and refuses an Accelerator whose device or precision
+    # differs from the first one's; a later run in this process may ask for another. accelerate has
+    # no public reset: this is the call its own test base class (AccelerateTestCase) makes.
     AcceleratorState._reset_state(reset_partial_state=True)
     return Accelerator(cpu=on_cpu, mixed_precision="no" if precision == "fp32" else precision), precision
 
@@ -243,19 +242,17 @@ def _trainable_model(base_dir: Path, config: TrainingConfig):
 
 def _encoder_side(model, base_dir: Path, data: TrainingData, config: TrainingConfig, device, progress: bool):
     """Log-mel features per batch when the encoder trains; otherwise its outputs, computed once."""
-    from contextlib import nullcontext
+    from speechmerge.features.log_mel import LogMel
+    from speechmerge.progress import progress_bar
+    from speechmerge.training.inputs import cached_encoder_outputs, mel_inputs
 
-    from rich.progress import Progress
-
-    from speechmerge.training.inputs import cached_encoder_outputs, log_mel_of, mel_inputs
-
-    log_mel = log_mel_of(base_dir)
+    log_mel = LogMel(base_dir)
     if config.encoder_trains:
         return mel_inputs(log_mel, device)
     utterances = data.train + data.validation
     clips = len({u.audio for u in utterances})
-    with Progress(transient=True) if progress else nullcontext() as bar:
-        task = bar.add_task("encoder outputs (once per clip)", total=clips) if bar else None
+    with progress_bar(progress, transient=True) as bar:
+        task = bar.add_task("encoder outputs (once per clip)", total=clips)
         return cached_encoder_outputs(
             model.get_encoder().to(device),
             log_mel,
@@ -263,7 +260,7 @@ def _encoder_side(model, base_dir: Path, data: TrainingData, config: TrainingCon
             utterances,
             config.batch_size,
             device,
-            on_clips=(lambda n: bar.advance(task, n)) if bar else None,
+            on_clips=lambda n: bar.advance(task, n),
         )
 
 

@@ -1,4 +1,7 @@
-"""The baselines that merging is compared with (research/papers.md §1.5 and §2.3).
+"""The baselines that merging is compared with: multi-lingual multi-task (joint) training and
+sequential training, as in LoRS-Merging (Zhao, Sun, Zhang, arXiv 2502.17380), and the model jointly
+fine-tuned on every domain ("Full-FT") of Carvalho et al., "Exploring the potential and limitations
+of Model Merging for Multi-Domain Adaptation in ASR" (arXiv 2603.05354).
 
 * Joint (multi-task) training: one run on the union of the experts' training data, its
   validation set the union of theirs, for K × N steps where K experts had N steps each, so
@@ -19,8 +22,8 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-from speechmerge.data.atomic import atomic_directory
 from speechmerge.errors import SpeechmergeError
+from speechmerge.fsutil import atomic_directory, refuse_existing
 from speechmerge.training.api import Base, claim_work_folder, finetune, run_finetuning, work_folder
 from speechmerge.training.config import TrainingConfig
 from speechmerge.training.expert import RECORD, read_training_record, write_record
@@ -57,7 +60,7 @@ def train_joint(
     """The joint baseline: one model on the union of the experts' data, K × `config.steps` steps."""
     config = config or TrainingConfig()
     output = Path(output)
-    _refuse_existing(output, force, experts)
+    _check_baseline_request(output, force, experts)
     joint = config.model_copy(update={"steps": config.steps * len(experts)})
 
     def union() -> TrainingData:
@@ -88,7 +91,7 @@ def train_sequential(
     """The sequential baseline: one stage per expert's data, each continuing from the last."""
     config = config or TrainingConfig()
     output = Path(output)
-    _refuse_existing(output, force, stages)
+    _check_baseline_request(output, force, stages)
     if config.mode == "lora":
         raise SpeechmergeError(
             "sequential baseline: mode lora cannot continue from a previous stage's adapter; use mode full or decoder"
@@ -133,7 +136,7 @@ def train_sequential(
             },
         }
     )
-    with atomic_directory(output) as tmp:
+    with atomic_directory(output, force=True) as tmp:
         for item in Path(current).iterdir():
             shutil.copy2(item, tmp / item.name)
         write_record(tmp, record)
@@ -141,11 +144,8 @@ def train_sequential(
     return output
 
 
-def _refuse_existing(output: Path, force: bool, experts: list[DataSelection]) -> None:
-    if output.exists() and not force:
-        raise SpeechmergeError(
-            f"{output}: already exists; choose another output directory, delete it, or pass --force to replace it"
-        )
+def _check_baseline_request(output: Path, force: bool, experts: list[DataSelection]) -> None:
+    refuse_existing(output, force)
     if len(experts) < 2:
         raise SpeechmergeError(
             f"a baseline needs the data of at least two experts; the selection has {len(experts)} (language, task, domain) group(s)"

@@ -1,9 +1,9 @@
 """The encoder side of a training batch: log-mel features, or encoder outputs computed once.
 
-Features are evaluation's `LogMel` (the same audio loading and feature extractor), so training
-and evaluation feed the encoder identical numbers. When no encoder weight trains (decoder
-mode; LoRA without encoder adapters) the encoder is a fixed function of the audio: each clip's
-output is computed once, before the first step, into evaluation's exact `EncoderOutputCache`
+Features are `features.log_mel.LogMel` (the audio loading and feature extractor decoding uses),
+so training and evaluation feed the encoder identical numbers. When no encoder weight trains
+(decoder mode; LoRA without encoder adapters) the encoder is a fixed function of the audio: each
+clip's output is computed once, before the first step, into the exact `features.encoder_cache`
 (keyed by the encoder's weights, the feature settings and the clip), and every step reads
 the outputs of its batch from there and runs only the decoder: the same loss and gradients
 as running the frozen encoder every step, at a fraction of the cost (docs/training.md). The
@@ -21,14 +21,6 @@ from speechmerge.data.manifest import Utterance
 # Turns a batch of utterances into the encoder-side keyword arguments of the model's forward.
 EncoderSide = Callable[[list[Utterance]], dict]
 FILL_CHUNK = 64  # clips encoded per call while filling the cache (bounds memory)
-
-
-def log_mel_of(base_dir: Path):
-    """Evaluation's feature function for a model directory: audio paths -> [n, mels, 3000] float32."""
-    from speechmerge.evaluation.backend import LogMel
-    from speechmerge.evaluation.model import open_eval_model
-
-    return LogMel(open_eval_model(base_dir))
 
 
 def mel_inputs(log_mel, device) -> EncoderSide:
@@ -49,7 +41,7 @@ def cached_encoder_outputs(
     `on_clips(n)` is called as clips are done (for a progress bar)."""
     import torch
 
-    from speechmerge.evaluation.encoder_cache import EncoderOutputCache, directory_encoder_key, encode_clips
+    from speechmerge.features.encoder_cache import EncoderOutputCache, directory_encoder_key, encode_clips
 
     cache = EncoderOutputCache(directory_encoder_key(base_dir), log_mel.settings, device=torch.device(device).type)
     encoder.eval()

@@ -30,8 +30,8 @@ from typing import Optional
 
 from pydantic import BaseModel
 
-from speechmerge.data.atomic import atomic_directory, atomic_file
 from speechmerge.data.manifest import Utterance
+from speechmerge.fsutil import atomic_directory, atomic_file
 from speechmerge.training.config import TrainingConfig
 from speechmerge.training.inputs import EncoderSide
 from speechmerge.training.labels import IGNORE, TargetSequence, pad_targets
@@ -156,7 +156,7 @@ def train(
 
     def checkpoint() -> None:
         with (
-            atomic_directory(state_dir) as tmp,
+            atomic_directory(state_dir, force=True) as tmp,
             _quiet("accelerate.utils.other"),
         ):  # "Removed shared tensor": the tied proj_out
             accelerator.save_state(str(tmp))
@@ -264,25 +264,11 @@ class _StepProgress:
     """A rich progress bar: steps, ETA, the training loss since the last validation, the last validation loss."""
 
     def __init__(self, label: str, total: int, done: int):
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from rich.progress import TextColumn
 
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"),
-            TextColumn("val {task.fields[val]}"),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-        )
+        from speechmerge.progress import progress_bar
+
+        self.progress = progress_bar(True, TextColumn("loss {task.fields[loss]}"), TextColumn("val {task.fields[val]}"))
         self.task = self.progress.add_task(label, total=total, completed=done, loss="-", val="-")
 
     def __enter__(self):

@@ -116,18 +116,3 @@ def normalised_performance(
         for task, value in sorted(model.items())
     ]
     return NormalisedPerformance(metric, tasks)
-
-
-def normalised_table(
-    metric: str, scores: Mapping[str, Mapping[str, float]], experts: Mapping[str, str], base: str
-) -> dict[str, NormalisedPerformance]:
-    """Normalised performance of every system in a table of results.
-
-    `scores[system][task]` is a metric value; `experts[task]` names the system fine-tuned on
-    that task; `base` names the base system. Tasks without an expert are skipped."""
-    expert_scores = {task: scores[system][task] for task, system in experts.items() if task in scores.get(system, {})}
-    out = {}
-    for system, values in scores.items():
-        tasks = {task: value for task, value in values.items() if task in expert_scores and task in scores[base]}
-        out[system] = normalised_performance(metric, tasks, expert_scores, scores[base])
-    return out

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from speechmerge.evaluation.normalised import gain_kept, normalised_performance, normalised_table, vs_expert
+from speechmerge.evaluation.relative_scores import gain_kept, normalised_performance, vs_expert
 
 
 def test_error_rate_normalisations_by_hand():
@@ -45,16 +45,14 @@ def test_mean_over_tasks_leaves_undefined_tasks_out():
     assert result.mean_vs_expert == pytest.approx((0.75 / 0.8 + 0.7 / 0.8 + 0.5 / 0.4) / 3)
 
 
-def test_table_uses_each_tasks_own_expert():
-    scores = {
-        "base": {"es": 10.0, "de": 20.0},
-        "expert-es": {"es": 30.0, "de": 18.0},
-        "expert-de": {"es": 8.0, "de": 40.0},
-        "merged": {"es": 25.0, "de": 35.0},
-    }
-    table = normalised_table("bleu", scores, experts={"es": "expert-es", "de": "expert-de"}, base="base")
-    assert table["merged"].mean_gain_kept == pytest.approx(((25 - 10) / 20 + (35 - 20) / 20) / 2)
-    assert table["expert-es"].tasks[1].gain_kept == pytest.approx(1.0)  # "es", sorted after "de"
-    assert table["base"].mean_gain_kept == pytest.approx(0.0)
+def test_each_task_is_measured_against_its_own_expert():
+    base = {"es": 10.0, "de": 20.0}
+    experts = {"es": 30.0, "de": 40.0}  # BLEU of expert-es on es and of expert-de on de
+    merged = normalised_performance("bleu", {"es": 25.0, "de": 35.0}, experts, base)
+    assert merged.mean_gain_kept == pytest.approx(((25 - 10) / 20 + (35 - 20) / 20) / 2)
+    assert merged.mean_vs_expert == pytest.approx((25 / 30 + 35 / 40) / 2)
+    expert_es = normalised_performance("bleu", {"es": 30.0, "de": 18.0}, experts, base)
+    assert [t.gain_kept for t in expert_es.tasks] == pytest.approx([-0.1, 1.0])  # de, es (sorted)
+    assert normalised_performance("bleu", base, experts, base).mean_gain_kept == pytest.approx(0.0)
     with pytest.raises(ValueError, match="no expert or base score"):
         normalised_performance("bleu", {"it": 1.0}, {"es": 2.0}, {"es": 1.0})

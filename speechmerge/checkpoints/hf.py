@@ -1,15 +1,10 @@
-"""Lazy, per-tensor access to Whisper checkpoints.
+"""Hugging Face Whisper directories, read lazily one tensor at a time, and content hashes.
 
-`open_checkpoint(spec)` accepts:
-
-- a Hugging Face Whisper directory: `model.safetensors`, sharded safetensors with
-  `model.safetensors.index.json`, or `pytorch_model.bin[.index.json]` (read with
-  `torch.load(weights_only=True)` only: pickled Python objects are refused);
-- `builtin:whisper-base` / `builtin:whisper-small` (converted once into the cache);
-- a CTranslate2 model directory or an openai-whisper `.pt` file (converted once into the cache);
-- a Hugging Face Hub id, resolved through the normal HF cache (offline when `HF_HUB_OFFLINE=1`).
-
-Nothing is read until `get(name)` or `read_into(name, ...)` asks for one tensor (or rows of it).
+`HFCheckpoint` reads `model.safetensors`, sharded safetensors with `model.safetensors.index.json`,
+or `pytorch_model.bin[.index.json]` (with `torch.load(weights_only=True)` only: pickled Python
+objects are refused). Nothing is read until `get(name)` or `read_into(name, ...)` asks for one
+tensor (or rows of it). Safetensors headers are parsed and checked here, so a truncated or
+damaged file fails with one line before any work.
 """
 
 from __future__ import annotations
@@ -19,7 +14,6 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Protocol
 
 from speechmerge.errors import SpeechmergeError
 
@@ -27,26 +21,6 @@ SAFE_INDEX = "model.safetensors.index.json"
 SAFE_SINGLE = "model.safetensors"
 BIN_INDEX = "pytorch_model.bin.index.json"
 BIN_SINGLE = "pytorch_model.bin"
-
-
-class Checkpoint(Protocol):
-    """What the merge engine needs from any source of weights."""
-
-    path: Path
-    label: str
-    config: dict
-
-    def names(self) -> list[str]: ...
-
-    def shape(self, name: str) -> tuple[int, ...]: ...
-
-    def dtype(self, name: str): ...
-
-    def get(self, name: str): ...
-
-    def read_into(self, name: str, out, rows: tuple[int, int] | None = None) -> None: ...
-
-    def content_hash(self) -> str: ...
 
 
 def _read_json(path: Path) -> dict:
@@ -213,6 +187,8 @@ class HFCheckpoint:
 def parse_safetensors_header(file: Path) -> dict[str, tuple[tuple[int, ...], object, int]]:
     """name -> (shape, dtype, absolute byte offset), after checking that the header is
     well-formed and that every tensor lies inside the file (a truncated download fails here)."""
+    from speechmerge.checkpoints.dtypes import dtype_from_code
+
     size = file.stat().st_size
     damaged = f"{file}: corrupt or truncated safetensors file"
     with open(file, "rb") as handle:
@@ -234,7 +210,7 @@ def parse_safetensors_header(file: Path) -> dict[str, tuple[tuple[int, ...], obj
     tensors = {}
     for name, info in header.items():
         try:
-            dtype = _torch_dtype(info["dtype"], file, name)
+            dtype = dtype_from_code(info["dtype"], file, name)
             shape = tuple(int(d) for d in info["shape"])
             begin, end = (int(x) for x in info["data_offsets"])
         except (KeyError, TypeError, ValueError):
@@ -249,26 +225,6 @@ def parse_safetensors_header(file: Path) -> dict[str, tuple[tuple[int, ...], obj
     return tensors
 
 
-def _torch_dtype(code: str, file: Path, name: str):
-    import torch
-
-    dtypes = {
-        "F64": torch.float64,
-        "F32": torch.float32,
-        "F16": torch.float16,
-        "BF16": torch.bfloat16,
-        "I64": torch.int64,
-        "I32": torch.int32,
-        "I16": torch.int16,
-        "I8": torch.int8,
-        "U8": torch.uint8,
-        "BOOL": torch.bool,
-    }
-    if code not in dtypes:
-        raise SpeechmergeError(f"{file}: tensor {name} has dtype {code}, which speechmerge cannot merge")
-    return dtypes[code]
-
-
 def files_hash(files: list[Path]) -> str:
     """SHA-256 over the bytes of the given files (in order), cached by path, size and mtime.
 
@@ -276,6 +232,7 @@ def files_hash(files: list[Path]) -> str:
     the digest of an unchanged file is remembered under the cache.
     """
     from speechmerge.cache import cache_dir
+    from speechmerge.fsutil import write_file_atomically
 
     outer = hashlib.sha256()
     for file in files:
@@ -290,75 +247,6 @@ def files_hash(files: list[Path]) -> str:
                 for block in iter(lambda: handle.read(1 << 22), b""):
                     inner.update(block)
             digest = inner.hexdigest()
-            tmp = memo.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(digest)
-            tmp.replace(memo)
+            write_file_atomically(memo, digest)
         outer.update(digest.encode())
     return outer.hexdigest()
-
-
-def resolve_model_dir(spec: str | Path) -> Path:
-    """Turn a model reference into a local Hugging Face Whisper directory.
-
-    Built-in names, CTranslate2 directories and openai-whisper `.pt` files are converted once
-    into the cache; hub ids are looked up in the HF cache (downloaded only when online).
-    """
-    text = str(spec)
-    if text.startswith("builtin:"):
-        from speechmerge.checkpoints.builtin import builtin_model_dir
-
-        return builtin_model_dir(text.removeprefix("builtin:"))
-    path = Path(text).expanduser()
-    if path.is_file() and path.suffix == ".pt":
-        from speechmerge.checkpoints.openai import converted_openai_dir
-
-        return converted_openai_dir(path)
-    if path.is_dir():
-        if (path / "model.bin").is_file():  # CTranslate2's single weights file
-            from speechmerge.checkpoints.ct2 import converted_ct2_dir
-
-            return converted_ct2_dir(path)
-        return path  # HFCheckpoint explains what is missing
-    if path.exists():
-        raise SpeechmergeError(f"{path}: not a model directory or an openai-whisper .pt file")
-    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
-        return _hub_snapshot(text)
-    raise SpeechmergeError(
-        f"{path}: no such file or directory; give a model directory, a .pt file, a hub id or builtin:whisper-base"
-    )
-
-
-def _hub_snapshot(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
-
-    patterns = ["*.json", "*.safetensors", "*.txt", "*.model"]
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
-    except Exception:  # noqa: BLE001 - not in the cache: try the network unless offline
-        pass
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise SpeechmergeError(
-            f"{repo_id}: not in the Hugging Face cache and HF_HUB_OFFLINE=1; download it first or give a local directory"
-        )
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns))
-    except Exception as error:  # noqa: BLE001 - hub errors come in many types
-        raise SpeechmergeError(
-            f"{repo_id}: neither a local path nor a reachable Hugging Face Hub model ({type(error).__name__}); "
-            "check the name or give a local directory"
-        ) from None
-
-
-def open_checkpoint(spec: str | Path, label: str | None = None, base: Checkpoint | None = None) -> Checkpoint:
-    """Open any supported model reference for lazy per-tensor reading.
-
-    A PEFT LoRA adapter directory needs `base`: its tensors are then base + B·A·scaling.
-    """
-    directory = resolve_model_dir(spec)
-    if (directory / "adapter_config.json").is_file() and not (directory / "config.json").is_file():
-        if base is None:
-            raise SpeechmergeError(f"{directory}: a LoRA adapter can be merged only as an expert of a base model")
-        from speechmerge.checkpoints.lora import LoraExpert
-
-        return LoraExpert(directory, base, label=label)
-    return HFCheckpoint(directory, label=label or Path(str(spec)).name)

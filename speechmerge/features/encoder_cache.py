@@ -21,10 +21,11 @@ One entry holds 1500 x d_model float32 values: 3 MB for whisper-base, 4.6 MB for
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
+
+from speechmerge.fsutil import write_file_atomically
 
 if TYPE_CHECKING:
     import torch
@@ -45,15 +46,10 @@ def tensors_digest(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
     return digest.hexdigest()
 
 
-def module_encoder_key(encoder: torch.nn.Module) -> str:
-    """The encoder key of a loaded encoder module (e.g. `model.model.encoder`)."""
-    return tensors_digest(encoder.state_dict().items())
-
-
 def directory_encoder_key(model_dir: Path, model_key: Optional[str] = None) -> str:
     """The encoder key of a Whisper directory's encoder weights, memoised under its content hash."""
     from speechmerge.cache import cache_dir
-    from speechmerge.checkpoints.reader import HFCheckpoint
+    from speechmerge.checkpoints.hf import HFCheckpoint
 
     checkpoint = HFCheckpoint(Path(model_dir))
     model_key = model_key or checkpoint.content_hash()
@@ -63,21 +59,15 @@ def directory_encoder_key(model_dir: Path, model_key: Optional[str] = None) -> s
     names = [name for name in checkpoint.names() if name.startswith(ENCODER_PREFIX)]
     key = tensors_digest((name.removeprefix(ENCODER_PREFIX), checkpoint.get(name)) for name in names)
     checkpoint.close()
-    _write_atomically(memo, key.encode())
+    write_file_atomically(memo, key)
     return key
 
 
 def clip_key(audio: Path) -> str:
     """SHA-256 of the audio file's bytes (memoised by path, size and mtime)."""
-    from speechmerge.checkpoints.reader import files_hash
+    from speechmerge.checkpoints.hf import files_hash
 
     return files_hash([Path(audio)])
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 class EncoderOutputCache:
@@ -117,9 +107,7 @@ class EncoderOutputCache:
     def store(self, clip: str, output: torch.Tensor) -> None:
         from safetensors.torch import save
 
-        path = self.path(clip)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomically(path, save({ENTRY: output.detach().to("cpu").contiguous()}))
+        write_file_atomically(self.path(clip), save({ENTRY: output.detach().to("cpu").contiguous()}))
 
 
 def encode_clips(

@@ -1,0 +1,300 @@
+"""A study's jobs, laid out from its recipe: experts, baselines, reference scores, the grid on
+validation, and the test job of a selected point.
+
+Every job is content-addressed (speechmerge/study/jobs.py): its key is built from the identities
+of its input models, the digests of the data it reads and its settings. A merge's identity is
+its method, parameters, base, experts and merge options; an evaluation's is the decoding options
+and the sets it scores (`set_identity`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from speechmerge.errors import SpeechmergeError
+from speechmerge.study.data import EvalSet, StudyData, prepare_data
+from speechmerge.study.jobs import Job, job_key
+from speechmerge.study.recipe import StudyRecipe, method_grid
+
+MODEL_FOLDERS = {"expert": "experts", "baseline": "baselines", "merge": "merges"}
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model the study scores or merges: its label, identity (for keys), path and making job."""
+
+    name: str
+    identity: str
+    path: str
+    job: str | None = None
+
+
+@dataclass
+class StudyPlan:
+    """The jobs of a study up to validation, and what its test jobs are built from."""
+
+    recipe: StudyRecipe
+    folder: Path
+    data: StudyData
+    base: ModelRef
+    experts: list[ModelRef]
+    training: list[Job]
+    references: list[Job]
+    validation: list[Job]
+    grid: dict[str, list[dict]]
+
+    @property
+    def jobs(self) -> list[Job]:
+        """Every job up to validation, in queue order."""
+        return self.training + self.references + self.validation
+
+    def eval_options(self) -> dict:
+        spec = self.recipe.evaluation
+        decode = {
+            "backend": spec.backend,
+            "beam_size": spec.beam_size,
+            "batch_size": spec.batch_size,
+            "max_new_tokens": spec.max_new_tokens,
+        }
+        return {"decode": decode, "cer": spec.cer}
+
+    def eval_identity(self) -> dict:
+        from speechmerge.evaluation.options import DecodeOptions
+
+        options = self.eval_options()
+        return {"predictions": DecodeOptions(**options["decode"]).prediction_key(), "cer": options["cer"]}
+
+
+def plan_study(recipe: StudyRecipe, progress: bool = True) -> StudyPlan:
+    """Validate the grid, build the data, and lay out every job up to validation."""
+    grid = method_grid(recipe)
+    data = prepare_data(recipe, progress=progress)
+    base = ModelRef("base", _content_hash(recipe.base, recipe, "base"), recipe.base)
+    plan = StudyPlan(recipe, recipe.folder(), data, base, [], [], [], [], grid)
+    expert_jobs = _expert_jobs(plan)
+    plan.training = interleaved_by_audio(expert_jobs)
+    baselines = _baseline_jobs(plan)
+    plan.training += baselines
+    references = [
+        (base, "base"),
+        *((e, "expert") for e in plan.experts),
+        *((ModelRef(j.model, j.key, j.spec["output"], j.key), "baseline") for j in baselines),
+    ]
+    plan.references = [_reference_job(plan, ref, kind) for ref, kind in references]
+    validation_sets = data.stage("validation")
+    for method, points in grid.items():
+        for point in points:
+            key = job_key(
+                "validate",
+                merge=_merge_identity(plan, method, point),
+                **set_identity(validation_sets),
+                evaluation=plan.eval_identity(),
+            )
+            # a method's only point is surely the one its test scores: its model stays for the test job
+            keep = recipe.keep_models == "all" or len(points) == 1
+            label = setting_label(method, point, points)
+            plan.validation.append(_merge_job(plan, "validate", key, method, point, label, validation_sets, keep))
+    return plan
+
+
+def _expert_jobs(plan: StudyPlan) -> list[Job]:
+    """Records every expert in `plan.experts`; returns the training jobs of those not given."""
+    recipe, data = plan.recipe, plan.data
+    config = recipe.experts.config().model_dump(mode="json")
+    jobs = []
+    for group in data.experts:
+        if group.path is not None:
+            identity = _content_hash(group.path, recipe, f"experts.given {group.name}")
+            plan.experts.append(ModelRef(group.name, identity, group.path))
+            continue
+        selection = group.selection.model_dump(mode="json")
+        key = job_key(
+            "expert",
+            base=plan.base.identity,
+            data=data.training_digest[group.name],
+            selection=_labels(selection),
+            config=config,
+        )
+        output = plan.folder / MODEL_FOLDERS["expert"] / f"{group.name}-{key[:8]}"
+        spec = {"base": recipe.base, "selection": selection, "config": config, "output": str(output)}
+        jobs.append(
+            Job(key, "expert", f"expert {group.name}", "train_expert", spec, model_kind="expert", model=group.name)
+        )
+        plan.experts.append(ModelRef(group.name, key, str(output), key))
+    return jobs
+
+
+def _reference_job(plan: StudyPlan, ref: ModelRef, kind: str) -> Job:
+    """Score a reference model (base, expert, baseline) on every set of the study."""
+    sets = plan.data.sets
+    key = job_key("evaluate", model=ref.identity, **set_identity(sets), evaluation=plan.eval_identity())
+    spec = {"model": ref.path, "sets": [s.spec() for s in sets], "options": plan.eval_options()}
+    return Job(
+        key,
+        "evaluate",
+        f"score {kind} {ref.name}",
+        "evaluate_model",
+        spec,
+        model_kind=kind,
+        model=ref.name,
+        depends=(ref.job,) if ref.job else (),
+    )
+
+
+def set_identity(sets: list[EvalSet]) -> dict:
+    """The key part of the sets a job scores: their digests; and their names where two of them hold
+    the same (language, task, domain, split) labels, which are scored apart, each under its name
+    (before they were pooled into one group, so those jobs are keyed anew)."""
+    labels = [label for s in sets for label in s.labels]
+    if len(labels) == len(set(labels)):
+        return {"sets": [s.digest for s in sets]}
+    return {"sets": [s.digest for s in sets], "scored_per_set": [s.name for s in sets]}
+
+
+def test_job(plan: StudyPlan, method: str, point: dict) -> Job:
+    """The job that scores a method's selected point on every test set (merging it again unless its
+    validation job kept the model: merging is deterministic, and both jobs use the same folder)."""
+    test_sets = plan.data.stage("test")
+    key = job_key(
+        "test",
+        merge=_merge_identity(plan, method, point),
+        **set_identity(test_sets),
+        evaluation=plan.eval_identity(),
+    )
+    keep = plan.recipe.keep_models != "none"
+    return _merge_job(plan, "test", key, method, point, method, test_sets, keep)
+
+
+def _merge_job(
+    plan: StudyPlan, kind: str, key: str, method: str, point: dict, label: str, sets: list[EvalSet], keep: bool
+) -> Job:
+    merge_key = job_key("merge", merge=_merge_identity(plan, method, point))
+    output = plan.folder / MODEL_FOLDERS["merge"] / f"{method}-{merge_key[:8]}"
+    merge_options = plan.recipe.merge
+    recipe = {
+        "base": plan.base.path,
+        "experts": [{"path": e.path, "name": e.name} for e in plan.experts],
+        "method": method,
+        "params": point,
+        "output_dtype": merge_options.output_dtype,
+        "device": merge_options.device,
+        "memory_budget": merge_options.memory_budget,
+        "seed": merge_options.seed,
+    }
+    spec = {
+        "recipe": recipe,
+        "output": str(output),
+        "keep": keep,
+        "sets": [s.spec() for s in sets],
+        "options": plan.eval_options(),
+        "label": label,
+    }
+    return Job(
+        key,
+        kind,
+        f"{kind} {label}",
+        "merge_and_evaluate",
+        spec,
+        stage="validation" if kind == "validate" else "test",
+        model_kind="merge",
+        model=label,
+        method=method,
+        setting=point,
+        depends=tuple(e.job for e in plan.experts if e.job),
+    )
+
+
+def _merge_identity(plan: StudyPlan, method: str, point: dict) -> dict:
+    return {
+        "method": method,
+        "params": point,
+        "base": plan.base.identity,
+        "experts": [e.identity for e in plan.experts],
+        "options": plan.recipe.merge.model_dump(mode="json"),
+    }
+
+
+def interleaved_by_audio(jobs: list[Job]) -> list[Job]:
+    """Expert jobs round-robin over the audio they train on (languages, domains): the ASR and ST
+    experts of one language read the same clips, whose encoder outputs the first of them caches,
+    so parallel workers should start with different languages rather than encode the same clips
+    twice at once."""
+    groups: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        selection = job.spec["selection"]
+        audio = (tuple(selection.get("languages") or ()), tuple(selection.get("domains") or ()))
+        groups.setdefault(audio, []).append(job)
+    return [job for turn in itertools.zip_longest(*groups.values()) for job in turn if job is not None]
+
+
+def _baseline_jobs(plan: StudyPlan) -> list[Job]:
+    spec = plan.recipe.baselines
+    trained = [g for g in plan.data.experts if g.path is None]
+    kinds = [kind for kind in ("joint", "sequential") if getattr(spec, kind)]
+    if kinds and len(trained) < 2:
+        raise SpeechmergeError(
+            f"{plan.recipe.source}: baselines: need at least two trained experts' data; "
+            f"this study trains {len(trained)}"
+        )
+    from speechmerge.training.config import TrainingConfig
+
+    settings = spec.training if spec.training is not None else plan.recipe.experts.training
+    config = TrainingConfig(**settings).model_dump(mode="json")
+    selections = [g.selection.model_dump(mode="json") for g in trained]
+    data = [plan.data.training_digest[g.name] for g in trained]
+    jobs = []
+    for kind in kinds:
+        key = job_key(
+            "baseline",
+            baseline=kind,
+            base=plan.base.identity,
+            data=data,
+            selections=[_labels(s) for s in selections],
+            config=config,
+        )
+        output = plan.folder / MODEL_FOLDERS["baseline"] / f"{kind}-{key[:8]}"
+        job_spec = {
+            "baseline": kind,
+            "base": plan.recipe.base,
+            "selections": selections,
+            "config": config,
+            "output": str(output),
+        }
+        jobs.append(
+            Job(key, "baseline", f"baseline {kind}", "train_baseline", job_spec, model_kind="baseline", model=kind)
+        )
+    return jobs
+
+
+def _labels(selection: dict) -> dict:
+    """A selection without its source paths (the data digest stands for them)."""
+    return {k: v for k, v in selection.items() if k != "sources"}
+
+
+def _content_hash(reference: str, recipe: StudyRecipe, key: str) -> str:
+    from speechmerge.checkpoints.resolve import open_checkpoint
+
+    try:
+        return open_checkpoint(reference).content_hash()
+    except SpeechmergeError as error:
+        raise SpeechmergeError(f"{recipe.source}: {key}: {error}") from None
+
+
+def varying_parameters(points: list[dict]) -> list[str]:
+    """The parameters a method's grid varies (in the order they first appear)."""
+    keys = dict.fromkeys(k for p in points for k in p)
+    return [k for k in keys if len({json.dumps(p.get(k), sort_keys=True) for p in points}) > 1]
+
+
+def setting_label(method: str, point: dict, points: list[dict]) -> str:
+    """`method` alone, or `method[k=v,...]` naming the parameters its grid varies."""
+    varying = [k for k in varying_parameters(points) if k in point]
+    return method if not varying else f"{method}[{','.join(f'{k}={point[k]}' for k in varying)}]"
+
+
+def searched_parameters(grid: dict[str, list[dict]]) -> dict[str, list[str]]:
+    """Per method, the sorted parameters its grid varies (the report's hyper-parameter curves)."""
+    return {method: sorted(varying_parameters(points)) for method, points in grid.items()}

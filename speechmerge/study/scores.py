@@ -1,0 +1,67 @@
+"""From the store to what a report is made of: `ScoreRow`s and the study's `StudyFacts`.
+
+A merge's row is `selected` when its setting is the one its method chose on validation (the
+store's `selections`); rows of base, experts and baselines are always selected.
+"""
+
+from __future__ import annotations
+
+import json
+
+from speechmerge.study.rows import ScoreRow, StudyFacts
+from speechmerge.study.store import Store
+
+
+def score_rows(store: Store, planned_only: bool = True) -> list[ScoreRow]:
+    """Every finished score of the study as the report's rows."""
+    chosen = store.selections()
+    rows = []
+    for r in store.scores(planned_only):
+        selected = True
+        if r["model_kind"] == "merge":
+            pick = chosen.get(r["method"])
+            selected = pick is not None and json.dumps(pick["setting"], sort_keys=True) == json.dumps(
+                r["setting"], sort_keys=True
+            )
+        rows.append(
+            ScoreRow(
+                job=r["job"],
+                model_kind=r["model_kind"],
+                model=r["model"],
+                method=r["method"],
+                setting=r["setting"] or {},
+                stage=r["stage"],
+                selected=selected,
+                scope=r["scope"],
+                evaluation=r["evaluation"],
+                language=r["language"],
+                task=r["task"],
+                domain=r["domain"],
+                metric=r["metric"],
+                value=r["value"],
+                utterances=r["utterances"],
+            )
+        )
+    return rows
+
+
+def study_facts(store: Store) -> StudyFacts:
+    """How the study's numbers were made, from the store's meta and its jobs' times (summed per kind)."""
+    meta = store.meta()
+    job_seconds: dict[str, float] = {}
+    for job in store.jobs():
+        job_seconds[job["kind"]] = round(job_seconds.get(job["kind"], 0.0) + (job["seconds"] or 0.0), 1)
+    return StudyFacts(
+        name=meta["name"],
+        recipe=meta["recipe"],
+        recipe_path=meta["recipe_path"],
+        command=meta["command"],
+        hardware=meta["hardware"],
+        executor=meta["executor"],
+        started=meta["started"],
+        finished=meta.get("finished"),
+        wall_seconds=meta.get("wall_seconds") or 0.0,
+        job_seconds=job_seconds,
+        versions=meta.get("versions", {}),
+        hyperparameters=meta.get("hyperparameters", {}),
+    )
