@@ -204,6 +204,13 @@ def test_a_bad_option_value_names_the_recipe_file(workspace, capsys):
     assert line.startswith(f"error: {recipe}: device"), line
 
 
+def test_a_recipe_without_output_names_the_file(workspace, capsys):
+    folder, base, experts = workspace
+    recipe = recipe_file(folder, **basic(base, experts))
+    code, _, err = run_cli(["merge", recipe, "--device", "cpu"], capsys)
+    assert code == 2 and err.strip().startswith(f"error: {recipe}: output: no output directory"), err
+
+
 def test_unknown_recipe_key(workspace, capsys):
     folder, base, experts = workspace
     check_refused(capsys, folder, recipe_file(folder, **basic(base, experts, seeed=3)), "seeed", "unknown key")

@@ -40,7 +40,9 @@ def merge(
     """Merge as the recipe says; return the output directory and what was done."""
     target = Path(output or recipe.output or "")
     if not str(target) or str(target) == ".":
-        raise SpeechmergeError("output: no output directory; set `output:` in the recipe or pass --output")
+        raise SpeechmergeError(
+            f"{recipe.source}: output: no output directory; set `output:` in the recipe or pass --output"
+        )
     refuse_existing(target, force)
     parse_size(recipe.shard_size)
     budget = parse_size(recipe.memory_budget)
