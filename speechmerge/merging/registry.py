@@ -99,15 +99,12 @@ class MergeMethod:
         tensor in row blocks, running any per-tensor statistics pass over the blocks first."""
         return self.blockwise(ctx, params) if callable(self.blockwise) else bool(self.blockwise)
 
-    def param(self, name: str) -> Param:
-        return next(p for p in self.params if p.name == name)
-
     def defaults(self) -> dict[str, Any]:
         return {p.name: p.default for p in self.params}
 
     def validate(self, values: dict | None, where: str, prefix: str = "params.") -> dict[str, Any]:
-        """Fill defaults and check types and ranges; raise one line naming the bad key
-        (`where`: the recipe file, `prefix`: the key path of these parameters in it)."""
+        """Fill defaults, check types and ranges, then the cross-parameter `check`; raise one line
+        naming the bad key (`where`: the recipe file, `prefix`: the key path of these parameters)."""
         from pydantic import ValidationError
 
         try:
