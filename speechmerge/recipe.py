@@ -28,22 +28,19 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from speechmerge.errors import SpeechmergeError
+from speechmerge.validation import Strict, describe_validation_error, read_yaml_file
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ExpertSpec(_Strict):
+class ExpertSpec(Strict):
     path: str = Field(description="model reference: directory, hub id, .pt, CT2 dir, LoRA adapter dir")
     name: Optional[str] = Field(None, description="label used in reports (default: the folder name)")
     weight: float = Field(1.0, allow_inf_nan=False, description="w_t, the expert's weight")
 
 
-class OverrideSpec(_Strict):
+class OverrideSpec(Strict):
     match: str = Field(description="regular expression matched against the full tensor name")
     params: dict[str, Any] = Field(default_factory=dict, description="parameters that replace the method's")
     method: Optional[str] = Field(None, description="a different method for the matching tensors")
@@ -62,7 +59,7 @@ class OverrideSpec(_Strict):
         return value
 
 
-class MergeRecipe(_Strict):
+class MergeRecipe(Strict):
     base: Optional[str] = Field(None, description="the pre-trained model the experts were fine-tuned from")
     experts: list[ExpertSpec] = Field(min_length=1)
     method: str
@@ -83,8 +80,14 @@ class MergeRecipe(_Strict):
 
     @property
     def source(self) -> str:
-        """Where the recipe came from (its file), for error messages."""
+        """Where the recipe came from (its file, as given to `parse_recipe`), for error messages;
+        kept by `model_copy` and `updated`."""
         return self._source
+
+    def updated(self, **changes: Any) -> MergeRecipe:
+        """The recipe with some keys replaced (e.g. command-line options), validated again; errors
+        and the result keep naming the recipe's file."""
+        return parse_recipe({**self.model_dump(), **changes}, where=self.source)
 
     @field_validator("experts", mode="before")
     @classmethod
@@ -106,34 +109,23 @@ class MergeRecipe(_Strict):
         return spec.name or Path(spec.path.rstrip("/")).name or f"expert{index}"
 
 
-def _format(error: ValidationError, where: str) -> str:
-    from speechmerge.merging.registry import describe_validation_error
-
-    return describe_validation_error(error, where)
-
-
 def parse_recipe(data: Any, where: str = "recipe") -> MergeRecipe:
-    """Validate a recipe given as a dict; one-line errors name the key."""
+    """Validate a recipe given as a dict; one-line errors name `where` and the key, and the
+    recipe remembers `where` as its source."""
     if not isinstance(data, dict):
         raise SpeechmergeError(f"{where}: expected a mapping of recipe keys, found {type(data).__name__}")
     try:
-        return MergeRecipe.model_validate(data)
+        recipe = MergeRecipe.model_validate(data)
     except ValidationError as error:
-        raise SpeechmergeError(_format(error, where)) from None
+        raise SpeechmergeError(describe_validation_error(error, where)) from None
+    recipe._source = where
+    return recipe
 
 
 def load_recipe(path: Path) -> MergeRecipe:
     """Read and validate a YAML recipe file; relative model paths are relative to the recipe."""
     path = Path(path)
-    if not path.is_file():
-        raise SpeechmergeError(f"{path}: no such recipe file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise SpeechmergeError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
-    recipe = resolve_relative_paths(parse_recipe(data, where=str(path)), path.parent)
-    recipe._source = str(path)
-    return recipe
+    return resolve_relative_paths(parse_recipe(read_yaml_file(path, "recipe"), where=str(path)), path.parent)
 
 
 def _relative_to(folder: Path, reference: str | None) -> str | None:
@@ -154,9 +146,7 @@ def resolve_relative_paths(recipe: MergeRecipe, folder: Path) -> MergeRecipe:
     }
     if recipe.output and not Path(recipe.output).is_absolute():
         update["output"] = str(folder / recipe.output)
-    resolved = recipe.model_copy(update=update)
-    resolved._source = recipe.source
-    return resolved
+    return recipe.model_copy(update=update)
 
 
 def recipe_yaml(recipe: MergeRecipe, resolved_params: dict | None = None) -> str:

@@ -1,5 +1,6 @@
-"""Calling a registered merge method directly on small tensors, as the engine does for a whole
-tensor: its per-tensor statistics pass first (if it declares one), then the method."""
+"""Calling a registered merge method directly on small tensors through the engine's own step
+(`engine.apply_method`: per-tensor statistics, then the method), as the engine does for a whole
+tensor."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 
 from speechmerge.checkpoints.whisper import TensorRole
 from speechmerge.merging.context import TensorContext
+from speechmerge.merging.engine import apply_method
 from speechmerge.merging.registry import get_method
 
 MATRIX = "model.encoder.layers.0.fc1.weight"
@@ -19,14 +21,7 @@ def tensor_context(name: str = MATRIX, role: str = "mlp", is_matrix: bool = True
 def call_method(
     method: str, tasks: torch.Tensor, base: torch.Tensor | None = None, ctx: TensorContext | None = None, **params
 ) -> torch.Tensor:
+    """The method's result on a copy of `tasks` (a task vector for `space="deltas"` methods)."""
     declared = get_method(method)
     values = declared.validate(params, "params")
-    tasks, ctx = tasks.clone(), ctx or tensor_context()
-    factory = declared.tensor_statistics
-    stat = factory(tasks.shape[0], ctx, values) if factory is not None else None
-    if stat is not None:
-        for round_index in range(stat.rounds):
-            stat.observe(round_index, tasks, ctx, values)
-            stat.end_round(round_index)
-        ctx.tensor_stats = stat.result()
-    return declared.fn(tasks, base, torch.ones(tasks.shape[0]), ctx, **values)
+    return apply_method(declared, tasks.clone(), base, torch.ones(tasks.shape[0]), ctx or tensor_context(), values)

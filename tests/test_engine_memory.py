@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import make_family
 
-from speechmerge.merging.linalg import CHUNK
+from speechmerge.merging.masks import CHUNK
 
 EXPERTS = 8
 BIG = dict(d_model=32, encoder_layers=24, decoder_layers=24, encoder_ffn_dim=4096, decoder_ffn_dim=4096)
@@ -31,7 +31,7 @@ import json, sys
 from speechmerge.recipe import parse_recipe
 from speechmerge.merging.api import merge
 from speechmerge.merging.plan import build_plan
-from speechmerge.merging.engine import anonymous_memory_bytes
+from speechmerge.sysinfo import anonymous_memory_bytes
 recipe = parse_recipe(json.loads(sys.argv[1]))
 build_plan(recipe)  # imports, architecture check and layout caches: part of the baseline
 print(anonymous_memory_bytes(), flush=True)

@@ -184,6 +184,33 @@ def test_bad_parameters_name_the_key(workspace, capsys, params, words):
     check_refused(capsys, folder, recipe_file(folder, **basic(base, experts, method="ties", params=params)), *words)
 
 
+@pytest.mark.parametrize(
+    "options",
+    [(), ("--device", "cpu"), ("--memory-budget", "64MB", "--shard-size", "1GB")],
+    ids=["plain", "device", "budget-and-shards"],
+)
+def test_a_bad_parameter_names_the_recipe_file_whatever_the_options(workspace, capsys, options):
+    """Command-line options rebuild the recipe; the one-line error still starts with its file."""
+    folder, base, experts = workspace
+    recipe = recipe_file(folder, **basic(base, experts, method="ties", params={"densty": 0.2}))
+    line = check_refused(capsys, folder, recipe, "params.densty", extra_args=options)
+    assert line.startswith(f"error: {recipe}: params.densty"), line
+
+
+def test_a_bad_option_value_names_the_recipe_file(workspace, capsys):
+    folder, base, experts = workspace
+    recipe = recipe_file(folder, **basic(base, experts))
+    line = check_refused(capsys, folder, recipe, "device", extra_args=("--device", "tpu"))
+    assert line.startswith(f"error: {recipe}: device"), line
+
+
+def test_a_recipe_without_output_names_the_file(workspace, capsys):
+    folder, base, experts = workspace
+    recipe = recipe_file(folder, **basic(base, experts))
+    code, _, err = run_cli(["merge", recipe, "--device", "cpu"], capsys)
+    assert code == 2 and err.strip().startswith(f"error: {recipe}: output: no output directory"), err
+
+
 def test_unknown_recipe_key(workspace, capsys):
     folder, base, experts = workspace
     check_refused(capsys, folder, recipe_file(folder, **basic(base, experts, seeed=3)), "seeed", "unknown key")

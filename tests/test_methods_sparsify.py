@@ -1,16 +1,21 @@
 """PCB, SCE, Model Breadcrumbs and DELLA against reference implementations written here from
-their papers (whole-tensor softmaxes and sorts, no chunking), run through the engine on a tiny
-Whisper family; DELLA's randomness is checked by its statistics and its seeding."""
+their papers (whole-tensor softmaxes and sorts, no chunking, float64), run through the engine on a
+tiny Whisper family; DELLA's randomness is checked by its statistics and its seeding.
+
+Each reference also returns the entries whose selection (a top-k cut, a sign election) lies within
+rounding of its boundary: the engine's float32 scores may put them on the other side, so they are
+exempt from the comparison (counted and bounded, see near_ties.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from method_calls import call_method, tensor_context
+from near_ties import assert_close_except_near_ties, near_cut, near_zero_sum
 from test_merge_methods import deltas, run_merge
 
 from speechmerge.errors import SpeechmergeError
-from speechmerge.merging import linalg
+from speechmerge.merging import masks
 
 WEIGHTS = [1.0, 0.5, 2.0]
 
@@ -22,7 +27,7 @@ def top_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     return mask
 
 
-def reference_pcb(taus: list[torch.Tensor], weights: list[float], density: float) -> torch.Tensor:
+def reference_pcb(taus: list[torch.Tensor], weights: list[float], density: float):
     """Du et al. (2024) Eqs. 1–4 on one tensor: intra- and inter-balancing softmaxes of min–max
     normalised products, top-r of β per task, β-weighted mean."""
     flat = [t.flatten() for t in taus]
@@ -32,81 +37,81 @@ def reference_pcb(taus: list[torch.Tensor], weights: list[float], density: float
         return (x - x.min()) / (x.max() - x.min())
 
     merged_num, merged_den = torch.zeros(size, dtype=flat[0].dtype), torch.zeros(size, dtype=flat[0].dtype)
+    exempt = torch.zeros(size, dtype=torch.bool)
     for i in range(count):
         intra = torch.softmax(count * norm(flat[i] * flat[i]), 0)
         inter = sum(torch.softmax(norm(flat[i] * flat[j]), 0) for j in range(count))
         beta = intra * inter
         beta_hat = beta * top_mask(beta, int(density * size))
+        exempt |= near_cut(beta, int(density * size))
         merged_num += beta_hat * weights[i] * flat[i]
         merged_den += beta_hat
-    return torch.where(merged_den > 0, merged_num / merged_den, 0.0).reshape(taus[0].shape)
+    merged = torch.where(merged_den > 0, merged_num / merged_den, 0.0)
+    return merged.reshape(taus[0].shape), exempt.reshape(taus[0].shape)
 
 
-def reference_sce(taus: list[torch.Tensor], weights: list[float], topk: float) -> torch.Tensor:
+def reference_sce(taus: list[torch.Tensor], weights: list[float], topk: float):
     """FuseChat's select (top-τ variance), calculate (η ∝ ‖τ̂‖²), erase (sign of the sum)."""
     stacked = torch.stack([t.flatten() for t in taus])
     variance = stacked.var(0, unbiased=False)
-    keep = top_mask(variance, int(topk * int((variance != 0).sum())))
+    k = int(topk * int((variance != 0).sum()))
+    keep = top_mask(variance, k)
     selected = stacked * keep
     eta = torch.tensor(weights, dtype=stacked.dtype) * selected.square().sum(1)
     eta = eta / eta.sum()
     sign = torch.where(selected.sum(0) >= 0, 1.0, -1.0)
     agree = (torch.sign(selected) == sign) * eta[:, None]
     num, den = (agree * selected).sum(0), agree.sum(0)
-    return torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0).reshape(taus[0].shape)
+    merged = torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0)
+    exempt = near_cut(variance, k) | near_zero_sum(selected)
+    return merged.reshape(taus[0].shape), exempt.reshape(taus[0].shape)
 
 
-def reference_breadcrumbs_mask(tau: torch.Tensor, density: float, gamma: float, scope: str) -> torch.Tensor:
-    """Davari & Belilovsky: sort |τ| descending, drop the first ⌊γn⌋, keep the next ⌊βn⌋."""
+def reference_breadcrumbs_mask(tau: torch.Tensor, density: float, gamma: float, scope: str):
+    """Davari & Belilovsky: sort |τ| descending, drop the first ⌊γn⌋, keep the next ⌊βn⌋; and the
+    entries within rounding of either cut."""
     rows = tau.reshape(1, -1) if scope == "tensor" or tau.dim() == 1 else tau.reshape(tau.shape[0], -1)
     mask = torch.zeros_like(rows, dtype=torch.bool)
     n = rows.shape[1]
-    top, keep = int(gamma * n), linalg.kept_count(n, density)
+    top, keep = int(gamma * n), masks.kept_count(n, density)
     order = rows.abs().argsort(dim=1, descending=True)
     mask.scatter_(1, order[:, top : top + keep], True)
-    return mask.reshape(tau.shape)
+    exempt = near_cut(rows.abs(), top, dim=1) | near_cut(rows.abs(), top + keep, dim=1)
+    return mask.reshape(tau.shape), exempt.reshape(tau.shape)
 
 
-def mostly_close(actual: torch.Tensor, expected: torch.Tensor, name: str, atol: float = 1e-6) -> None:
-    """Close everywhere but at a few entries: a top-k on float32 scores may swap near-tied entries."""
-    wrong = ~torch.isclose(actual.double(), expected.double(), atol=atol, rtol=1e-4)
-    assert int(wrong.sum()) <= max(2, expected.numel() // 2000), (
-        f"{name}: {int(wrong.sum())} of {expected.numel()} differ"
-    )
-
-
-def compare(tmp_path, family, method, params, rule, exact=True):
+def compare(tmp_path, family, method, params, rule):
+    """The merged tensors against θ_0 + rule(τ's), where `rule` gives (update, exempt entries)."""
     base_dir, expert_dirs = family
     merged, _ = run_merge(tmp_path, base_dir, expert_dirs, method, params, weights=WEIGHTS)
     base, names, taus = deltas(base_dir, expert_dirs)
     for name in names:
-        expected = base[name].double() + rule([t[name].double() for t in taus])
-        if exact:
-            torch.testing.assert_close(merged[name].double(), expected, atol=1e-6, rtol=1e-5, msg=name)
-        else:
-            mostly_close(merged[name], expected, name)
+        update, exempt = rule([t[name].double() for t in taus])
+        expected = base[name].double() + update
+        assert_close_except_near_ties(merged[name], expected, exempt, atol=1e-6, rtol=1e-5, msg=name)
 
 
 def test_pcb_matches_the_paper(tmp_path, family):
-    compare(
-        tmp_path,
-        family,
-        "pcb",
-        {"density": 0.2, "scale": 1.1},
-        lambda taus: 1.1 * reference_pcb(taus, WEIGHTS, 0.2),
-        exact=False,
-    )
+    def rule(taus):
+        update, exempt = reference_pcb(taus, WEIGHTS, 0.2)
+        return 1.1 * update, exempt
+
+    compare(tmp_path, family, "pcb", {"density": 0.2, "scale": 1.1}, rule)
 
 
 def test_sce_matches_fusechat(tmp_path, family):
-    compare(tmp_path, family, "sce", {"select_topk": 0.3}, lambda taus: reference_sce(taus, WEIGHTS, 0.3), exact=False)
+    compare(tmp_path, family, "sce", {"select_topk": 0.3}, lambda taus: reference_sce(taus, WEIGHTS, 0.3))
 
 
 @pytest.mark.parametrize("scope", ["tensor", "row"])
 @pytest.mark.parametrize("gamma", [0.01, 0.0])
 def test_breadcrumbs_matches_the_paper(tmp_path, family, scope, gamma):
     def rule(taus):
-        return 0.9 * sum(w * t * reference_breadcrumbs_mask(t, 0.3, gamma, scope) for w, t in zip(WEIGHTS, taus))
+        masks = [reference_breadcrumbs_mask(t, 0.3, gamma, scope) for t in taus]
+        exempt = torch.zeros(taus[0].shape, dtype=torch.bool)
+        for _, near in masks:
+            exempt |= near
+        return 0.9 * sum(w * t * mask for w, t, (mask, _) in zip(WEIGHTS, taus, masks)), exempt
 
     compare(tmp_path, family, "breadcrumbs", {"density": 0.3, "gamma": gamma, "scale": 0.9, "scope": scope}, rule)
 
@@ -153,11 +158,3 @@ def test_della_with_a_degenerate_window_is_a_one_line_error(tmp_path, family):
     with pytest.raises(SpeechmergeError, match="window"):
         run_merge(tmp_path, base_dir, expert_dirs, "della", {"drop": 0.1, "window": 0.5})
     assert not (tmp_path / "out-della").exists()
-
-
-@pytest.mark.parametrize("method", ["pcb", "sce", "breadcrumbs", "della"])
-def test_zero_and_identical_task_vectors_stay_finite(method):
-    tau = torch.randn(12, 10, generator=torch.Generator().manual_seed(4))
-    for tasks in [torch.stack([tau, torch.zeros_like(tau), tau]), torch.stack([tau, tau]), torch.zeros(2, 12, 10)]:
-        merged = call(method, tasks)
-        assert torch.isfinite(merged).all(), method

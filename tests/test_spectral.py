@@ -76,7 +76,7 @@ def test_polar_factor_keeps_small_but_genuine_singular_values():
     """M = Q₁ diag(σ) Q₂ᵀ has polar factor Q₁ Q₂ᵀ whatever σ > 0. With σ_min/σ_max = 1e-5 on a
     256 × 256 matrix — above the SVD's rounding level √n·ε ≈ 2e-6, the size of the smallest
     angles between two experts' subspaces in a full-size Whisper matrix — the direction is kept
-    (a cut at the numerical rank n·ε ≈ 3e-5 dropped it, moving TSV-M by 7% from its float64 value)."""
+    (a cut at the numerical rank n·ε ≈ 3e-5 would drop it: an error of norm 1 in the factor)."""
     g = generator(9)
     q1 = torch.linalg.qr(torch.randn(256, 256, generator=g, dtype=torch.float64))[0]
     q2 = torch.linalg.qr(torch.randn(256, 256, generator=g, dtype=torch.float64))[0]

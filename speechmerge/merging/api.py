@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 import speechmerge
+from speechmerge.checkpoints.dtypes import dtype_name
 from speechmerge.checkpoints.resolve import resolve_model_dir
 from speechmerge.checkpoints.tokenizer import check_tokenizer_once
 from speechmerge.checkpoints.whisper import PROCESSOR_FILES
@@ -28,8 +29,6 @@ from speechmerge.fsutil import atomic_directory, refuse_existing
 from speechmerge.merging.engine import MergeReport, execute
 from speechmerge.merging.plan import MergePlan, build_plan
 from speechmerge.recipe import MergeRecipe, load_recipe, recipe_yaml
-
-DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float64: "float64"}
 
 
 def merge(
@@ -41,7 +40,9 @@ def merge(
     """Merge as the recipe says; return the output directory and what was done."""
     target = Path(output or recipe.output or "")
     if not str(target) or str(target) == ".":
-        raise SpeechmergeError("output: no output directory; set `output:` in the recipe or pass --output")
+        raise SpeechmergeError(
+            f"{recipe.source}: output: no output directory; set `output:` in the recipe or pass --output"
+        )
     refuse_existing(target, force)
     parse_size(recipe.shard_size)
     budget = parse_size(recipe.memory_budget)
@@ -89,7 +90,7 @@ def merge_from_recipe_file(
     options = {"shard_size": shard_size, "device": device, "memory_budget": memory_budget}
     updates = {k: v for k, v in options.items() if v is not None}
     if updates:
-        recipe = MergeRecipe.model_validate({**recipe.model_dump(), **updates})
+        recipe = recipe.updated(**updates)
     target, report = merge(recipe, output=output, force=force)
     console = Console(stderr=True)
     console.print(f"[green]merged[/] {target}: {report.summary()}", highlight=False)
@@ -125,7 +126,7 @@ def _write_config(plan: MergePlan, out: Path) -> None:
     config = dict(plan.reference.config)
     dtypes = {e.out_dtype for e in plan.entries}
     if len(dtypes) == 1:
-        config["dtype"] = DTYPE_NAMES[dtypes.pop()]
+        config["dtype"] = dtype_name(dtypes.pop())
         config.pop("torch_dtype", None)
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 

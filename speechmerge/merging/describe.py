@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from speechmerge.merging.registry import MergeMethod, all_methods, get_method
-
-FAMILY_ORDER = ("parameter space", "task vectors", "task-vector subspace")
+from speechmerge.merging.registry import FAMILIES, MergeMethod, all_methods, get_method
 
 
 def _default_text(value) -> str:
@@ -35,6 +33,12 @@ def method_markdown(method: MergeMethod) -> str:
         flags.append("randomised (reproducible from `seed`)")
     if method.statistics is not None:
         flags.append("may gather whole-model statistics in a first streaming pass")
+    if method.identical_experts is not None:
+        settings = ", ".join(f"{k}={_default_text(v)}" for k, v in method.identical_experts.params.items())
+        flags.append(
+            f"identical experts merge to the {method.identical_experts.gives}"
+            + (f" with {settings}" if settings else "")
+        )
     return (
         f"### `{method.name}` — {method.title}\n\n"
         f"*{method.family}; {'; '.join(flags)}.*\n\n"
@@ -47,9 +51,9 @@ def method_markdown(method: MergeMethod) -> str:
 
 def methods_markdown() -> str:
     """The whole of docs/methods.md."""
-    methods = sorted(all_methods(), key=lambda m: (FAMILY_ORDER.index(m.family), m.name))
+    methods = sorted(all_methods(), key=lambda m: (FAMILIES.index(m.family), m.name))
     sections = []
-    for family in FAMILY_ORDER:
+    for family in FAMILIES:
         members = [m for m in methods if m.family == family]
         if members:
             sections.append(f"## {family.capitalize()}\n\n" + "\n".join(method_markdown(m) for m in members))
@@ -81,7 +85,7 @@ def print_methods(name: str | None = None, markdown: bool = False) -> None:
     table = Table(title="speechmerge merge methods", show_lines=False)
     for column in ("method", "family", "parameters (defaults)", "source"):
         table.add_column(column, overflow="fold")
-    for method in sorted(all_methods(), key=lambda m: (FAMILY_ORDER.index(m.family), m.name)):
+    for method in sorted(all_methods(), key=lambda m: (FAMILIES.index(m.family), m.name)):
         params = ", ".join(f"{p.name}={_default_text(p.default)}" for p in method.params) or "-"
         table.add_row(method.name, method.family, params, method.source.split(";")[0])
     console.print(table)

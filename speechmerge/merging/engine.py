@@ -22,10 +22,12 @@ ever loaded whole. Only a tensor whose method cannot split it may exceed the bud
 
 from __future__ import annotations
 
-import resource
+import functools
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 
@@ -33,26 +35,21 @@ from speechmerge.checkpoints.resolve import Checkpoint
 from speechmerge.checkpoints.writer import StreamingSafetensorsWriter
 from speechmerge.errors import SpeechmergeError
 from speechmerge.merging.context import TensorContext
-from speechmerge.merging.linalg import CHUNK
+from speechmerge.merging.masks import CHUNK
 from speechmerge.merging.plan import MergePlan, PlanEntry
+from speechmerge.merging.registry import MergeMethod
+from speechmerge.progress import progress_bar
+from speechmerge.sysinfo import anonymous_memory_bytes, peak_rss_bytes
 
 
-def anonymous_memory_bytes() -> int:
-    """This process's resident anonymous memory (RssAnon), excluding memory-mapped files."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
+@functools.cache
 def return_freed_memory_promptly() -> None:
     """Ask glibc to serve every allocation of 1 MiB or more from its own mapping, returned to
     the system when freed. By default glibc raises that threshold as large blocks are freed, so
-    the per-chunk temporaries of a long merge pile up in its heap instead of going back."""
+    the per-chunk temporaries of a long merge pile up in its heap instead of going back.
+
+    Process-wide and set once, by the engine itself: every caller of `merge` (the CLI, the study
+    worker, the benchmarks, a library user) gets the memory bound the engine promises."""
     try:
         import ctypes
 
@@ -61,9 +58,54 @@ def return_freed_memory_promptly() -> None:
         pass  # not glibc: nothing to tune
 
 
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far (includes memory-mapped input pages)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def gather_statistics(
+    factory: Callable[..., Any] | None,
+    num_tasks: int,
+    ctx: TensorContext,
+    params: dict,
+    blocks: Callable[[], Iterable[tuple[int, torch.Tensor]]],
+) -> Any:
+    """Run the statistics pass `factory(num_tasks, ctx, params)` makes (None: nothing to gather)
+    over `blocks()` — (first row, task stack) pairs covering the tensor — in each of its rounds,
+    and return its result. (The engine streams a split tensor's rounds as steps instead.)"""
+    stat = factory(num_tasks, ctx, params) if factory is not None else None
+    if stat is None:
+        return None
+    for round_index in range(stat.rounds):
+        for row_offset, tasks in blocks():
+            stat.observe(round_index, tasks, replace(ctx, row_offset=row_offset), params)
+        stat.end_round(round_index)
+    return stat.result()
+
+
+def apply_method(
+    method: MergeMethod,
+    tasks: torch.Tensor,
+    base: torch.Tensor | None,
+    weights: torch.Tensor,
+    ctx: TensorContext,
+    params: dict,
+    whole: bool = True,
+) -> torch.Tensor:
+    """The engine's step for one unit: statistics, then the method; returns what the method
+    returns (a task vector for `space="deltas"`). For a whole tensor (`whole`) the method's
+    per-tensor statistics are gathered over `tasks` first; for a row block of a split tensor
+    they were gathered over every block before and come in `ctx.tensor_stats`. `ctx.stats`
+    holds any whole-model statistics. A torch failure inside the method is one line naming it
+    and the tensor."""
+    if whole:
+        stats = gather_statistics(
+            method.tensor_statistics, tasks.shape[0], ctx, params, lambda: [(ctx.row_offset, tasks)]
+        )
+        ctx = replace(ctx, tensor_stats=stats)
+    try:
+        return method.fn(tasks, base, weights, ctx, **params)
+    except RuntimeError as error:  # torch's numerical and allocation failures, named by tensor
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SpeechmergeError(
+            f"method {method.name} failed on tensor {ctx.name} {tuple(tasks.shape[1:])}: {first_line}; "
+            "try other parameters for it (an override), or report it with the recipe"
+        ) from error
 
 
 @dataclass
@@ -203,7 +245,7 @@ def _model_statistics(plan: MergePlan) -> dict[str, tuple[object, list[PlanEntry
     for entry in plan.entries:
         if entry.method is None or entry.method.statistics is None:
             continue
-        stat = entry.method.statistics(len(plan.experts), entry.params)
+        stat = entry.method.statistics(len(plan.experts), _context(plan, entry), entry.params)
         if stat is not None:
             passes.setdefault(entry.method.name, (stat, []))[1].append(entry)
     return passes
@@ -308,46 +350,52 @@ class _Executor:
             self.pending_write = None
 
     def _merge_unit(self, unit: Unit, loaded: Loaded) -> torch.Tensor:
-        entry, base, stack = unit.entry, loaded.base, loaded.stack
+        """The merged weights of one unit: the base's where the method is `keep: base` or every
+        expert left the unit as the base's; otherwise the method's result, base added back."""
+        entry = unit.entry
         if entry.method is None:
             self.report.kept.append(entry.name)
-            return base
-        if base is not None and all(torch.equal(stack[i], base) for i in range(stack.shape[0])):
-            return base  # every expert left this unit as the base's (frozen during fine-tuning)
+            return loaded.base
+        if _experts_equal_base(loaded):
+            return loaded.base  # frozen during fine-tuning
         self.frozen_blocks[entry.name] = False
-        method = entry.method
         tasks = self._deltas(entry, loaded)
-        tensor_stats = None
-        if unit.whole:
-            stat = _tensor_statistics(self.plan, entry)
-            if stat is not None:
-                ctx = _context(self.plan, entry)
-                for round_index in range(stat.rounds):
-                    stat.observe(round_index, tasks, ctx, entry.params)
-                    stat.end_round(round_index)
-                tensor_stats = stat.result()
-        else:
-            tensor_stats = self.tensor_stat.result() if self.tensor_stat is not None else None
-        ctx = _context(self.plan, entry, self.model_results.get(method.name), tensor_stats, row_offset=unit.start)
-        try:
-            merged = method.fn(tasks, base, self.weights, ctx, **entry.params)
-        except RuntimeError as error:  # torch's numerical and allocation failures, named by tensor
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise SpeechmergeError(
-                f"method {method.name} failed on tensor {entry.name} {tuple(entry.shape)}: {first_line}; "
-                "try other parameters for it (an override), or report it with the recipe"
-            ) from error
+        merged = apply_method(
+            entry.method, tasks, loaded.base, self.weights, self._unit_context(unit), entry.params, unit.whole
+        )
         self.report.peak_anonymous_bytes = max(self.report.peak_anonymous_bytes, anonymous_memory_bytes())
         loaded.stack = None  # free the inputs before adding the base back
-        del stack, tasks
-        if method.space == "deltas":
-            merged = merged.add_(base) if merged.data_ptr() != base.data_ptr() else merged + base
-        if not all_finite(merged):
-            raise SpeechmergeError(
-                f"method {method.name} produced NaN/Inf for tensor {entry.name}; this is a bug in the method or an "
-                "extreme parameter — please report it with the recipe"
-            )
-        return merged
+        del tasks
+        return _as_weights(entry, merged, loaded.base)
+
+    def _unit_context(self, unit: Unit) -> TensorContext:
+        """The unit's context: the method's whole-model statistics and, for a row block, the
+        per-tensor statistics gathered over every block before."""
+        entry = unit.entry
+        tensor_stats = None
+        if not unit.whole and self.tensor_stat is not None:
+            tensor_stats = self.tensor_stat.result()
+        return _context(
+            self.plan, entry, self.model_results.get(entry.method.name), tensor_stats, row_offset=unit.start
+        )
+
+
+def _experts_equal_base(loaded: Loaded) -> bool:
+    base, stack = loaded.base, loaded.stack
+    return base is not None and all(torch.equal(stack[i], base) for i in range(stack.shape[0]))
+
+
+def _as_weights(entry: PlanEntry, merged: torch.Tensor, base: torch.Tensor | None) -> torch.Tensor:
+    """A method's result as weights (θ_0 added back to a merged task vector), checked finite."""
+    method = entry.method
+    if method.space == "deltas":
+        merged = merged.add_(base) if merged.data_ptr() != base.data_ptr() else merged + base
+    if not all_finite(merged):
+        raise SpeechmergeError(
+            f"method {method.name} produced NaN/Inf for tensor {entry.name}; this is a bug in the method or an "
+            "extreme parameter — please report it with the recipe"
+        )
+    return merged
 
 
 def execute(
@@ -361,15 +409,6 @@ def execute(
     `memory_budget` bounds the float32 bytes in flight: tensors of entry-wise methods are split
     into row blocks of at most half of it, and the next unit is read ahead only when it fits
     beside the current one. (A tensor that no method can split is still loaded whole.)"""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     return_freed_memory_promptly()
     report = MergeReport(tensors=len(plan.entries), skipped_aliases=plan.skipped_aliases, device=str(plan.device))
     report.largest_tensor_bytes = max((torch.Size(e.shape).numel() * 4 for e in plan.entries), default=0)
@@ -378,15 +417,8 @@ def execute(
     report.budget_bytes = memory_budget
     start = time.perf_counter()
     first_merge = next(i for i, s in enumerate(steps) if s.kind != "model") if steps else 0
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
     with (
-        Progress(*columns, disable=not show_progress, transient=True) as progress,
+        progress_bar(show_progress, transient=True) as progress,
         ThreadPoolExecutor(1) as reader,
         ThreadPoolExecutor(1) as write_pool,
     ):

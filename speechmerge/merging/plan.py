@@ -8,13 +8,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from speechmerge.checkpoints.dtypes import FLOAT_DTYPES
 from speechmerge.checkpoints.resolve import Checkpoint, open_checkpoint
 from speechmerge.checkpoints.whisper import ARCHITECTURE_KEYS, TensorRole, whisper_layout
 from speechmerge.errors import SpeechmergeError
 from speechmerge.merging.registry import MergeMethod, get_method
 from speechmerge.recipe import MergeRecipe
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
 
 @dataclass
@@ -144,7 +143,7 @@ def build_plan(recipe: MergeRecipe) -> MergePlan:
         fields = overrides.get(name, {"params": {}})
         role = layout.role(name)
         source_dtype = reference.dtype(name)
-        out_dtype = source_dtype if recipe.output_dtype == "base" else DTYPES[recipe.output_dtype]
+        out_dtype = source_dtype if recipe.output_dtype == "base" else FLOAT_DTYPES[recipe.output_dtype]
         shape = tuple(reference.shape(name))
         is_matrix = fields.get("matrix", role.is_block_matrix) and len(shape) == 2
         if fields.get("keep") == "base":
@@ -168,7 +167,7 @@ def build_plan(recipe: MergeRecipe) -> MergePlan:
         weights=[spec.weight for spec in recipe.experts],
         entries=entries,
         device=resolve_device(recipe.device),
-        compute_dtype=DTYPES[recipe.compute_dtype],
+        compute_dtype=FLOAT_DTYPES[recipe.compute_dtype],
         params=global_params,
         skipped_aliases=skipped,
     )

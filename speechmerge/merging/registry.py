@@ -15,19 +15,26 @@ tensor and returns the merged one; it never opens files.
 
 The engine hands the stacked `tasks` tensor over to the method, which may modify it in place
 to save memory; `base` must not be modified.
+
+The declaration checks itself: its parameters must be exactly the function's keyword-only
+parameters (a mismatch fails at import), and a `check` hook states rules across parameters,
+applied with the range checks when a recipe is validated (so the error names the recipe file).
 """
 
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, get_args
 
 from speechmerge.errors import SpeechmergeError
+from speechmerge.validation import describe_validation_error
 
 Space = Literal["deltas", "weights"]
 Family = Literal["parameter space", "task vectors", "task-vector subspace"]
+FAMILIES: tuple[str, ...] = get_args(Family)  # in the order `speechmerge methods` and docs/methods.md list them
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,16 @@ class Param:
 
 
 @dataclass(frozen=True)
+class IdenticalExperts:
+    """What T copies of one expert merge to (`gives`: "expert" or "base") under the default
+    parameters updated by `params` — a property of the method's definition, checked for every
+    method by the conformance tests."""
+
+    gives: Literal["expert", "base"]
+    params: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class MergeMethod:
     """A registered merge method and everything declared about it."""
 
@@ -71,6 +88,8 @@ class MergeMethod:
     statistics: Optional[Callable[..., Any]] = None  # factory of a whole-model StatisticsPass
     tensor_statistics: Optional[Callable[..., Any]] = None  # factory of a per-tensor StatisticsPass
     blockwise: Callable[..., bool] | bool = False
+    check: Optional[Callable[[dict], None]] = None  # rules across parameters: raises ValueError(message)
+    identical_experts: IdenticalExperts | None = None  # None: no setting makes copies merge to one model
     doc: str = ""
     _model: Any = field(default=None, compare=False, repr=False)
 
@@ -80,39 +99,40 @@ class MergeMethod:
         tensor in row blocks, running any per-tensor statistics pass over the blocks first."""
         return self.blockwise(ctx, params) if callable(self.blockwise) else bool(self.blockwise)
 
-    def param(self, name: str) -> Param:
-        return next(p for p in self.params if p.name == name)
-
     def defaults(self) -> dict[str, Any]:
         return {p.name: p.default for p in self.params}
 
     def validate(self, values: dict | None, where: str, prefix: str = "params.") -> dict[str, Any]:
-        """Fill defaults and check types and ranges; raise one line naming the bad key
-        (`where`: the recipe file, `prefix`: the key path of these parameters in it)."""
+        """Fill defaults, check types and ranges, then the cross-parameter `check`; raise one line
+        naming the bad key (`where`: the recipe file, `prefix`: the key path of these parameters)."""
         from pydantic import ValidationError
 
         try:
-            model = self._model.model_validate(values or {})
+            resolved = self._model.model_validate(values or {}).model_dump()
         except ValidationError as error:
             raise SpeechmergeError(describe_validation_error(error, where, self.name, prefix)) from None
-        return model.model_dump()
-
-
-def describe_validation_error(error, where: str, method: str | None = None, prefix: str = "") -> str:
-    """One line from a pydantic ValidationError: the key, what is wrong, what was given."""
-    first = error.errors()[0]
-    key = prefix + ".".join(str(part) for part in first["loc"]) or "(top level)"
-    if first["type"] == "extra_forbidden":
-        message = "unknown key" + (f" for method {method!r}" if method else "")
-    else:
-        message = first["msg"]
-    more = len(error.errors()) - 1
-    given = f" (given: {first['input']!r})" if first["type"] != "extra_forbidden" and "input" in first else ""
-    tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-    return f"{where}: {key}: {message}{given}{tail}"
+        if self.check is not None:
+            try:
+                self.check(resolved)
+            except ValueError as error:
+                raise SpeechmergeError(f"{where}: {prefix.rstrip('.')}: {self.name}: {error}") from None
+        return resolved
 
 
 REGISTRY: dict[str, MergeMethod] = {}
+
+
+def check_signature(name: str, fn: Callable, params: tuple[Param, ...]) -> None:
+    """The declared parameters must be exactly `fn`'s keyword-only parameters."""
+    keywords = [p.name for p in inspect.signature(fn).parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    declared = [p.name for p in params]
+    listed = f"(its keyword-only parameters: {', '.join(keywords) or 'none'})"
+    for extra in [d for d in declared if d not in keywords]:
+        raise TypeError(
+            f"merge method {name!r}: declared parameter {extra!r} is not a keyword of {fn.__name__} {listed}"
+        )
+    for missing in [k for k in keywords if k not in declared]:
+        raise TypeError(f"merge method {name!r}: keyword parameter {missing!r} of {fn.__name__} is not declared")
 
 
 def _pydantic_model(name: str, params: tuple[Param, ...]):
@@ -149,20 +169,25 @@ def merge_method(
     statistics: Optional[Callable[..., Any]] = None,
     tensor_statistics: Optional[Callable[..., Any]] = None,
     blockwise: Callable[..., bool] | bool = False,
+    check: Optional[Callable[[dict], None]] = None,
+    identical_experts: IdenticalExperts | None = None,
 ):
     """Register `fn` as a merge method under `name` with its declared parameters.
 
-    `statistics(num_tasks, params)` may return a whole-model StatisticsPass (run over every
-    tensor the method merges before the merge; result in `ctx.stats`); `tensor_statistics(
-    num_tasks, ctx, params)` a per-tensor one (run over the tensor, or its row blocks, before
-    the method sees it; result in `ctx.tensor_stats`); `blockwise` (a bool or a predicate of
-    (ctx, params)) says the method is entry-wise given those statistics.
+    Both statistics factories take `(num_tasks, ctx, params)` and return a StatisticsPass or
+    None (nothing to gather for this tensor): `statistics` a whole-model pass (run over every
+    tensor the method merges before the merge; result in `ctx.stats`), `tensor_statistics` a
+    per-tensor one (run over the tensor, or its row blocks, before the method sees it; result
+    in `ctx.tensor_stats`). `blockwise` (a bool or a predicate of (ctx, params)) says the method
+    is entry-wise given those statistics. `check(params)` raises ValueError on values that are
+    each in range but wrong together.
     """
 
     def register(fn: Callable) -> Callable:
         if name in REGISTRY:
             raise ValueError(f"merge method {name!r} registered twice")
         params_tuple = tuple(params)
+        check_signature(name, fn, params_tuple)
         REGISTRY[name] = MergeMethod(
             name=name,
             title=title,
@@ -178,6 +203,8 @@ def merge_method(
             statistics=statistics,
             tensor_statistics=tensor_statistics,
             blockwise=blockwise,
+            check=check,
+            identical_experts=identical_experts,
             doc=(fn.__doc__ or "").strip(),
             _model=_pydantic_model(name, params_tuple),
         )

@@ -10,7 +10,7 @@ import torch
 # Newton–Schulz quintic coefficients (a, b, c) per step: X ← aX + (bA + cA²)X with A = XXᵀ.
 # Muon's constant triple (Jordan et al. 2024, github.com/KellerJordan/Muon) and the 5-step
 # "Polar Express" schedule (Amsel et al. 2025, arXiv 2505.16932; as in modded-nanogpt, whose
-# normalisation divides by 1.02 ‖X‖_F; research/papers.md §2.3).
+# normalisation divides by 1.02 ‖X‖_F).
 NORMALISATION_SAFETY = {"muon": 1.0, "polar_express": 1.02}
 NEWTON_SCHULZ_COEFFICIENTS = {
     "muon": ((3.4445, -4.7750, 2.0315),),
@@ -93,10 +93,10 @@ def polar_factor(matrix: torch.Tensor) -> torch.Tensor:
 
     Guard for coinciding inputs: directions at the SVD's rounding level (σ ≤ σ_max · √max(m, n)
     · ε) are dropped instead of being inflated to unit length, so duplicated subspaces merge
-    instead of adding rounding noise; an all-zero matrix gives zeros. Small but genuine singular
-    values are kept: two experts' 384-dimensional subspaces of a 768 × 768 matrix give σ_min ≈ 4e-5
-    (a tighter max(m, n) · ε cut dropped them and moved TSV-M's result by 7% from the float64
-    reference; kept, float32 agrees with it to 4e-5).
+    instead of adding rounding noise; an all-zero matrix gives zeros. The cut lies below the
+    genuine small singular values of nearly aligned subspaces: two experts' 384-dimensional
+    subspaces of a 768 × 768 matrix give σ_min ≈ 4e-5 ≫ √768 · ε ≈ 3e-6, so those are kept
+    (test_spectral.py checks that case against float64).
     """
     u, s, vh = thin_svd(matrix)
     return (u * singular_mask(s, rounding_tolerance(matrix.shape, matrix.dtype))) @ vh
@@ -136,3 +136,12 @@ def boost_floor(singular_values: torch.Tensor, beta: float, energy: str = "sigma
         return singular_values.new_zeros(())
     below = int((torch.cumsum(values, 0) / total < beta).sum())
     return singular_values[min(below, singular_values.numel() - 1)]
+
+
+def low_rank_part(matrix: torch.Tensor, rank: int, randomised: bool = False, seed: int = 0) -> torch.Tensor:
+    """The best rank-r approximation U_r diag(σ_r) V_r^T of a matrix (Eckart–Young), by exact SVD
+    or by a seeded randomised SVD (spectral.top_singular)."""
+    if rank >= min(matrix.shape):
+        return matrix.clone()
+    u, s, vh = top_singular(matrix, rank, randomised, seed)
+    return (u * s) @ vh

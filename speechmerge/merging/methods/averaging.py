@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from speechmerge.merging.context import TensorContext
-from speechmerge.merging.linalg import weighted_sum
-from speechmerge.merging.registry import merge_method
+from speechmerge.merging.masks import weighted_sum
+from speechmerge.merging.registry import IdenticalExperts, merge_method
 
 
 @merge_method(
@@ -18,6 +18,7 @@ from speechmerge.merging.registry import merge_method
     variant="Uniform soup by default; expert weights are normalised to sum to 1.",
     needs_base=False,
     blockwise=True,
+    identical_experts=IdenticalExperts("expert"),
 )
 def soup(tasks: torch.Tensor, base, weights: torch.Tensor, ctx: TensorContext) -> torch.Tensor:
     """θ = Σ_t w_t θ_t / Σ_t w_t."""

@@ -1,7 +1,7 @@
 """LoRS-Merging and its two ablations: low-rank (SVP) and sparse (MP) pruning of task vectors.
 
 Zhao, Sun, Zhang, "LoRS-Merging: Low-Rank and Sparse Model Merging for Cross-Lingual Speech
-Recognition and Translation", arXiv 2502.17380; code qmgzhao/LoRS-Merging (research/papers.md §1.3).
+Recognition and Translation", arXiv 2502.17380; code qmgzhao/LoRS-Merging.
 Per 2-D block linear weight of each task vector τ (attention, cross-attention, MLP):
 
     L = U[:, :r] diag(σ_1..σ_r) V[:, :r]^T          (top-r SVD part, "SVP")
@@ -17,10 +17,11 @@ from __future__ import annotations
 import torch
 
 from speechmerge.merging.context import TensorContext
-from speechmerge.merging.linalg import MagnitudeThresholds, low_rank_part, trim_below_, trim_to_density_, weighted_sum
+from speechmerge.merging.masks import MagnitudeThresholds, trim_below_, trim_to_density_, weighted_sum
 from speechmerge.merging.methods.subspace import SVD
 from speechmerge.merging.methods.task_vectors import SCALE_1_OVER_T, scale_or_mean
-from speechmerge.merging.registry import Param, merge_method
+from speechmerge.merging.registry import IdenticalExperts, Param, merge_method
+from speechmerge.merging.spectral import low_rank_part
 
 SOURCE = "Zhao, Sun, Zhang, LoRS-Merging, arXiv 2502.17380 (ICASSP 2026); code qmgzhao/LoRS-Merging"
 RANK = Param("rank", int, None, "r, an absolute rank; overrides rank_fraction when given", ge=1, nullable=True)
@@ -70,6 +71,7 @@ def _low_rank(task: torch.Tensor, t: int, ctx: TensorContext, rank, rank_fractio
     ),
     params=[RANK, RANK_FRACTION, DENSITY, SCALE_1_OVER_T, SVD],
     blockwise=lambda ctx, params: not ctx.is_matrix,
+    identical_experts=IdenticalExperts("expert", {"rank_fraction": 1.0, "density": 1.0}),
 )
 def lors(tasks, base, weights, ctx: TensorContext, *, rank, rank_fraction, density, scale, svd) -> torch.Tensor:
     """τ̂ = L_r(τ) + MP_ρ(τ − L_r(τ)) per block matrix; θ = θ_0 + λ Σ_t w_t τ̂_t."""
@@ -92,6 +94,7 @@ def lors(tasks, base, weights, ctx: TensorContext, *, rank, rank_fraction, densi
     "arithmetic with λ.",
     params=[RANK, RANK_FRACTION, SCALE_1_OVER_T, SVD],
     blockwise=lambda ctx, params: not ctx.is_matrix,
+    identical_experts=IdenticalExperts("expert", {"rank_fraction": 1.0}),
 )
 def lors_svp(tasks, base, weights, ctx: TensorContext, *, rank, rank_fraction, scale, svd) -> torch.Tensor:
     """τ̂ = L_r(τ) per block matrix; θ = θ_0 + λ Σ_t w_t τ̂_t."""
@@ -112,6 +115,7 @@ def lors_svp(tasks, base, weights, ctx: TensorContext, *, rank, rank_fraction, s
     params=[DENSITY, SCALE_1_OVER_T],
     tensor_statistics=lambda num_tasks, ctx, params: MagnitudeThresholds(num_tasks) if ctx.is_matrix else None,
     blockwise=True,
+    identical_experts=IdenticalExperts("expert", {"density": 1.0}),
 )
 def lors_mp(tasks, base, weights, ctx: TensorContext, *, density, scale) -> torch.Tensor:
     """τ̂ = MP_ρ(τ) per block matrix; θ = θ_0 + λ Σ_t w_t τ̂_t."""

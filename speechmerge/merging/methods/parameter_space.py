@@ -13,8 +13,8 @@ import math
 import torch
 
 from speechmerge.merging.context import TensorContext
-from speechmerge.merging.linalg import weighted_sum
-from speechmerge.merging.registry import Param, merge_method
+from speechmerge.merging.masks import weighted_sum
+from speechmerge.merging.registry import IdenticalExperts, Param, merge_method
 
 
 class GramPass:
@@ -68,6 +68,7 @@ def model_stock_ratio(cos: float, count: int) -> float:
     min_experts=2,
     tensor_statistics=GramPass,
     blockwise=True,
+    identical_experts=IdenticalExperts("expert"),
 )
 def model_stock(tasks, base, weights, ctx: TensorContext):
     """cos θ = mean_{i<j} cos(τ_i, τ_j) with τ_t = θ_t − θ_0; t = T cos θ / (1 + (T − 1) cos θ);
@@ -100,6 +101,7 @@ def model_stock(tasks, base, weights, ctx: TensorContext):
     needs_base=False,
     tensor_statistics=GramPass,
     blockwise=True,
+    identical_experts=IdenticalExperts("expert"),
 )
 def karcher(tasks, base, weights, ctx: TensorContext, *, max_iter, tol):
     """u_t = θ_t/‖θ_t‖; m = argmin_m Σ_t a_t d(m, u_t)², d the great-circle distance, a = w/Σw;
@@ -154,6 +156,7 @@ def karcher(tasks, base, weights, ctx: TensorContext, *, max_iter, tol):
     needs_base=False,
     tensor_statistics=GramPass,
     blockwise=True,
+    identical_experts=IdenticalExperts("expert"),
 )
 def multislerp(tasks, base, weights, ctx: TensorContext):
     """u_t = θ_t/‖θ_t‖; m = Σ_t w_t u_t / ‖Σ_t w_t u_t‖ (w normalised); θ = (Σ_t w_t ‖θ_t‖) m."""

@@ -14,10 +14,9 @@ from collections.abc import Iterator
 
 import torch
 
-from speechmerge.errors import SpeechmergeError
-from speechmerge.merging import linalg
+from speechmerge.merging import masks
 from speechmerge.merging.context import TensorContext
-from speechmerge.merging.linalg import (
+from speechmerge.merging.masks import (
     MagnitudeSelector,
     disjoint_mean,
     elect_sign,
@@ -27,20 +26,20 @@ from speechmerge.merging.linalg import (
     weighted_sum,
 )
 from speechmerge.merging.methods.task_vectors import sign_elected_mean
-from speechmerge.merging.registry import Param, merge_method
+from speechmerge.merging.registry import IdenticalExperts, Param, merge_method
 
 
 def entry_chunks(tasks: torch.Tensor, per_entry: int = 1) -> Iterator[torch.Tensor]:
-    """[T, c] views over the flattened entries of every task, c·T·per_entry ≈ linalg.CHUNK."""
+    """[T, c] views over the flattened entries of every task, c·T·per_entry ≈ masks.CHUNK."""
     flat = tasks.reshape(tasks.shape[0], -1)
-    step = max(1, linalg.CHUNK // (tasks.shape[0] * per_entry))
+    step = max(1, masks.CHUNK // (tasks.shape[0] * per_entry))
     return iter(flat.split(step, dim=1))
 
 
 def row_blocks(task: torch.Tensor) -> Iterator[torch.Tensor]:
     """[rows, columns] views of one task tensor seen as rows (1-D: a single row), ≈ CHUNK entries each."""
     rows = task.reshape(1, -1) if task.dim() == 1 else task.reshape(task.shape[0], -1)
-    return iter(rows.split(max(1, linalg.CHUNK // rows.shape[1]), dim=0))
+    return iter(rows.split(max(1, masks.CHUNK // rows.shape[1]), dim=0))
 
 
 # --- PCB ---------------------------------------------------------------------------------
@@ -144,6 +143,7 @@ class BalancingPass:
     ],
     tensor_statistics=BalancingPass,
     blockwise=True,
+    identical_experts=IdenticalExperts("expert", {"density": 1.0}),
 )
 def pcb(tasks, base, weights, ctx: TensorContext, *, density, scale):
     """β_intra,t = softmax(T·Norm(τ_t ⊙ τ_t)); β_inter,t = Σ_j softmax(Norm(τ_t ⊙ τ_j)); β_t = β_intra,t ⊙ β_inter,t;
@@ -228,6 +228,7 @@ class VarianceSelection:
     ],
     tensor_statistics=VarianceSelection,
     blockwise=True,
+    identical_experts=IdenticalExperts("expert", {"select_topk": 1.0}),
 )
 def sce(tasks, base, weights, ctx: TensorContext, *, select_topk, scale):
     """τ̂_t = τ_t ⊙ 1[Var_t τ ≥ top-τ threshold]; η_t = w_t ‖τ̂_t‖² / Σ_s w_s ‖τ̂_s‖²; γ = sign(Σ_t τ̂_t);
@@ -320,12 +321,23 @@ def row_wise(ctx: TensorContext, params: dict) -> bool:
     ),
     params=[
         Param(
-            "density", float, 0.1, "β, the fraction of each tensor kept below the outliers (issue #7: 0.1)", gt=0, le=1
+            "density",
+            float,
+            0.1,
+            "β, the fraction of each tensor kept below the outliers (rezazzr/breadcrumbs issue #7: 0.1)",
+            gt=0,
+            le=1,
         ),
         Param(
             "gamma", float, 0.01, "γ, the fraction of largest-magnitude outliers dropped (official: 0.01)", ge=0, lt=1
         ),
-        Param("scale", float, 1.0, "λ (α in the paper), the scale of the summed task vectors (issue #7: 1)", gt=0),
+        Param(
+            "scale",
+            float,
+            1.0,
+            "λ (α in the paper), the scale of the summed task vectors (rezazzr/breadcrumbs issue #7: 1)",
+            gt=0,
+        ),
         Param("scope", str, "tensor", "where the ranking is taken: per tensor or per row", choices=("tensor", "row")),
     ],
     tensor_statistics=breadcrumbs_statistics,
@@ -365,6 +377,16 @@ def magprune_(task: torch.Tensor, drop: float, window: float, ctx: TensorContext
         first_row += block.shape[0]
 
 
+def keep_probabilities_in_range(params: dict) -> None:
+    """DELLA's keep probabilities 1 − p ± ε/2 must lie in (0, 1]."""
+    low, high = 1 - params["drop"] - params["window"] / 2, 1 - params["drop"] + params["window"] / 2
+    if not 0 < low or high > 1:
+        raise ValueError(
+            f"the keep probabilities 1 − drop ± window/2 = {low:g} … {high:g} must lie in (0, 1]; "
+            "lower `window` or move `drop` away from 0 and 1"
+        )
+
+
 @merge_method(
     name="della",
     title="DELLA-Merging (MagPrune, elect, fuse)",
@@ -387,15 +409,11 @@ def magprune_(task: torch.Tensor, drop: float, window: float, ctx: TensorContext
     ],
     randomised=True,
     blockwise=row_wise,
+    check=keep_probabilities_in_range,
 )
 def della(tasks, base, weights, ctx: TensorContext, *, drop, window, scale):
     """τ̂_t = m_t ⊙ τ_t / p_t, m_t ~ Bernoulli(p_t), p_t from the magnitude rank; γ = sign(Σ w_t τ̂_t);
     τ_m = Σ_agree w_t τ̂_t / Σ_agree w_t; θ = θ_0 + λ τ_m."""
-    if not 0 < 1 - drop - window / 2 or 1 - drop + window / 2 > 1:
-        raise SpeechmergeError(
-            f"params: della's keep probabilities 1 − drop ± window/2 = {1 - drop - window / 2:g} … "
-            f"{1 - drop + window / 2:g} must lie in (0, 1]; lower `window` or move `drop` away from 0 and 1"
-        )
     for t in range(tasks.shape[0]):
         magprune_(tasks[t], drop, window, ctx, stream=t)
     return sign_elected_mean(tasks, weights).mul_(scale)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from speechmerge.merging.context import TensorContext
-from speechmerge.merging.linalg import weighted_sum
+from speechmerge.merging.masks import weighted_sum
 from speechmerge.merging.registry import Param, merge_method
 from speechmerge.merging.spectral import (
     boost_floor,

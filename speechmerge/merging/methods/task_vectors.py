@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from speechmerge.merging.context import TensorContext
-from speechmerge.merging.linalg import (
+from speechmerge.merging.masks import (
     MagnitudeThresholds,
     disjoint_mean,
     elect_sign,
@@ -14,7 +14,7 @@ from speechmerge.merging.linalg import (
     trim_below_,
     weighted_sum,
 )
-from speechmerge.merging.registry import Param, merge_method
+from speechmerge.merging.registry import IdenticalExperts, Param, merge_method
 
 SCALE_1_OVER_T = Param(
     "scale", float, None, "λ, the scale of the merged task vector; default (null) is 1/T", gt=0, nullable=True
@@ -35,13 +35,14 @@ def scale_or_mean(scale: float | None, num_tasks: int) -> float:
     variant="λ multiplies the weighted sum of task vectors; λ defaults to 1/T (an average), as in LoRS-Merging's code.",
     params=[SCALE_1_OVER_T],
     blockwise=True,
+    identical_experts=IdenticalExperts("expert"),
 )
 def task_arithmetic(tasks: torch.Tensor, base, weights: torch.Tensor, ctx: TensorContext, *, scale) -> torch.Tensor:
     """θ = θ_0 + λ Σ_t w_t τ_t."""
     return weighted_sum(tasks, weights).mul_(scale_or_mean(scale, tasks.shape[0]))
 
 
-def ties_model_statistics(num_tasks: int, params: dict):
+def ties_model_statistics(num_tasks: int, ctx: TensorContext, params: dict):
     """The global (paper) variant's per-task threshold over the whole model."""
     return MagnitudeThresholds(num_tasks) if params["topk"] == "global" else None
 
@@ -83,6 +84,7 @@ def sign_elected_mean(trimmed: torch.Tensor, weights: torch.Tensor) -> torch.Ten
     statistics=ties_model_statistics,
     tensor_statistics=ties_tensor_statistics,
     blockwise=True,
+    identical_experts=IdenticalExperts("expert", {"density": 1.0}),
 )
 def ties(tasks: torch.Tensor, base, weights: torch.Tensor, ctx: TensorContext, *, density, scale, topk) -> torch.Tensor:
     """τ̂_t = trim_k(τ_t); γ = sign(Σ_t w_t τ̂_t); τ_m = Σ_{t: sign τ̂_t = γ} w_t τ̂_t / Σ_{…} w_t; θ = θ_0 + λ τ_m."""
@@ -118,6 +120,7 @@ def ties(tasks: torch.Tensor, base, weights: torch.Tensor, ctx: TensorContext, *
     ],
     randomised=True,
     blockwise=True,
+    identical_experts=IdenticalExperts("expert", {"drop": 0.0}),
 )
 def dare(tasks: torch.Tensor, base, weights: torch.Tensor, ctx: TensorContext, *, drop, combine, scale) -> torch.Tensor:
     """τ̂_t = m_t ⊙ τ_t / (1 − p), m_t ~ Bernoulli(1 − p); then task arithmetic or TIES's sign election."""

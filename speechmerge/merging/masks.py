@@ -1,5 +1,6 @@
-"""Shared tensor primitives of the merge methods: magnitude masks, sign election, disjoint
-means, random drop masks, and an exact streaming k-th-largest threshold for whole-model top-k.
+"""Masks and draws shared by the merge methods: magnitude selection (an exact streaming
+k-th-largest threshold, per tensor or over the whole model), sign election, disjoint means,
+weighted sums, chunked entry-wise maps and seeded random drop masks.
 
 Functions work on the stacked task tensor `tasks` of shape [T, *shape] (one row per expert),
 in float32. Those ending in `_` work in place; all of them keep their temporaries to the size
@@ -14,7 +15,6 @@ import math
 import torch
 
 from speechmerge.merging.context import TensorContext
-from speechmerge.merging.spectral import top_singular
 
 CHUNK = 1 << 20  # values per chunk when scanning a tensor: bounds every temporary to 4 MiB
 
@@ -29,8 +29,18 @@ def _chunks(x: torch.Tensor):
 
 
 def _magnitude_bits(chunk: torch.Tensor) -> torch.Tensor:
-    """|x| as int32 bit patterns, which order like the values for non-negative float32."""
-    return chunk.abs().to(torch.float32).view(torch.int32)
+    """|x| as int32 bit patterns of float32, which order like the values for non-negative float32.
+
+    Wider magnitudes (float64) are rounded towards zero, so a threshold t found on them satisfies
+    |x| ≥ t exactly when the rounded |x| ≥ t: the selection keeps the top k and any entries tied
+    with the k-th at float32 resolution (as it keeps exact ties)."""
+    magnitude = chunk.abs()
+    narrow = magnitude.to(torch.float32)
+    if magnitude.dtype != torch.float32:
+        narrow = torch.where(
+            narrow.to(magnitude.dtype) > magnitude, torch.nextafter(narrow, torch.zeros_like(narrow)), narrow
+        )
+    return narrow.view(torch.int32)
 
 
 def _accumulate(histogram: torch.Tensor, bins: torch.Tensor) -> None:
@@ -233,12 +243,3 @@ class MagnitudeThresholds:
 
     def result(self) -> list[float]:
         return [selector.threshold() for selector in self.selectors]
-
-
-def low_rank_part(matrix: torch.Tensor, rank: int, randomised: bool = False, seed: int = 0) -> torch.Tensor:
-    """The best rank-r approximation U_r diag(σ_r) V_r^T of a matrix (Eckart–Young), by exact SVD
-    or by a seeded randomised SVD (spectral.top_singular)."""
-    if rank >= min(matrix.shape):
-        return matrix.clone()
-    u, s, vh = top_singular(matrix, rank, randomised, seed)
-    return (u * s) @ vh
