@@ -1,0 +1,125 @@
+"""The maths of the data-aware merges, as pure functions of stacked tensors.
+
+RegMean (Jin et al., "Dataless Knowledge Fusion by Merging Weights of Language Models", ICLR 2023).
+For a linear layer y = W x (Hugging Face's `nn.Linear` stores W as [out, in]) and expert t with
+layer inputs X_t [N_t, in] on its own data, the merged W minimises
+
+    Σ_t ‖X_t Wᵀ − X_t W_tᵀ‖²    whose normal equations give    Wᵀ = (Σ_t G_t)⁻¹ Σ_t G_t W_tᵀ,
+
+with the Gram matrices G_t = X_tᵀ X_t [in, in]. The paper shrinks the off-diagonal entries,
+G̃_t = α G_t + (1 − α) diag(G_t), α ∈ [0, 1]: α = 1 is the exact regression, α = 0 a
+per-input-feature weighted average (each column W[:, i] weighted by Σ_rows x_i²). FusionBench
+calls α `reduce_non_diagonal_ratio`; its base `regmean.yaml` sets 0.1, its CLIP and GPT-2
+configs 0.6; `DEFAULT_ALPHA` here is FusionBench's base value. FusionBench (like the authors'
+code, `regmean_mean`) feeds the mean Gram X_tᵀX_t / N_t of each expert, so experts with more
+data do not dominate; `mean_gram` gives it from the stored sum and row count.
+
+Fisher merging (Matena & Raffel, "Merging Models with Fisher-Weighted Averaging", NeurIPS 2022):
+θ = Σ_t λ_t F_t θ_t / Σ_t λ_t F_t per parameter entry, F_t the diagonal Fisher of expert t.
+
+RegMean++ (FusionBench's `regmean_plusplus`) is not here: it merges layer by layer and computes
+the Gram matrices of layer l on the outputs of the already *merged* layers 0..l−1, so its
+statistics depend on the merge itself and cannot be gathered once per expert and streamed.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from speechmerge.errors import SpeechmergeError
+
+DEFAULT_ALPHA = 0.1  # FusionBench config/method/regmean/regmean.yaml `reduce_non_diagonal_ratio`
+RCOND_FLOOR = 1e-12  # Σ G̃ counts as singular when min(L_ii)² / max(L_ii)² of its Cholesky factor is below this
+DEFAULT_FISHER_FLOOR = 1e-8  # ε: Fisher entries below it are raised to it (Σ λ F never divides by zero)
+
+
+def mean_gram(gram_sum: torch.Tensor, rows: int) -> torch.Tensor:
+    """X_tᵀX_t / N_t: the per-row mean Gram matrix that FusionBench and the authors' code merge with."""
+    return gram_sum / rows
+
+
+def shrink_off_diagonal(grams: torch.Tensor, alpha: float) -> torch.Tensor:
+    """G̃ = α G + (1 − α) diag(G) for a stack [T, in, in] (RegMean's off-diagonal scale α ∈ [0, 1])."""
+    if not 0.0 <= alpha <= 1.0:
+        raise SpeechmergeError(
+            f"regmean: alpha {alpha} is outside [0, 1]; 1 keeps the Gram matrices, 0 keeps only their diagonals"
+        )
+    diagonal = torch.diag_embed(torch.diagonal(grams, dim1=-2, dim2=-1))
+    return alpha * grams + (1.0 - alpha) * diagonal
+
+
+def regmean(
+    weights: torch.Tensor, grams: torch.Tensor, alpha: float = DEFAULT_ALPHA, ridge: float = 0.0, name: str = "weight"
+) -> torch.Tensor:
+    """RegMean's merged linear weight [out, in] from experts' weights [T, out, in] and Grams [T, in, in].
+
+    Solves (Σ_t G̃_t) Wᵀ = Σ_t G̃_t W_tᵀ in float64 by Cholesky. When Σ G̃ is singular (the
+    Cholesky factorisation fails or its reciprocal-condition estimate min(L_ii)²/max(L_ii)² is below
+    `RCOND_FLOOR`) and `ridge` > 0, the system is solved with ridge · mean(diag Σ G̃) · I added
+    (a ridge relative to the Gram's scale); with `ridge` 0 a singular system is an error naming `name`."""
+    if weights.dim() != 3 or grams.dim() != 3 or grams.shape[1:] != (weights.shape[2], weights.shape[2]):
+        raise SpeechmergeError(
+            f"{name}: regmean needs weights [T, out, in] and Gram matrices [T, in, in]; "
+            f"got {tuple(weights.shape)} and {tuple(grams.shape)}"
+        )
+    shrunk = shrink_off_diagonal(grams.to(torch.float64), alpha)
+    system = shrunk.sum(0)
+    right = torch.einsum("tij,toj->io", shrunk, weights.to(torch.float64))  # Σ_t G̃_t W_tᵀ [in, out]
+    factor = _cholesky_or_none(system)
+    if factor is None:
+        if ridge <= 0.0:
+            raise SpeechmergeError(
+                f"{name}: the summed Gram matrix [{system.shape[0]}x{system.shape[0]}] is singular "
+                "(some input features never vary in the data); give regmean a ridge (e.g. 1e-6) or more utterances"
+            )
+        scale = torch.diagonal(system).mean().clamp_min(torch.finfo(torch.float64).tiny)
+        factor = _cholesky_or_none(system + ridge * scale * torch.eye(system.shape[0], dtype=torch.float64))
+        if factor is None:
+            raise SpeechmergeError(
+                f"{name}: the summed Gram matrix stays singular with ridge {ridge}; give a larger ridge"
+            )
+    return torch.cholesky_solve(right, factor).T.to(weights.dtype)
+
+
+def _cholesky_or_none(system: torch.Tensor) -> Optional[torch.Tensor]:
+    """The lower Cholesky factor of a symmetric matrix, or None when it is singular (see `regmean`)."""
+    factor, info = torch.linalg.cholesky_ex(system)
+    if int(info) != 0:
+        return None
+    pivots = torch.diagonal(factor).square()
+    if not bool(torch.isfinite(pivots).all()) or float(pivots.min() / pivots.max()) < RCOND_FLOOR:
+        return None
+    return factor
+
+
+def average(params: torch.Tensor) -> torch.Tensor:
+    """The plain mean over experts [T, ...] -> [...]: what RegMean does to biases, norms, embeddings, convolutions."""
+    return params.to(torch.float64).mean(0).to(params.dtype)
+
+
+def fisher_merge(
+    params: torch.Tensor,
+    fishers: torch.Tensor,
+    lambdas: Optional[torch.Tensor] = None,
+    eps: float = DEFAULT_FISHER_FLOOR,
+) -> torch.Tensor:
+    """Fisher-weighted average Σ_t λ_t F_t θ_t / Σ_t λ_t F_t of experts' parameters [T, ...].
+
+    `fishers` [T, ...] are diagonal Fishers, floored at `eps` (so an entry no expert's data touches
+    gets the λ-weighted average); `lambdas` [T] default to 1/T."""
+    if params.shape != fishers.shape:
+        raise SpeechmergeError(
+            f"fisher merging: parameters {tuple(params.shape)} and Fishers {tuple(fishers.shape)} differ in shape"
+        )
+    count = params.shape[0]
+    lambdas = torch.full((count,), 1.0 / count) if lambdas is None else torch.as_tensor(lambdas)
+    if lambdas.shape != (count,) or bool((lambdas < 0).any()) or float(lambdas.sum()) <= 0:
+        raise SpeechmergeError(
+            f"fisher merging: needs {count} non-negative lambdas with a positive sum, got {lambdas.tolist()}"
+        )
+    shape = (count,) + (1,) * (params.dim() - 1)
+    weights = lambdas.to(torch.float64).reshape(shape) * fishers.to(torch.float64).clamp_min(eps)
+    merged = (weights * params.to(torch.float64)).sum(0) / weights.sum(0)
+    return merged.to(params.dtype)
