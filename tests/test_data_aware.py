@@ -128,3 +128,24 @@ def test_fisher_merge_bad_lambdas_and_shapes():
         fisher_merge(params, torch.ones(2, 3), torch.tensor([1.0, -1.0]))
     with pytest.raises(SpeechmergeError, match="differ in shape"):
         fisher_merge(params, torch.ones(3, 3))
+
+
+def test_a_feature_of_tiny_scale_is_not_singular():
+    """Whether Σ G is singular does not depend on the features' units (a GELU feature that is
+    nearly always off has a tiny diagonal entry but is not collinear with the others)."""
+    weights, xs = _experts()
+    for x in xs:
+        x[:, 1] *= 1e-9
+    stacked = torch.cat(xs)
+    targets = torch.cat([x @ w.T for x, w in zip(xs, weights)])
+    expected = torch.linalg.lstsq(stacked, targets).solution.T
+    merged = regmean(weights, torch.stack([x.T @ x for x in xs]), alpha=1.0)
+    torch.testing.assert_close(merged @ stacked.T, expected @ stacked.T, rtol=1e-8, atol=1e-9)
+
+
+def test_fewer_rows_than_features_is_singular_at_alpha_one_only():
+    weights, xs = _experts(inputs=6, rows=(2, 2, 1))  # 5 rows for 6 features
+    grams = torch.stack([x.T @ x for x in xs])
+    with pytest.raises(SpeechmergeError, match="singular"):
+        regmean(weights, grams, alpha=1.0)
+    assert torch.isfinite(regmean(weights, grams, alpha=0.5)).all()  # the diagonal part makes it definite

@@ -31,7 +31,7 @@ import torch
 from speechmerge.errors import SpeechmergeError
 
 DEFAULT_ALPHA = 0.1  # FusionBench config/method/regmean/regmean.yaml `reduce_non_diagonal_ratio`
-RCOND_FLOOR = 1e-12  # Σ G̃ counts as singular when min(L_ii)² / max(L_ii)² of its Cholesky factor is below this
+RCOND_FLOOR = 1e-12  # Σ G̃ counts as singular when a Cholesky pivot of its unit-diagonal scaling is below this
 DEFAULT_FISHER_FLOOR = 1e-8  # ε: Fisher entries below it are raised to it (Σ λ F never divides by zero)
 
 
@@ -55,9 +55,8 @@ def regmean(
 ) -> torch.Tensor:
     """RegMean's merged linear weight [out, in] from experts' weights [T, out, in] and Grams [T, in, in].
 
-    Solves (Σ_t G̃_t) Wᵀ = Σ_t G̃_t W_tᵀ in float64 by Cholesky. When Σ G̃ is singular (the
-    Cholesky factorisation fails or its reciprocal-condition estimate min(L_ii)²/max(L_ii)² is below
-    `RCOND_FLOOR`) and `ridge` > 0, the system is solved with ridge · mean(diag Σ G̃) · I added
+    Solves (Σ_t G̃_t) Wᵀ = Σ_t G̃_t W_tᵀ in float64 by Cholesky (see `_solve_or_none`). When Σ G̃ is
+    singular and `ridge` > 0, the system is solved with ridge · mean(diag Σ G̃) · I added
     (a ridge relative to the Gram's scale); with `ridge` 0 a singular system is an error naming `name`."""
     if weights.dim() != 3 or grams.dim() != 3 or grams.shape[1:] != (weights.shape[2], weights.shape[2]):
         raise SpeechmergeError(
@@ -67,31 +66,41 @@ def regmean(
     shrunk = shrink_off_diagonal(grams.to(torch.float64), alpha)
     system = shrunk.sum(0)
     right = torch.einsum("tij,toj->io", shrunk, weights.to(torch.float64))  # Σ_t G̃_t W_tᵀ [in, out]
-    factor = _cholesky_or_none(system)
-    if factor is None:
+    solution = _solve_or_none(system, right)
+    if solution is None:
         if ridge <= 0.0:
             raise SpeechmergeError(
                 f"{name}: the summed Gram matrix [{system.shape[0]}x{system.shape[0]}] is singular "
-                "(some input features never vary in the data); give regmean a ridge (e.g. 1e-6) or more utterances"
+                "(an input feature is zero on every row, or fewer independent rows than features); "
+                "give regmean a ridge (e.g. 1e-6) or more utterances"
             )
         scale = torch.diagonal(system).mean().clamp_min(torch.finfo(torch.float64).tiny)
-        factor = _cholesky_or_none(system + ridge * scale * torch.eye(system.shape[0], dtype=torch.float64))
-        if factor is None:
+        solution = _solve_or_none(system + ridge * scale * torch.eye(system.shape[0], dtype=torch.float64), right)
+        if solution is None:
             raise SpeechmergeError(
                 f"{name}: the summed Gram matrix stays singular with ridge {ridge}; give a larger ridge"
             )
-    return torch.cholesky_solve(right, factor).T.to(weights.dtype)
+    return solution.T.to(weights.dtype)
 
 
-def _cholesky_or_none(system: torch.Tensor) -> Optional[torch.Tensor]:
-    """The lower Cholesky factor of a symmetric matrix, or None when it is singular (see `regmean`)."""
-    factor, info = torch.linalg.cholesky_ex(system)
+def _solve_or_none(system: torch.Tensor, right: torch.Tensor) -> Optional[torch.Tensor]:
+    """X with system · X = right for a symmetric positive semi-definite `system`, or None when it is singular.
+
+    Solved by Cholesky after Jacobi scaling S = D^-1/2 A D^-1/2 (D = diag A; the scaled matrix has
+    a unit diagonal, so its pivots measure collinearity, not the features' scales). Singular: a zero
+    diagonal entry, a failed factorisation, or a pivot of S below `RCOND_FLOOR`."""
+    diagonal = torch.diagonal(system)
+    if not bool((diagonal > 0).all()):
+        return None
+    inverse_root = diagonal.rsqrt()
+    scaled = inverse_root[:, None] * system * inverse_root[None, :]
+    factor, info = torch.linalg.cholesky_ex(scaled)
     if int(info) != 0:
         return None
     pivots = torch.diagonal(factor).square()
-    if not bool(torch.isfinite(pivots).all()) or float(pivots.min() / pivots.max()) < RCOND_FLOOR:
+    if not bool(torch.isfinite(pivots).all()) or float(pivots.min()) < RCOND_FLOOR:
         return None
-    return factor
+    return inverse_root[:, None] * torch.cholesky_solve(inverse_root[:, None] * right, factor)
 
 
 def average(params: torch.Tensor) -> torch.Tensor:
