@@ -10,6 +10,9 @@ their statistics and merges it with RegMean (mean Grams, alpha 0.1; plain mean f
 tensors) or Fisher merging (equal lambdas); its time is the median of `--repeats` runs.
 
     python benchmarks/bench_data_aware.py --experts 4 --utterances 128
+    python benchmarks/bench_data_aware.py --experts 4 --utterances 128 --timed 1   # others on 16 (merge only)
+
+The merge's cost depends only on the tensors' shapes, not on how many utterances the statistics saw.
 """
 
 from __future__ import annotations
@@ -97,6 +100,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experts", type=int, default=4)
     parser.add_argument("--utterances", type=int, default=128)
+    parser.add_argument("--timed", type=int, default=None, help="experts whose statistics are timed (default all)")
+    parser.add_argument("--rest-utterances", type=int, default=16, help="utterances of the other experts (merge only)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
@@ -116,7 +121,11 @@ def main() -> None:
     base = builtin_model_dir("whisper-base")
     experts = make_experts(base, root, args.experts)
     pool = train_utterances(corpus)
-    settings = [StatisticsSettings(utterances=args.utterances, seed=index) for index in range(args.experts)]
+    timed = args.experts if args.timed is None else args.timed
+    settings = [
+        StatisticsSettings(utterances=args.utterances if index < timed else args.rest_utterances, seed=index)
+        for index in range(args.experts)
+    ]
     from speechmerge.datastats.selection import sample_utterances
 
     chosen = [sample_utterances(pool, s.utterances, s.seed) for s in settings]
@@ -142,6 +151,7 @@ def main() -> None:
                 "pool_utterances": len(pool),
                 "encoder_seconds_all_clips": round(encoder_seconds, 1),
                 "clips_encoded": clips,
+                "utterances_per_expert": [s.utterances for s in settings],
                 "statistics_seconds_per_expert": [round(s, 1) for s in seconds],
                 "statistics_tokens_per_expert": [s.record.tokens for s in stats],
                 "statistics_mib_per_expert": [round(d / 2**20, 1) for d in disk],

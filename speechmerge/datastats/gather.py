@@ -143,7 +143,7 @@ def gather(
                     model.zero_grad(set_to_none=True)
                     token_loss_sum(model, side, inputs, labels).backward()  # −log p: the sign vanishes when squared
                     for name, parameter in scope.items():
-                        fisher[name].add_(parameter.grad.float().square())
+                        fisher[name].addcmul_(parameter.grad, parameter.grad)
                 else:
                     with torch.no_grad():
                         model(**side, decoder_input_ids=inputs, use_cache=False)
