@@ -145,6 +145,29 @@ def test_grams_match_the_decoder_run_by_hand_with_padding_excluded(setup):
     assert entries["model.decoder.layers.0.encoder_attn.k_proj.weight"].rows == 1500 * len(utterances)
 
 
+def test_gram_passes_bound_memory_and_give_the_same_statistics(setup):
+    from speechmerge.datastats.gather import gram_passes
+
+    base, expert, utterances = setup
+    whole = expert_statistics(expert, utterances, StatisticsSettings(statistics=("gram",), batch_size=3), base=base)
+    # batch_size 2 makes a new cache entry; 5 KiB holds one tiny decoder layer (4 x (4 x 16² + 32²) bytes)
+    split = expert_statistics(
+        expert, utterances, StatisticsSettings(statistics=("gram",), batch_size=2), base=base, gram_bytes=5 * 1024
+    )
+    files = {entry.file for entry in split.record.grams.values()}
+    assert files == {"grams-0.safetensors", "grams-1.safetensors"}
+    assert set(split.record.grams) == set(whole.record.grams)
+    for name in whole.record.grams:
+        (a, rows_a), (b, rows_b) = whole.gram(name), split.gram(name)
+        assert rows_a == rows_b
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(a.abs().max()))
+    from transformers import WhisperForConditionalGeneration
+
+    model = WhisperForConditionalGeneration.from_pretrained(expert)
+    assert gram_passes(model, ("model.decoder.",), None) == [("model.decoder.",)]
+    assert len(gram_passes(model, ("model.decoder.",), 1)) == 2  # a layer larger than the limit: a pass of its own
+
+
 def test_empirical_fisher_matches_per_utterance_autograd(setup):
     base, expert, utterances = setup
     stats = expert_statistics(expert, utterances, StatisticsSettings(statistics=("fisher",)), base=base)
@@ -226,3 +249,18 @@ def test_bad_selection_is_one_line(setup):
     base, expert, utterances = setup
     with pytest.raises(SpeechmergeError, match="no utterances"):
         expert_statistics(expert, [], base=base)
+
+
+def test_a_loaded_model_gives_the_statistics_of_its_directory(setup):
+    from transformers import WhisperForConditionalGeneration
+
+    base, expert, utterances = setup
+    settings = StatisticsSettings(statistics=("gram",), batch_size=3)
+    model = WhisperForConditionalGeneration.from_pretrained(expert)
+    loaded = expert_statistics(model, utterances, settings, base=base, processor=expert)
+    on_disk = expert_statistics(expert, utterances, settings, base=base)
+    assert loaded.record.model_hash_of == "tensors" and loaded.folder != on_disk.folder
+    name = "model.decoder.layers.1.fc2.weight"
+    torch.testing.assert_close(loaded.gram(name)[0], on_disk.gram(name)[0])
+    with pytest.raises(SpeechmergeError, match="processor="):
+        expert_statistics(model, utterances, settings)

@@ -21,17 +21,19 @@ from typing import Optional, Union
 
 import torch
 
+from speechmerge.data.atomic import atomic_directory
 from speechmerge.data.manifest import Utterance
 from speechmerge.datastats.grams import GramHooks
 from speechmerge.datastats.selection import data_hash, sample_utterances
 from speechmerge.datastats.store import (
     EMPIRICAL_FISHER,
+    FISHER_FILE,
+    RECORD,
     GramEntry,
     Statistics,
     StatisticsRecord,
     StatisticsSettings,
     statistics_key,
-    write_statistics,
 )
 from speechmerge.errors import SpeechmergeError
 
@@ -46,13 +48,15 @@ def expert_statistics(
     *,
     base: Union[str, Path, None] = None,
     processor: Optional[Path] = None,
+    gram_bytes: Optional[int] = None,
     progress: bool = False,
 ) -> Statistics:
     """The statistics of `model` (a Whisper directory or spec, or a loaded
     `WhisperForConditionalGeneration` with `processor` naming a directory with its tokenizer and
     feature extractor) on `utterances`, from the cache or gathered and cached.
 
-    With `base`, a model whose encoder equals the base's gets decoder statistics only."""
+    With `base`, a model whose encoder equals the base's gets decoder statistics only. `gram_bytes`
+    caps the Gram accumulators held at once (more passes over the data; the same statistics)."""
     from speechmerge.cache import cache_dir
     from speechmerge.checkpoints.reader import HFCheckpoint, resolve_model_dir
     from speechmerge.evaluation.encoder_cache import directory_encoder_key, module_encoder_key, tensors_digest
@@ -72,30 +76,31 @@ def expert_statistics(
     chosen = sample_utterances(utterances, settings.utterances, settings.seed)
     data = data_hash(chosen)
     folder = cache_dir("statistics") / statistics_key(model_hash, data, settings, parts)
-    if (folder / "statistics.json").is_file():
+    if (folder / RECORD).is_file():
         return Statistics(folder)
     if loaded is None:
         from transformers import WhisperForConditionalGeneration
 
         loaded = WhisperForConditionalGeneration.from_pretrained(directory, dtype=torch.float32)
     started = time.perf_counter()
-    tensors, grams, fishers, tokens = gather(
-        loaded, directory, chosen, settings, parts, encoder_key, label=str(model), progress=progress
-    )
-    record = StatisticsRecord(
-        model_hash=model_hash,
-        model_hash_of=hash_of,
-        data_hash=data,
-        settings=settings,
-        parts=parts,
-        utterances=[u.id for u in chosen],
-        tokens=tokens,
-        fisher=EMPIRICAL_FISHER if fishers else None,
-        grams=grams,
-        fishers=fishers,
-        seconds=time.perf_counter() - started,
-    )
-    write_statistics(folder, record, tensors)
+    with atomic_directory(folder) as tmp:
+        grams, fishers, tokens = gather(
+            loaded, directory, chosen, settings, parts, encoder_key, str(model), tmp, gram_bytes, progress
+        )
+        record = StatisticsRecord(
+            model_hash=model_hash,
+            model_hash_of=hash_of,
+            data_hash=data,
+            settings=settings,
+            parts=parts,
+            utterances=[u.id for u in chosen],
+            tokens=tokens,
+            fisher=EMPIRICAL_FISHER if fishers else None,
+            grams=grams,
+            fishers=fishers,
+            seconds=time.perf_counter() - started,
+        )
+        (tmp / RECORD).write_text(record.model_dump_json(indent=1))
     return Statistics(folder)
 
 
@@ -107,13 +112,18 @@ def gather(
     parts: str,
     encoder_key: str,
     label: str,
+    folder: Path,
+    gram_bytes: Optional[int] = None,
     progress: bool = False,
-) -> tuple[dict[str, torch.Tensor], dict[str, GramEntry], list[str], int]:
-    """(tensors to store, Gram entries, Fisher parameter names, tokens scored) of one run over `utterances`."""
+) -> tuple[dict[str, GramEntry], list[str], int]:
+    """Write the statistics of `utterances` into `folder`; return (Gram entries, Fisher names, tokens scored).
+
+    Gram matrices are gathered in passes over the data, each holding at most `gram_bytes` of
+    accumulators (one pass when None); the first pass also gathers the Fisher."""
+    from safetensors.torch import save_file
+
     from speechmerge.checkpoints.tokenizer import load_tokenizer
-    from speechmerge.progress import progress_bar
-    from speechmerge.training.labels import PromptTokens, check_vocabulary, pad_targets, target_sequence
-    from speechmerge.training.loop import token_loss_sum
+    from speechmerge.training.labels import PromptTokens, check_vocabulary, target_sequence
 
     tokenizer = load_tokenizer(directory)
     prompts = PromptTokens.of(tokenizer)
@@ -121,43 +131,95 @@ def gather(
     targets = [target_sequence(tokenizer, prompts, u, model.config.max_target_positions) for u in utterances]
     prefixes = (DECODER,) if parts == "decoder" else (DECODER, ENCODER)
     encoder_side = _encoder_side(model, directory, parts, encoder_key)
-    with_fisher = "fisher" in settings.statistics
-    scope = {name: p for name, p in model.named_parameters() if name.startswith(prefixes)} if with_fisher else {}
-    fisher = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in scope.items()}
-    trainable = {name: p.requires_grad for name, p in model.named_parameters()}
-    for name, parameter in model.named_parameters():
-        parameter.requires_grad_(name in scope)
+    with_gram, with_fisher = "gram" in settings.statistics, "fisher" in settings.statistics
+    passes = gram_passes(model, prefixes, gram_bytes) if with_gram else [()]
+    entries: dict[str, GramEntry] = {}
+    fisher: dict[str, torch.Tensor] = {}
     model.eval()
-    step = 1 if with_fisher else settings.batch_size
-    hooks = GramHooks(model, prefixes if "gram" in settings.statistics else ())
-    try:
-        with hooks, progress_bar(progress, transient=True) as bar:
-            task = bar.add_task(f"statistics of {label}", total=len(utterances))
-            for start in range(0, len(utterances), step):
-                batch = targets[start : start + step]
-                inputs, labels = pad_targets(batch, prompts.end)
-                lengths = torch.tensor([len(t.inputs) for t in batch])
-                hooks.start_batch(torch.arange(inputs.shape[1])[None, :] < lengths[:, None])
-                side = encoder_side(utterances[start : start + step])
-                if with_fisher:
-                    model.zero_grad(set_to_none=True)
-                    token_loss_sum(model, side, inputs, labels).backward()  # −log p: the sign vanishes when squared
-                    for name, parameter in scope.items():
-                        fisher[name].addcmul_(parameter.grad, parameter.grad)
-                else:
-                    with torch.no_grad():
-                        model(**side, decoder_input_ids=inputs, use_cache=False)
-                bar.advance(task, len(batch))
-    finally:
-        model.zero_grad(set_to_none=True)
+    run = _Run(model, targets, prompts.end, encoder_side, settings.batch_size, f"statistics of {label}")
+    for index, pass_prefixes in enumerate(passes):
+        hooks, pass_fisher = run(utterances, pass_prefixes, prefixes if with_fisher and index == 0 else (), progress)
+        fisher.update(pass_fisher)
+        if hooks.grams:
+            file = f"grams-{index}.safetensors"
+            save_file(
+                {f"gram/{name}": gram.cpu().contiguous() for name, gram in hooks.grams.items()}, str(folder / file)
+            )
+            for weight, owner in hooks.gram_of.items():
+                entries[weight] = GramEntry(file=file, tensor=f"gram/{owner}", rows=hooks.rows[owner])
+            del hooks
+    if fisher:
+        save_file(
+            {f"fisher/{name}": total.cpu().contiguous() for name, total in fisher.items()}, str(folder / FISHER_FILE)
+        )
+    return entries, sorted(fisher), sum(t.tokens for t in targets)
+
+
+def gram_passes(model, prefixes: tuple[str, ...], limit: Optional[int]) -> list[tuple[str, ...]]:
+    """Layer prefixes per pass so that each pass's float32 Gram accumulators take at most `limit` bytes
+    (a layer larger than the limit gets a pass of its own); one pass of `prefixes` when `limit` is None."""
+    if limit is None:
+        return [prefixes]
+    cost: dict[str, int] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.startswith(prefixes) and ".layers." in name:
+            layer = name[: name.index(".layers.") + len(".layers.")] + name.split(".layers.")[1].split(".")[0] + "."
+            shares_input = name.endswith(("self_attn.k_proj", "self_attn.v_proj", "encoder_attn.v_proj"))
+            cost[layer] = cost.get(layer, 0) + (0 if shares_input else 4 * module.in_features**2)
+    passes: list[list[str]] = [[]]
+    used = 0
+    for layer, size in cost.items():
+        if passes[-1] and used + size > limit:
+            passes.append([])
+            used = 0
+        passes[-1].append(layer)
+        used += size
+    return [tuple(p) for p in passes]
+
+
+class _Run:
+    """One pass over the utterances with Gram hooks on some layers and, optionally, the Fisher of some parameters."""
+
+    def __init__(self, model, targets, pad_id: int, encoder_side, batch_size: int, label: str):
+        self.model, self.targets, self.pad_id, self.encoder_side = model, targets, pad_id, encoder_side
+        self.batch_size, self.label = batch_size, label
+
+    def __call__(self, utterances, gram_prefixes, fisher_prefixes, progress: bool):
+        from speechmerge.progress import progress_bar
+        from speechmerge.training.labels import pad_targets
+        from speechmerge.training.loop import token_loss_sum
+
+        model = self.model
+        scope = {n: p for n, p in model.named_parameters() if fisher_prefixes and n.startswith(fisher_prefixes)}
+        fisher = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in scope.items()}
+        trainable = {name: p.requires_grad for name, p in model.named_parameters()}
         for name, parameter in model.named_parameters():
-            parameter.requires_grad_(trainable[name])
-    tensors = {f"gram/{name}": gram.cpu() for name, gram in hooks.grams.items()}
-    tensors.update({f"fisher/{name}": (total / len(utterances)).cpu() for name, total in fisher.items()})
-    grams = {
-        weight: GramEntry(tensor=f"gram/{owner}", rows=hooks.rows[owner]) for weight, owner in hooks.gram_of.items()
-    }
-    return tensors, grams, sorted(fisher), sum(t.tokens for t in targets)
+            parameter.requires_grad_(name in scope)
+        step = 1 if scope else self.batch_size
+        hooks = GramHooks(model, tuple(gram_prefixes))
+        try:
+            with hooks, progress_bar(progress, transient=True) as bar:
+                task = bar.add_task(self.label, total=len(utterances))
+                for start in range(0, len(utterances), step):
+                    batch = self.targets[start : start + step]
+                    inputs, labels = pad_targets(batch, self.pad_id)
+                    lengths = torch.tensor([len(t.inputs) for t in batch])
+                    hooks.start_batch(torch.arange(inputs.shape[1])[None, :] < lengths[:, None])
+                    side = self.encoder_side(utterances[start : start + step])
+                    if scope:
+                        model.zero_grad(set_to_none=True)
+                        token_loss_sum(model, side, inputs, labels).backward()  # −log p: the sign vanishes squared
+                        for name, parameter in scope.items():
+                            fisher[name].addcmul_(parameter.grad, parameter.grad)
+                    else:
+                        with torch.no_grad():
+                            model(**side, decoder_input_ids=inputs, use_cache=False)
+                    bar.advance(task, len(batch))
+        finally:
+            model.zero_grad(set_to_none=True)
+            for name, parameter in model.named_parameters():
+                parameter.requires_grad_(trainable[name])
+        return hooks, {name: total / len(utterances) for name, total in fisher.items()}
 
 
 def _encoder_side(model, directory: Path, parts: str, encoder_key: str):

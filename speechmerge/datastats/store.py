@@ -1,11 +1,12 @@
 """Statistics on disk: one folder per (model content hash, data hash, settings) under the cache.
 
     <cache>/statistics/<key>/
-        statistics.safetensors   gram/<weight name>   float32 [in, in]  Σ over counted rows of x xᵀ
-                                 fisher/<param name>  float32, the parameter's shape
-        statistics.json          `StatisticsRecord`: settings, hashes, utterance ids, and for each
-                                 linear weight the tensor holding its Gram matrix and its row count N
+        grams-<pass>.safetensors   gram/<weight name>   float32 [in, in]  Σ over counted rows of x xᵀ
+        fisher.safetensors         fisher/<param name>  float32, the parameter's shape
+        statistics.json            `StatisticsRecord`: settings, hashes, utterance ids, and for each
+                                   linear weight the file and tensor holding its Gram matrix and its row count N
 
+Gram matrices gathered in several passes (to bound memory) land in one file per pass.
 Weights whose layers read the same input (q/k/v; every layer's cross-attention k/v) point to one
 stored Gram matrix. A folder appears whole (temp folder + rename) or not at all.
 """
@@ -23,7 +24,7 @@ from speechmerge.errors import SpeechmergeError
 from speechmerge.validation import Strict
 
 FORMAT = 1
-TENSORS = "statistics.safetensors"
+FISHER_FILE = "fisher.safetensors"
 RECORD = "statistics.json"
 STATISTICS = ("gram", "fisher")
 EMPIRICAL_FISHER = (
@@ -43,7 +44,8 @@ class StatisticsSettings(Strict):
 
 
 class GramEntry(Strict):
-    tensor: str  # key in statistics.safetensors
+    file: str  # grams-<pass>.safetensors
+    tensor: str  # its key there
     rows: int  # N: input rows summed into it
 
 
@@ -64,36 +66,33 @@ class StatisticsRecord(Strict):
     seconds: float
 
 
-def write_statistics(folder: Path, record: StatisticsRecord, tensors: dict[str, torch.Tensor]) -> None:
-    """Write a statistics folder atomically (it appears complete or not at all)."""
-    from safetensors.torch import save_file
-
-    from speechmerge.data.atomic import atomic_directory
-
-    with atomic_directory(folder) as tmp:
-        save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, str(tmp / TENSORS))
-        (tmp / RECORD).write_text(record.model_dump_json(indent=1))
-
-
 class Statistics:
     """An expert's statistics folder, read one tensor at a time."""
 
     def __init__(self, folder: Path):
-        from safetensors import safe_open
-
         self.folder = Path(folder)
         path = self.folder / RECORD
-        if not path.is_file() or not (self.folder / TENSORS).is_file():
-            raise SpeechmergeError(
-                f"{self.folder}: not a statistics folder (no {RECORD} or {TENSORS}); gather them again"
-            )
+        if not path.is_file():
+            raise SpeechmergeError(f"{self.folder}: not a statistics folder (no {RECORD}); gather the statistics again")
         try:
             self.record = StatisticsRecord.model_validate_json(path.read_text())
         except ValueError:
             raise SpeechmergeError(
                 f"{path}: unreadable statistics record; delete the folder and gather again"
             ) from None
-        self._file = safe_open(str(self.folder / TENSORS), framework="pt")
+        self._files: dict = {}
+
+    def _tensor(self, file: str, key: str) -> torch.Tensor:
+        from safetensors import SafetensorError, safe_open
+
+        if file not in self._files:
+            try:
+                self._files[file] = safe_open(str(self.folder / file), framework="pt")
+            except (SafetensorError, OSError):
+                raise SpeechmergeError(
+                    f"{self.folder / file}: missing or damaged; delete the folder and gather again"
+                ) from None
+        return self._files[file].get_tensor(key)
 
     def check_model(self, content_hash: str, expert: str) -> None:
         """Refuse statistics gathered on another model than `expert` (whose weight-file hash is `content_hash`)."""
@@ -114,7 +113,7 @@ class Statistics:
                 f"{self.folder}: no Gram matrix for {weight} (gathered for the {self.record.parts}'s linear layers); "
                 "gather statistics with gram for this model"
             )
-        return self._file.get_tensor(entry.tensor), entry.rows
+        return self._tensor(entry.file, entry.tensor), entry.rows
 
     def has_fisher(self, name: str) -> bool:
         return name in self.record.fishers
@@ -126,7 +125,7 @@ class Statistics:
                 f"{self.folder}: no Fisher for {name} (gathered for the {self.record.parts}'s parameters); "
                 "gather statistics with fisher for this model"
             )
-        return self._file.get_tensor(f"fisher/{name}")
+        return self._tensor(FISHER_FILE, f"fisher/{name}")
 
 
 def statistics_key(model_hash: str, data_hash: str, settings: StatisticsSettings, parts: str) -> str:

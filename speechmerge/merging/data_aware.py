@@ -8,9 +8,10 @@ layer inputs X_t [N_t, in] on its own data, the merged W minimises
 
 with the Gram matrices G_t = X_tᵀ X_t [in, in]. The paper shrinks the off-diagonal entries,
 G̃_t = α G_t + (1 − α) diag(G_t), α ∈ [0, 1]: α = 1 is the exact regression, α = 0 a
-per-input-feature weighted average (each column W[:, i] weighted by Σ_rows x_i²). FusionBench
-calls α `reduce_non_diagonal_ratio`; its base `regmean.yaml` sets 0.1, its CLIP and GPT-2
-configs 0.6; `DEFAULT_ALPHA` here is FusionBench's base value. FusionBench (like the authors'
+per-input-feature weighted average (each column W[:, i] weighted by Σ_rows x_i²). The authors'
+code (bloomberg/dataless-model-merging, `regmean_reduce_nondiag`) defaults to no shrinking (α = 1)
+and sets α per experiment; FusionBench calls α `reduce_non_diagonal_ratio`, 0.1 in its base
+`regmean.yaml` and 0.6 in its CLIP and GPT-2 configs. `DEFAULT_ALPHA` is FusionBench's base value. FusionBench (like the authors'
 code, `regmean_mean`) feeds the mean Gram X_tᵀX_t / N_t of each expert, so experts with more
 data do not dominate; `mean_gram` gives it from the stored sum and row count.
 
@@ -32,7 +33,7 @@ from speechmerge.errors import SpeechmergeError
 
 DEFAULT_ALPHA = 0.1  # FusionBench config/method/regmean/regmean.yaml `reduce_non_diagonal_ratio`
 RCOND_FLOOR = 1e-12  # Σ G̃ counts as singular when a Cholesky pivot of its unit-diagonal scaling is below this
-DEFAULT_FISHER_FLOOR = 1e-8  # ε: Fisher entries below it are raised to it (Σ λ F never divides by zero)
+DEFAULT_FISHER_FLOOR = 1e-10  # ε: Fisher entries are raised to at least this (RegMean authors: 1e-10)
 
 
 def mean_gram(gram_sum: torch.Tensor, rows: int) -> torch.Tensor:
