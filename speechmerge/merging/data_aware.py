@@ -11,9 +11,10 @@ G̃_t = α G_t + (1 − α) diag(G_t), α ∈ [0, 1]: α = 1 is the exact regres
 per-input-feature weighted average (each column W[:, i] weighted by Σ_rows x_i²). The authors'
 code (bloomberg/dataless-model-merging, `regmean_reduce_nondiag`) defaults to no shrinking (α = 1)
 and sets α per experiment; FusionBench calls α `reduce_non_diagonal_ratio`, 0.1 in its base
-`regmean.yaml` and 0.6 in its CLIP and GPT-2 configs. `DEFAULT_ALPHA` is FusionBench's base value. FusionBench (like the authors'
-code, `regmean_mean`) feeds the mean Gram X_tᵀX_t / N_t of each expert, so experts with more
-data do not dominate; `mean_gram` gives it from the stored sum and row count.
+`regmean.yaml` and 0.6 in its CLIP and GPT-2 configs. `DEFAULT_ALPHA` is FusionBench's base value.
+FusionBench (and the authors' experiment configs, `regmean_mean: true`) feed the mean Gram
+X_tᵀX_t / N_t of each expert, so experts with more data do not dominate; `mean_gram` gives it
+from the stored sum and row count.
 
 Fisher merging (Matena & Raffel, "Merging Models with Fisher-Weighted Averaging", NeurIPS 2022):
 θ = Σ_t λ_t F_t θ_t / Σ_t λ_t F_t per parameter entry, F_t the diagonal Fisher of expert t.
