@@ -160,12 +160,14 @@ def gram_passes(model, prefixes: tuple[str, ...], limit: Optional[int]) -> list[
     (a layer larger than the limit gets a pass of its own); one pass of `prefixes` when `limit` is None."""
     if limit is None:
         return [prefixes]
+    import re
+
     cost: dict[str, int] = {}
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and name.startswith(prefixes) and ".layers." in name:
-            layer = name[: name.index(".layers.") + len(".layers.")] + name.split(".layers.")[1].split(".")[0] + "."
+        layer = re.match(r".*\.layers\.\d+\.", name)
+        if isinstance(module, torch.nn.Linear) and name.startswith(prefixes) and layer:
             shares_input = name.endswith(("self_attn.k_proj", "self_attn.v_proj", "encoder_attn.v_proj"))
-            cost[layer] = cost.get(layer, 0) + (0 if shares_input else 4 * module.in_features**2)
+            cost[layer[0]] = cost.get(layer[0], 0) + (0 if shares_input else 4 * module.in_features**2)
     passes: list[list[str]] = [[]]
     used = 0
     for layer, size in cost.items():
