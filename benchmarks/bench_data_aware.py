@@ -1,0 +1,168 @@
+"""Cost of the data-aware merges on whisper-base decoder experts: statistics per expert, then the merge.
+
+Experts are whisper-base with Gaussian noise (1% of each tensor's standard deviation) on every
+decoder tensor, so the encoder is the base's and the statistics are decoder-only (what a
+frozen-encoder expert gets). Each expert's data: `--utterances` drawn (seed = expert index) from
+the train manifests of the built-in demo corpus (`speechmerge data build --corpus multilingual
+--size demo`). The encoder outputs of every clip are computed first (once per clip, into the
+encoder-output cache) and timed apart. The merge reads each decoder tensor of the experts and
+their statistics and merges it with RegMean (mean Grams, alpha 0.1; plain mean for non-linear
+tensors) or Fisher merging (equal lambdas); its time is the median of `--repeats` runs.
+
+    python benchmarks/bench_data_aware.py --experts 4 --utterances 128
+    python benchmarks/bench_data_aware.py --experts 4 --utterances 128 --timed 1   # others on 16 (merge only)
+
+The merge's cost depends only on the tensors' shapes, not on how many utterances the statistics saw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+
+def make_experts(base_dir: Path, root: Path, count: int) -> list[Path]:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(base_dir / "model.safetensors"))
+    experts = []
+    for index in range(count):
+        generator = torch.Generator().manual_seed(index + 1)
+        changed = {
+            name: (
+                tensor + 0.01 * tensor.float().std() * torch.randn(tensor.shape, generator=generator)
+                if name.startswith("model.decoder.") and tensor.numel() > 1
+                else tensor
+            ).to(tensor.dtype)
+            for name, tensor in state.items()
+        }
+        directory = root / f"expert{index}"
+        shutil.copytree(base_dir, directory, ignore=shutil.ignore_patterns("*.safetensors"))
+        save_file(changed, str(directory / "model.safetensors"), metadata={"format": "pt"})
+        experts.append(directory)
+    return experts
+
+
+def train_utterances(corpus: Path):
+    from speechmerge.data.manifest import read_manifest
+
+    return [u for path in sorted((corpus / "manifests").glob("*.train.*.jsonl")) for u in read_manifest(path)]
+
+
+def fill_encoder_cache(base_dir: Path, utterances) -> float:
+    import torch
+    from transformers import WhisperForConditionalGeneration
+
+    from speechmerge.evaluation.encoder_cache import EncoderOutputCache, directory_encoder_key, encode_clips
+    from speechmerge.training.inputs import log_mel_of
+
+    log_mel = log_mel_of(base_dir)
+    encoder = WhisperForConditionalGeneration.from_pretrained(base_dir, dtype=torch.float32).model.encoder.eval()
+    cache = EncoderOutputCache(directory_encoder_key(base_dir), log_mel.settings)
+    clips = sorted({u.audio for u in utterances})
+    started = time.perf_counter()
+    for start in range(0, len(clips), 16):
+        encode_clips(
+            lambda f: encoder(torch.from_numpy(f)).last_hidden_state, log_mel, clips[start : start + 16], cache
+        )
+    return time.perf_counter() - started
+
+
+def merge_decoder(experts: list[Path], stats, method: str) -> float:
+    import torch
+
+    from speechmerge.checkpoints.reader import HFCheckpoint
+    from speechmerge.merging.data_aware import average, fisher_merge, mean_gram, regmean
+
+    checkpoints = [HFCheckpoint(e) for e in experts]
+    names = [n for n in checkpoints[0].names() if n.startswith("model.decoder.")]
+    started = time.perf_counter()
+    for name in names:
+        weights = torch.stack([c.get(name).float() for c in checkpoints])
+        if method == "fisher":
+            fisher_merge(weights, torch.stack([s.fisher(name) for s in stats]))
+        elif stats[0].has_gram(name):
+            grams = torch.stack([mean_gram(*s.gram(name)) for s in stats])
+            regmean(weights, grams, alpha=0.1, name=name)
+        else:
+            average(weights)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--experts", type=int, default=4)
+    parser.add_argument("--utterances", type=int, default=128)
+    parser.add_argument("--timed", type=int, default=None, help="experts whose statistics are timed (default all)")
+    parser.add_argument("--rest-utterances", type=int, default=16, help="utterances of the other experts (merge only)")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    from speechmerge.checkpoints.converted import models_dir
+
+    os.environ.setdefault("SPEECHMERGE_MODEL_CACHE", str(models_dir()))
+    corpus = Path(
+        os.environ.get("SPEECHMERGE_CORPUS", Path.home() / ".cache/speechmerge/corpus/multilingual-demo-seed0")
+    )
+    root = Path(tempfile.mkdtemp(prefix="bench-data-aware-"))
+    os.environ["SPEECHMERGE_CACHE"] = str(root / "cache")  # fresh: nothing cached before the run
+
+    from speechmerge.checkpoints.builtin import builtin_model_dir
+    from speechmerge.datastats import StatisticsSettings, expert_statistics
+    from speechmerge.sysinfo import hardware, peak_rss_bytes
+
+    base = builtin_model_dir("whisper-base")
+    experts = make_experts(base, root, args.experts)
+    pool = train_utterances(corpus)
+    timed = args.experts if args.timed is None else args.timed
+    settings = [
+        StatisticsSettings(utterances=args.utterances if index < timed else args.rest_utterances, seed=index)
+        for index in range(args.experts)
+    ]
+    from speechmerge.datastats.selection import sample_utterances
+
+    chosen = [sample_utterances(pool, s.utterances, s.seed) for s in settings]
+    encoder_seconds = fill_encoder_cache(base, [u for c in chosen for u in c])
+    clips = len({u.audio for c in chosen for u in c})
+    load_before = open("/proc/loadavg").read().split()[:3]
+    stats, seconds, disk = [], [], []
+    for expert, setting in zip(experts, settings):
+        started = time.perf_counter()
+        stats.append(expert_statistics(expert, pool, setting, base=base))
+        seconds.append(time.perf_counter() - started)
+        disk.append(sum(f.stat().st_size for f in stats[-1].folder.iterdir()))
+    merges = {
+        method: statistics.median(merge_decoder(experts, stats, method) for _ in range(args.repeats))
+        for method in ("regmean", "fisher")
+    }
+    print(
+        json.dumps(
+            {
+                "hardware": hardware(),
+                "load_before_statistics": load_before,
+                "load_after": open("/proc/loadavg").read().split()[:3],
+                "pool_utterances": len(pool),
+                "encoder_seconds_all_clips": round(encoder_seconds, 1),
+                "clips_encoded": clips,
+                "utterances_per_expert": [s.utterances for s in settings],
+                "statistics_seconds_per_expert": [round(s, 1) for s in seconds],
+                "statistics_tokens_per_expert": [s.record.tokens for s in stats],
+                "statistics_mib_per_expert": [round(d / 2**20, 1) for d in disk],
+                "merge_seconds_median": {k: round(v, 2) for k, v in merges.items()},
+                "peak_rss_gib": round(peak_rss_bytes() / 2**30, 2),
+            },
+            indent=1,
+        )
+    )
+    shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
