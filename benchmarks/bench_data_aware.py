@@ -60,10 +60,10 @@ def fill_encoder_cache(base_dir: Path, utterances) -> float:
     import torch
     from transformers import WhisperForConditionalGeneration
 
-    from speechmerge.evaluation.encoder_cache import EncoderOutputCache, directory_encoder_key, encode_clips
-    from speechmerge.training.inputs import log_mel_of
+    from speechmerge.features.encoder_cache import EncoderOutputCache, directory_encoder_key, encode_clips
+    from speechmerge.features.log_mel import LogMel
 
-    log_mel = log_mel_of(base_dir)
+    log_mel = LogMel(base_dir)
     encoder = WhisperForConditionalGeneration.from_pretrained(base_dir, dtype=torch.float32).model.encoder.eval()
     cache = EncoderOutputCache(directory_encoder_key(base_dir), log_mel.settings)
     clips = sorted({u.audio for u in utterances})
@@ -78,7 +78,7 @@ def fill_encoder_cache(base_dir: Path, utterances) -> float:
 def merge_decoder(experts: list[Path], stats, method: str) -> float:
     import torch
 
-    from speechmerge.checkpoints.reader import HFCheckpoint
+    from speechmerge.checkpoints.hf import HFCheckpoint
     from speechmerge.merging.data_aware import average, fisher_merge, mean_gram, regmean
 
     checkpoints = [HFCheckpoint(e) for e in experts]

@@ -231,7 +231,7 @@ def test_an_expert_with_its_own_encoder_gets_encoder_statistics(setup):
 
 
 def test_statistics_of_another_model_are_refused_in_one_line(setup):
-    from speechmerge.checkpoints.reader import HFCheckpoint
+    from speechmerge.checkpoints.hf import HFCheckpoint
 
     base, expert, utterances = setup
     stats = expert_statistics(expert, utterances, StatisticsSettings(statistics=("gram",), batch_size=3), base=base)

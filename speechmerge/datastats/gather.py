@@ -21,7 +21,6 @@ from typing import Optional, Union
 
 import torch
 
-from speechmerge.data.atomic import atomic_directory
 from speechmerge.data.manifest import Utterance
 from speechmerge.datastats.grams import GramHooks
 from speechmerge.datastats.selection import data_hash, sample_utterances
@@ -36,6 +35,7 @@ from speechmerge.datastats.store import (
     statistics_key,
 )
 from speechmerge.errors import SpeechmergeError
+from speechmerge.fsutil import atomic_directory
 
 DECODER = "model.decoder."
 ENCODER = "model.encoder."
@@ -58,15 +58,16 @@ def expert_statistics(
     With `base`, a model whose encoder equals the base's gets decoder statistics only. `gram_bytes`
     caps the Gram accumulators held at once (more passes over the data; the same statistics)."""
     from speechmerge.cache import cache_dir
-    from speechmerge.checkpoints.reader import HFCheckpoint, resolve_model_dir
-    from speechmerge.evaluation.encoder_cache import directory_encoder_key, module_encoder_key, tensors_digest
+    from speechmerge.checkpoints.hf import HFCheckpoint
+    from speechmerge.checkpoints.resolve import resolve_model_dir
+    from speechmerge.features.encoder_cache import directory_encoder_key, tensors_digest
 
     if isinstance(model, torch.nn.Module):
         if processor is None:
             raise SpeechmergeError("statistics: a loaded model needs processor= (a directory with its tokenizer)")
         directory, loaded = Path(processor), model
         model_hash, hash_of = tensors_digest(model.state_dict().items()), "tensors"
-        encoder_key = module_encoder_key(model.model.encoder)
+        encoder_key = tensors_digest(model.model.encoder.state_dict().items())
     else:
         directory, loaded = resolve_model_dir(model), None
         model_hash, hash_of = HFCheckpoint(directory).content_hash(), "weight files"
@@ -83,7 +84,7 @@ def expert_statistics(
 
         loaded = WhisperForConditionalGeneration.from_pretrained(directory, dtype=torch.float32)
     started = time.perf_counter()
-    with atomic_directory(folder) as tmp:
+    with atomic_directory(folder, force=True) as tmp:
         grams, fishers, tokens = gather(
             loaded, directory, chosen, settings, parts, encoder_key, str(model), tmp, gram_bytes, progress
         )
@@ -227,10 +228,10 @@ class _Run:
 def _encoder_side(model, directory: Path, parts: str, encoder_key: str):
     """Batch of utterances -> the encoder-side arguments of the forward: cached encoder outputs when
     only the decoder has statistics, else log-mel features (the encoder runs, with gradients)."""
-    from speechmerge.evaluation.encoder_cache import EncoderOutputCache, encode_clips
-    from speechmerge.training.inputs import log_mel_of
+    from speechmerge.features.encoder_cache import EncoderOutputCache, encode_clips
+    from speechmerge.features.log_mel import LogMel
 
-    log_mel = log_mel_of(directory)
+    log_mel = LogMel(directory)
     if parts == "model":
         return lambda batch: {"input_features": torch.from_numpy(log_mel([u.audio for u in batch]))}
     cache = EncoderOutputCache(encoder_key, log_mel.settings)

@@ -26,7 +26,7 @@ def sample_utterances(utterances: list[Utterance], count: Optional[int], seed: i
 
 def data_hash(utterances: list[Utterance]) -> str:
     """SHA-256 over each utterance's audio bytes, reference, language and task, in order."""
-    from speechmerge.evaluation.encoder_cache import clip_key
+    from speechmerge.features.encoder_cache import clip_key
 
     digest = hashlib.sha256()
     for utterance in utterances:
