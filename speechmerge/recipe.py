@@ -38,6 +38,21 @@ class ExpertSpec(Strict):
     path: str = Field(description="model reference: directory, hub id, .pt, CT2 dir, LoRA adapter dir")
     name: Optional[str] = Field(None, description="label used in reports (default: the folder name)")
     weight: float = Field(1.0, allow_inf_nan=False, description="w_t, the expert's weight")
+    data: Optional[list[str]] = Field(
+        None,
+        min_length=1,
+        description="manifests of utterances (its training data) for data-aware methods' statistics",
+    )
+
+
+class DataStatisticsSpec(Strict):
+    """How data-aware methods gather each expert's statistics from its `data:` (speechmerge.datastats)."""
+
+    utterances: Optional[int] = Field(
+        None, gt=0, description="sample this many utterances per expert (seeded); default all"
+    )
+    seed: int = Field(0, description="seed of that sample")
+    batch_size: int = Field(8, gt=0, description="utterances per forward pass when only Gram matrices are gathered")
 
 
 class OverrideSpec(Strict):
@@ -76,6 +91,7 @@ class MergeRecipe(Strict):
         description="bytes of input and work held at once; large tensors of entry-wise methods are streamed in row blocks to stay under it",
     )
     processor_from: Optional[str] = Field(None, description="where tokenizer/processor files come from (default: base)")
+    data_statistics: DataStatisticsSpec = Field(default_factory=DataStatisticsSpec)
     _source: str = PrivateAttr("recipe")
 
     @property
@@ -142,7 +158,15 @@ def resolve_relative_paths(recipe: MergeRecipe, folder: Path) -> MergeRecipe:
     update: dict[str, Any] = {
         "base": _relative_to(folder, recipe.base),
         "processor_from": _relative_to(folder, recipe.processor_from),
-        "experts": [e.model_copy(update={"path": _relative_to(folder, e.path)}) for e in recipe.experts],
+        "experts": [
+            e.model_copy(
+                update={
+                    "path": _relative_to(folder, e.path),
+                    "data": [_relative_to(folder, m) for m in e.data] if e.data else e.data,
+                }
+            )
+            for e in recipe.experts
+        ],
     }
     if recipe.output and not Path(recipe.output).is_absolute():
         update["output"] = str(folder / recipe.output)

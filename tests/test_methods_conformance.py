@@ -20,7 +20,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from method_calls import tensor_context
+from method_calls import tensor_context, with_synthetic_data
 
 from speechmerge.errors import SpeechmergeError
 from speechmerge.merging.engine import apply_method, gather_statistics
@@ -65,6 +65,7 @@ def inputs(method: MergeMethod, tasks: torch.Tensor, base: torch.Tensor) -> torc
 
 def merged_weights(method, tasks, base, ctx, params, whole=True) -> torch.Tensor:
     """θ from one engine step: whole-model statistics over this tensor, then `apply_method`."""
+    ctx = with_synthetic_data(method, ctx, tasks.shape[0], tuple(base.shape))
     handed = inputs(method, tasks, base)
     stats = gather_statistics(method.statistics, tasks.shape[0], ctx, params, lambda: [(0, handed)])
     out = apply_method(method, handed, base, torch.ones(tasks.shape[0]), replace(ctx, stats=stats), params, whole)
@@ -73,6 +74,7 @@ def merged_weights(method, tasks, base, ctx, params, whole=True) -> torch.Tensor
 
 def merged_in_blocks(method, tasks, base, ctx, params) -> torch.Tensor:
     """θ with the tensor streamed in row blocks: statistics over every block, then each block."""
+    ctx = with_synthetic_data(method, ctx, tasks.shape[0], tuple(base.shape))
     handed = inputs(method, tasks, base)
     stats = gather_statistics(method.statistics, tasks.shape[0], ctx, params, lambda: [(0, handed)])
     ctx = replace(ctx, stats=stats)

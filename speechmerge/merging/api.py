@@ -47,6 +47,8 @@ def merge(
     parse_size(recipe.shard_size)
     budget = parse_size(recipe.memory_budget)
     plan = build_plan(recipe)
+    if plan.needs:
+        plan.data_statistics = gather_data_statistics(plan, show_progress)
     carry_from = Path(resolve_model_dir(recipe.processor_from) if recipe.processor_from else plan.reference.path)
     if (carry_from / "tokenizer.json").is_file():
         check_tokenizer_once(carry_from)
@@ -68,11 +70,40 @@ def merge(
             "params": plan.params,
             "overrides": [o.model_dump(exclude_none=True) for o in recipe.overrides],
         }
+        if plan.data_statistics:
+            resolved["data_statistics"] = [
+                {"statistics": s.folder.name, "data_hash": s.record.data_hash, "utterances": len(s.record.utterances)}
+                for s in plan.data_statistics
+            ]
         (tmp / "speechmerge_recipe.yaml").write_text(recipe_yaml(recipe, plan.params))
         record = _run_record(plan, report, inputs, resolved)
         (tmp / "speechmerge_merge.json").write_text(json.dumps(record, indent=2) + "\n")
         (tmp / "README.md").write_text(_model_card(plan, record))
     return target, report
+
+
+def gather_data_statistics(plan: MergePlan, show_progress: bool = False) -> list:
+    """Each expert's data statistics (`plan.needs`) on the manifests of its `data:`, from the
+    statistics cache or gathered (speechmerge.datastats), checked to belong to that expert."""
+    from speechmerge.data.manifest import read_manifest
+    from speechmerge.datastats import StatisticsSettings, expert_statistics
+
+    recipe = plan.recipe
+    spec = recipe.data_statistics
+    settings = StatisticsSettings(
+        statistics=plan.needs, utterances=spec.utterances, seed=spec.seed, batch_size=spec.batch_size
+    )
+    gathered = []
+    for i, (expert, checkpoint) in enumerate(zip(recipe.experts, plan.experts)):
+        utterances = [u for manifest in expert.data or () for u in read_manifest(Path(manifest))]
+        if not utterances:
+            raise SpeechmergeError(f"{recipe.source}: experts[{i}].data: no utterances in {', '.join(expert.data)}")
+        statistics = expert_statistics(
+            checkpoint.path, utterances, settings, base=plan.base.path if plan.base else None, progress=show_progress
+        )
+        statistics.check_model(checkpoint.content_hash(), recipe.expert_label(i))
+        gathered.append(statistics)
+    return gathered
 
 
 def merge_from_recipe_file(

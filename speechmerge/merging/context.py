@@ -1,5 +1,6 @@
 """What a merge method sees besides the tensors: the tensor's identity, its Whisper role,
-the device, a seeded random generator and any whole-model statistics."""
+the device, a seeded random generator, any whole-model statistics and, for data-aware methods,
+each expert's data statistics."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ class TensorContext:
     stats: Any = None  # result of the method's whole-model statistics pass, if it declares one
     tensor_stats: Any = None  # result of its per-tensor statistics pass, if it declares one
     row_offset: int = 0  # first row of this block when a large tensor is streamed in row blocks
+    data: Any = None  # per expert, its data statistics (speechmerge.datastats.Statistics), for methods that need them
 
     def generator(self, stream: int = 0) -> torch.Generator:
         """A CPU generator seeded by (seed, tensor name, stream): reproducible whatever the

@@ -31,6 +31,10 @@ def method_markdown(method: MergeMethod) -> str:
     ]
     if method.randomised:
         flags.append("randomised (reproducible from `seed`)")
+    if method.needs:
+        flags.append(
+            f"needs data statistics of every expert ({', '.join(method.needs)}): each expert names its `data:`"
+        )
     if method.statistics is not None:
         flags.append("may gather whole-model statistics in a first streaming pass")
     if method.identical_experts is not None:
@@ -83,9 +87,10 @@ def print_methods(name: str | None = None, markdown: bool = False) -> None:
         console.print(method_markdown(get_method(name)), markup=False, highlight=False)
         return
     table = Table(title="speechmerge merge methods", show_lines=False)
-    for column in ("method", "family", "parameters (defaults)", "source"):
+    for column in ("method", "family", "parameters (defaults)", "data needed", "source"):
         table.add_column(column, overflow="fold")
     for method in sorted(all_methods(), key=lambda m: (FAMILIES.index(m.family), m.name)):
         params = ", ".join(f"{p.name}={_default_text(p.default)}" for p in method.params) or "-"
-        table.add_row(method.name, method.family, params, method.source.split(";")[0])
+        needs = ", ".join(method.needs) or "-"
+        table.add_row(method.name, method.family, params, needs, method.source.split(";")[0])
     console.print(table)

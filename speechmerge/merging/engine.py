@@ -236,6 +236,7 @@ def _context(plan: MergePlan, entry: PlanEntry, stats=None, tensor_stats=None, r
         stats=stats,
         tensor_stats=tensor_stats,
         row_offset=row_offset,
+        data=plan.data_statistics,
     )
 
 

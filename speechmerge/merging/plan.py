@@ -40,6 +40,8 @@ class MergePlan:
     compute_dtype: torch.dtype
     params: dict  # the method's resolved global parameters
     skipped_aliases: list[str]  # tied names present in inputs and not written (proj_out)
+    needs: tuple[str, ...] = ()  # data statistics some entry's method reads (see `data_needs`)
+    data_statistics: list | None = None  # per expert, filled by merging.api.gather_data_statistics
 
     @property
     def method(self) -> MergeMethod:
@@ -160,6 +162,7 @@ def build_plan(recipe: MergeRecipe) -> MergePlan:
         base_params = global_params if tensor_method is method else {}
         params = tensor_method.validate({**base_params, **fields["params"]}, where=where, prefix=prefix)
         entries.append(PlanEntry(name, shape, role, out_dtype, tensor_method, params, is_matrix))
+    needs = data_needs(recipe, entries)
     return MergePlan(
         recipe=recipe,
         base=base,
@@ -170,4 +173,20 @@ def build_plan(recipe: MergeRecipe) -> MergePlan:
         compute_dtype=FLOAT_DTYPES[recipe.compute_dtype],
         params=global_params,
         skipped_aliases=skipped,
+        needs=needs,
     )
+
+
+def data_needs(recipe: MergeRecipe, entries: list[PlanEntry]) -> tuple[str, ...]:
+    """The data statistics the plan's methods read; every expert must then name its data."""
+    needs = tuple(sorted({need for e in entries if e.method is not None for need in e.method.needs}))
+    if needs:
+        for i, spec in enumerate(recipe.experts):
+            if not spec.data:
+                users = sorted({e.method.name for e in entries if e.method is not None and e.method.needs})
+                raise SpeechmergeError(
+                    f"{recipe.source}: experts[{i}] ({recipe.expert_label(i)}): method {', '.join(users)} needs "
+                    f"data statistics ({', '.join(needs)}) of each expert; give it data: [manifests of its "
+                    "training utterances]"
+                )
+    return needs

@@ -33,7 +33,7 @@ from speechmerge.errors import SpeechmergeError
 from speechmerge.validation import describe_validation_error
 
 Space = Literal["deltas", "weights"]
-Family = Literal["parameter space", "task vectors", "task-vector subspace"]
+Family = Literal["parameter space", "task vectors", "task-vector subspace", "data-aware"]
 FAMILIES: tuple[str, ...] = get_args(Family)  # in the order `speechmerge methods` and docs/methods.md list them
 
 
@@ -90,6 +90,7 @@ class MergeMethod:
     blockwise: Callable[..., bool] | bool = False
     check: Optional[Callable[[dict], None]] = None  # rules across parameters: raises ValueError(message)
     identical_experts: IdenticalExperts | None = None  # None: no setting makes copies merge to one model
+    needs: tuple[str, ...] = ()  # data statistics per expert ("gram", "fisher"), from each expert's `data:`
     doc: str = ""
     _model: Any = field(default=None, compare=False, repr=False)
 
@@ -171,6 +172,7 @@ def merge_method(
     blockwise: Callable[..., bool] | bool = False,
     check: Optional[Callable[[dict], None]] = None,
     identical_experts: IdenticalExperts | None = None,
+    needs: tuple[str, ...] = (),
 ):
     """Register `fn` as a merge method under `name` with its declared parameters.
 
@@ -180,7 +182,8 @@ def merge_method(
     per-tensor one (run over the tensor, or its row blocks, before the method sees it; result
     in `ctx.tensor_stats`). `blockwise` (a bool or a predicate of (ctx, params)) says the method
     is entry-wise given those statistics. `check(params)` raises ValueError on values that are
-    each in range but wrong together.
+    each in range but wrong together. `needs` names the data statistics the method reads for
+    every expert (speechmerge.datastats: "gram", "fisher"), handed to it as `ctx.data`.
     """
 
     def register(fn: Callable) -> Callable:
@@ -205,6 +208,7 @@ def merge_method(
             blockwise=blockwise,
             check=check,
             identical_experts=identical_experts,
+            needs=tuple(needs),
             doc=(fn.__doc__ or "").strip(),
             _model=_pydantic_model(name, params_tuple),
         )

@@ -13,7 +13,7 @@ experts:
   given:                            # experts that exist already: path + what they were trained on
     - {name: it-asr, path: models/it, languages: [it], tasks: [transcribe]}
 baselines: {joint: true, sequential: false}
-all_methods: true                   # every registered method at its defaults, plus the grids below
+all_methods: true                   # every weight-only method at its defaults, plus the grids below
 methods:
   task_arithmetic: {scale: [0.3, 0.5, 1.0]}   # a list is a grid axis
   ties: {density: [0.1, 0.2], scale: 1.0}
@@ -165,7 +165,9 @@ class StudyRecipe(Strict):
     corpus: CorpusSpec
     experts: ExpertsSpec = Field(default_factory=ExpertsSpec)
     baselines: BaselinesSpec = Field(default_factory=BaselinesSpec)
-    all_methods: bool = Field(False, description="add every registered method at its defaults")
+    all_methods: bool = Field(
+        False, description="add every weight-only registered method (not the data-aware ones) at its defaults"
+    )
     methods: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="method -> parameters; a list is a grid axis"
     )
@@ -226,11 +228,18 @@ def method_grid(recipe: StudyRecipe) -> dict[str, list[GridPoint]]:
     declared parameters: a typo or an out-of-range value fails here, before any work starts."""
     from speechmerge.merging.registry import all_methods, get_method
 
-    chosen = dict.fromkeys(m.name for m in all_methods()) if recipe.all_methods else {}
+    # Data-aware methods need each expert's data statistics, which studies do not gather yet.
+    chosen = dict.fromkeys(m.name for m in all_methods() if not m.needs) if recipe.all_methods else {}
     chosen = {**{name: {} for name in chosen}, **recipe.methods}
     grid: dict[str, list[GridPoint]] = {}
     for name, params in chosen.items():
         method = get_method(name, where=f"{recipe.source}: methods.{name}")
+        if method.needs:
+            raise SpeechmergeError(
+                f"{recipe.source}: methods.{name}: {name} needs each expert's data statistics "
+                f"({', '.join(method.needs)}), which studies do not gather yet; merge with it through "
+                "`speechmerge merge` and a recipe whose experts name their data:"
+            )
         axes = {key: value if isinstance(value, list) else [value] for key, value in params.items()}
         for key, values in axes.items():
             if not values:

@@ -2,6 +2,7 @@
 
 from speechmerge.merging.methods import (  # noqa: F401
     averaging,
+    data_aware,
     lors,
     parameter_space,
     sparsify,
