@@ -192,3 +192,21 @@ def test_bad_top_encoder_settings_are_refused_in_one_line(base, corpus, tmp_path
         with pytest.raises(SpeechmergeError, match=message):
             training_config(**settings)
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()
+
+
+def test_a_study_recipe_passes_top_encoder_settings_to_training_and_names_a_bad_one():
+    from speechmerge.study.recipe import parse_study
+
+    def recipe(training: dict) -> dict:
+        return {
+            "name": "top",
+            "base": "builtin:whisper-base",
+            "corpus": {"builtin": "multilingual", "size": "tiny", "languages": ["es"]},
+            "experts": {"per": ["language", "task"], "training": training},
+            "all_methods": True,
+        }
+
+    config = parse_study(recipe({"mode": "top_encoder", "encoder_layers": 2}), "top.yaml").experts.config()
+    assert config == TrainingConfig(mode="top_encoder", encoder_layers=2)
+    with pytest.raises(SpeechmergeError, match=r"top\.yaml.*encoder_layers.*only with it"):
+        parse_study(recipe({"mode": "decoder", "encoder_layers": 2}), "top.yaml")
