@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -99,6 +100,11 @@ def run(args) -> dict:
             )
             wall[spec].append(time.perf_counter() - started)
             cpu[spec].append(time.process_time() - started_cpu)
+            print(
+                f"round {step} {spec}: {wall[spec][-1]:.2f} s wall, {cpu[spec][-1]:.2f} s CPU",
+                file=sys.stderr,
+                flush=True,
+            )
     rows = {
         spec: {
             "median_step_seconds": round(statistics.median(wall[spec][1:]), 3),
