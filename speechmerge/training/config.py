@@ -6,8 +6,8 @@ Modes (what trains):
 |---------------|---------------------------------------------|----------------------------------------|
 | `full`        | every weight (what the papers do)           | runs forward and backward              |
 | `decoder`     | the decoder; the encoder is frozen          | never: its outputs are computed once   |
-| `top_encoder` | the top `encoder_layers` encoder layers,    | only those layers: the input to the    |
-|               | the encoder's final layer norm, the decoder | first of them is computed once per clip |
+| `top_encoder` | the top `encoder_layers` encoder layers,    | those layers only: the input to the    |
+|               | the encoder's final layer norm, the decoder | first is computed once per clip        |
 | `lora`        | LoRA adapters (Hu et al. 2021)              | runs, unless `lora_encoder` is off     |
 
 The optimiser is AdamW (Loshchilov & Hutter 2019) on the trainable weights; the learning rate
