@@ -67,12 +67,14 @@ def run(args) -> dict:
     from speechmerge.training import DataSelection, finetune, read_training_record, training_config
 
     torch.set_num_threads(args.threads)
-    name = f"{args.language}-{args.task}-{args.mode}-s{args.steps}-lr{args.lr:g}-b{args.batch_size}-seed{args.seed}"
+    mode = args.mode + (f"{args.encoder_layers}" if args.encoder_layers else "")
+    name = f"{args.language}-{args.task}-{mode}-s{args.steps}-lr{args.lr:g}-b{args.batch_size}-seed{args.seed}"
     output = Path(args.work) / name
     shutil.rmtree(output, ignore_errors=True)
     shutil.rmtree(f"{output}.partial", ignore_errors=True)
     config = training_config(
         mode=args.mode,
+        encoder_layers=args.encoder_layers,
         steps=args.steps,
         learning_rate=args.lr,
         batch_size=args.batch_size,
@@ -91,7 +93,7 @@ def run(args) -> dict:
         "name": name,
         "language": args.language,
         "task": args.task,
-        "mode": args.mode + ("-decoder" if args.lora_decoder_only and args.mode == "lora" else ""),
+        "mode": mode + ("-decoder" if args.lora_decoder_only and args.mode == "lora" else ""),
         "steps": args.steps,
         "lr": args.lr,
         "batch_size": args.batch_size,
@@ -169,6 +171,7 @@ def main() -> None:
     parser.add_argument(
         "--lora-decoder-only", action="store_true", help="LoRA adapters in the decoder only (encoder outputs cached)"
     )
+    parser.add_argument("--encoder-layers", type=int, help="with --mode top_encoder: top encoder layers that train")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--lr", type=float, default=3e-5)
     parser.add_argument("--batch-size", type=int, default=8)

@@ -345,7 +345,11 @@ def finetune(
     ),
     mode: str = typer.Option(
         "full",
-        help="full (every weight), decoder (encoder frozen, its outputs computed once: ~10x cheaper on CPU) or lora (PEFT adapters).",
+        help="full (every weight), decoder (encoder frozen, its outputs computed once: ~10x cheaper on CPU), "
+        "top_encoder (the decoder and the top --encoder-layers encoder layers; the lower layers' outputs computed once) or lora (PEFT adapters).",
+    ),
+    encoder_layers: Optional[int] = typer.Option(
+        None, help="With --mode top_encoder: how many of the encoder's top layers train (1 to its layer count)."
     ),
     steps: int = typer.Option(60, help="Optimiser steps (per expert for --baseline); early stopping may end sooner."),
     lr: float = typer.Option(1e-5, "--lr", help="Peak learning rate (AdamW)."),
@@ -389,6 +393,7 @@ def finetune(
 
     settings = dict(
         mode=mode,
+        encoder_layers=encoder_layers,
         steps=steps,
         learning_rate=lr,
         batch_size=batch_size,

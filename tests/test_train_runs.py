@@ -308,6 +308,14 @@ def test_finetune_command_makes_an_expert_and_refuses_bad_input(base, corpus, tm
         "--language zz: not a Whisper language code": ["finetune", base, tmp_path / "x", "-l", "zz", *common],
         "a LoRA adapter, not a full model": ["finetune", _lora_dir(tmp_path), tmp_path / "x", *common],
         "training setting steps": ["finetune", base, tmp_path / "x", *common, "--steps", "0"],
+        "encoder_layers (how many top encoder layers train) goes with mode top_encoder": [
+            "finetune",
+            base,
+            tmp_path / "x",
+            *common,
+            "--encoder-layers",
+            "1",
+        ],
         "--baseline 'pairwise': choose joint or sequential": [
             "finetune",
             base,

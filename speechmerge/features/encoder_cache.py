@@ -14,8 +14,15 @@ The cache is exact: an entry is the float32 tensor the encoder returned, stored 
   version and the device type (kernels differ between builds and devices);
 - the clip: SHA-256 of its audio file's bytes.
 
+The same cache holds the output of the encoder's frozen lower part for training mode
+`top_encoder` (the hidden states that enter encoder layer n, i.e. `hidden_states[n]` of
+transformers' encoder): there `encoder_key` is `lower_encoder_key`, SHA-256 over the index n
+and the tensors below layer n (the convolutions, positions and layers 0 .. n-1), so experts
+that share a base and n share the entries, and a change of n or of any lower weight misses.
+
 Entries are written atomically (temp file + rename), so parallel processes can share the cache.
-One entry holds 1500 x d_model float32 values: 3 MB for whisper-base, 4.6 MB for whisper-small.
+One entry holds 1500 x d_model float32 values: 3 MB for whisper-base, 4.6 MB for whisper-small;
+the cache holds at most one entry per clip per (encoder part, feature settings, build).
 """
 
 from __future__ import annotations
@@ -48,17 +55,40 @@ def tensors_digest(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
 
 def directory_encoder_key(model_dir: Path, model_key: Optional[str] = None) -> str:
     """The encoder key of a Whisper directory's encoder weights, memoised under its content hash."""
+    return _memoised_key(model_dir, model_key, None)
+
+
+def lower_encoder_key(model_dir: Path, first_top_layer: int, model_key: Optional[str] = None) -> str:
+    """The key of the encoder part below layer `first_top_layer` of a Whisper directory (memoised)."""
+    return _memoised_key(model_dir, model_key, first_top_layer)
+
+
+def below_layer(name: str, first_top_layer: int) -> bool:
+    """Whether an encoder tensor name (without the `model.encoder.` prefix) lies below layer n:
+    not layer n or above, and not the final layer norm."""
+    parts = name.split(".")
+    if parts[0] == "layer_norm":
+        return False
+    return not (parts[0] == "layers" and int(parts[1]) >= first_top_layer)
+
+
+def _memoised_key(model_dir: Path, model_key: Optional[str], first_top_layer: Optional[int]) -> str:
     from speechmerge.cache import cache_dir
     from speechmerge.checkpoints.hf import HFCheckpoint
 
     checkpoint = HFCheckpoint(Path(model_dir))
     model_key = model_key or checkpoint.content_hash()
-    memo = cache_dir("encoder-keys") / f"{model_key}.txt"
+    part = "" if first_top_layer is None else f"-below{first_top_layer}"
+    memo = cache_dir("encoder-keys") / f"{model_key}{part}.txt"
     if memo.is_file():
         return memo.read_text().strip()
-    names = [name for name in checkpoint.names() if name.startswith(ENCODER_PREFIX)]
-    key = tensors_digest((name.removeprefix(ENCODER_PREFIX), checkpoint.get(name)) for name in names)
+    names = [name.removeprefix(ENCODER_PREFIX) for name in checkpoint.names() if name.startswith(ENCODER_PREFIX)]
+    if first_top_layer is not None:
+        names = [name for name in names if below_layer(name, first_top_layer)]
+    key = tensors_digest((name, checkpoint.get(ENCODER_PREFIX + name)) for name in names)
     checkpoint.close()
+    if first_top_layer is not None:
+        key = hashlib.sha256(f"input of encoder layer {first_top_layer}|{key}".encode()).hexdigest()
     write_file_atomically(memo, key)
     return key
 

@@ -91,6 +91,7 @@ def run_finetuning(
     from speechmerge.training.loop import RunData, train
 
     started = time.perf_counter()
+    check_encoder_layers(config, base)
     tokenizer = load_tokenizer(base.directory)
     check_tokenizer(base.directory, tokenizer)
     prompts = PromptTokens.of(tokenizer)
@@ -151,6 +152,23 @@ def run_finetuning(
         write_record(tmp, record)
     shutil.rmtree(workdir, ignore_errors=True)
     return output
+
+
+def check_encoder_layers(config: TrainingConfig, base: Base) -> None:
+    """Mode top_encoder needs 1 <= encoder_layers <= the base's encoder layers, and no LayerDrop."""
+    if config.mode != "top_encoder":
+        return
+    layers = int(base.checkpoint.config["encoder_layers"])
+    if not 1 <= config.encoder_layers <= layers:
+        raise SpeechmergeError(
+            f"training setting encoder_layers {config.encoder_layers}: {base.spec} has {layers} encoder layers; "
+            f"choose 1 to {layers}"
+        )
+    if float(base.checkpoint.config.get("encoder_layerdrop", 0.0)) > 0:
+        raise SpeechmergeError(
+            f"{base.spec}: encoder_layerdrop > 0 in config.json; mode top_encoder runs its top layers without "
+            "LayerDrop, so set it to 0 or use mode full"
+        )
 
 
 def _fingerprint(base: Base, data: TrainingData, config: TrainingConfig) -> dict:
@@ -222,8 +240,12 @@ def _trainable_model(base_dir: Path, config: TrainingConfig):
     model.config.apply_spec_augment = config.spec_augment
     # The encoder's positions are a fixed sinusoid in Whisper (a buffer in openai-whisper).
     model.model.encoder.embed_positions.requires_grad_(False)
-    if config.mode == "decoder":
+    if config.mode in ("decoder", "top_encoder"):
         model.model.encoder.requires_grad_(False)
+    if config.mode == "top_encoder":
+        encoder = model.model.encoder
+        for module in (*encoder.layers[-config.encoder_layers :], encoder.layer_norm):
+            module.requires_grad_(True)
     frozen = {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
     if config.mode == "lora":
         from peft import LoraConfig, get_peft_model
@@ -241,20 +263,27 @@ def _trainable_model(base_dir: Path, config: TrainingConfig):
 
 
 def _encoder_side(model, base_dir: Path, data: TrainingData, config: TrainingConfig, device, progress: bool):
-    """Log-mel features per batch when the encoder trains; otherwise its outputs, computed once."""
+    """Log-mel features per batch when the whole encoder runs; otherwise the outputs of its frozen part, computed once."""
+    from functools import partial
+
     from speechmerge.features.log_mel import LogMel
     from speechmerge.progress import progress_bar
-    from speechmerge.training.inputs import cached_encoder_outputs, mel_inputs
+    from speechmerge.training.inputs import cached_encoder_outputs, mel_inputs, top_encoder_inputs
 
     log_mel = LogMel(base_dir)
-    if config.encoder_trains:
+    if config.whole_encoder_runs:
         return mel_inputs(log_mel, device)
     utterances = data.train + data.validation
     clips = len({u.audio for u in utterances})
+    encoder = model.get_encoder().to(device)
+    if config.mode == "top_encoder":
+        first_top_layer = len(encoder.layers) - config.encoder_layers
+        cached, what = partial(top_encoder_inputs, encoder, first_top_layer), f"encoder layer {first_top_layer} inputs"
+    else:
+        cached, what = partial(cached_encoder_outputs, encoder), "encoder outputs"
     with progress_bar(progress, transient=True) as bar:
-        task = bar.add_task("encoder outputs (once per clip)", total=clips)
-        return cached_encoder_outputs(
-            model.get_encoder().to(device),
+        task = bar.add_task(f"{what} (once per clip)", total=clips)
+        return cached(
             log_mel,
             base_dir,
             utterances,

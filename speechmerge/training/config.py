@@ -2,11 +2,13 @@
 
 Modes (what trains):
 
-| mode      | trainable                           | encoder per step                        |
-|-----------|-------------------------------------|-----------------------------------------|
-| `full`    | every weight (what the papers do)   | runs forward and backward               |
-| `decoder` | the decoder; the encoder is frozen  | never: its outputs are computed once    |
-| `lora`    | LoRA adapters (Hu et al. 2021)      | runs, unless `lora_encoder` is off      |
+| mode          | trainable                                   | encoder per step                       |
+|---------------|---------------------------------------------|----------------------------------------|
+| `full`        | every weight (what the papers do)           | runs forward and backward              |
+| `decoder`     | the decoder; the encoder is frozen          | never: its outputs are computed once   |
+| `top_encoder` | the top `encoder_layers` encoder layers,    | those layers only: the input to the    |
+|               | the encoder's final layer norm, the decoder | first is computed once per clip        |
+| `lora`        | LoRA adapters (Hu et al. 2021)              | runs, unless `lora_encoder` is off     |
 
 The optimiser is AdamW (Loshchilov & Hutter 2019) on the trainable weights; the learning rate
 rises linearly from 0 over the warm-up steps, then follows `schedule` down to 0 at `steps`
@@ -18,7 +20,7 @@ number of target tokens.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -32,8 +34,12 @@ class TrainingConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    mode: Literal["full", "decoder", "lora"] = Field(
-        "full", description="what trains: every weight, the decoder only, or LoRA adapters"
+    mode: Literal["full", "decoder", "top_encoder", "lora"] = Field(
+        "full",
+        description="what trains: every weight, the decoder only, the decoder and the top encoder layers, or LoRA adapters",
+    )
+    encoder_layers: Optional[int] = Field(
+        None, ge=1, description="mode top_encoder: how many of the encoder's top layers train (1 .. its layer count)"
     )
     steps: int = Field(60, ge=1, description="optimiser steps (the budget; early stopping may end sooner)")
     learning_rate: float = Field(1e-5, gt=0, le=1.0, description="peak learning rate of AdamW")
@@ -75,9 +81,14 @@ class TrainingConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainingConfig:
-        if self.spec_augment and self.mode == "decoder":
+        if self.spec_augment and self.mode in ("decoder", "top_encoder"):
             raise ValueError(
-                "spec_augment masks the encoder's input, which decoder mode runs once per clip and caches; use mode full or lora"
+                f"spec_augment masks the encoder's input, which mode {self.mode} runs through the frozen layers "
+                "once per clip and caches; use mode full or lora"
+            )
+        if (self.mode == "top_encoder") != (self.encoder_layers is not None):
+            raise ValueError(
+                "encoder_layers (how many top encoder layers train) goes with mode top_encoder, and only with it"
             )
         if self.spec_augment and self.mode == "lora" and not self.lora_encoder:
             raise ValueError("spec_augment needs the encoder to run every step; turn lora_encoder on")
@@ -91,8 +102,8 @@ class TrainingConfig(BaseModel):
         return math.ceil(self.warmup_ratio * self.steps)
 
     @property
-    def encoder_trains(self) -> bool:
-        """Whether any encoder weight changes: if not, encoder outputs are computed once and cached."""
+    def whole_encoder_runs(self) -> bool:
+        """Whether the encoder runs whole every step (else the outputs of its frozen part are cached)."""
         return self.mode == "full" or (self.mode == "lora" and self.lora_encoder)
 
 
