@@ -9,14 +9,19 @@ prompt
     <|startoftranscript|> <|language|> <|task|> <|notimestamps|>
 
 greedily (beam 1) or by beam search, with the model's suppressed tokens, at most
-`max_new_tokens` tokens. `transformers` is the reference; `ctranslate2` decodes the same model
-exported to CTranslate2. Both read audio the same way (log-mel features from the model's own
-`WhisperFeatureExtractor`) and turn tokens into text with the model's own tokenizer.
+`max_new_tokens` tokens. `transformers` is the reference; `torch` decodes greedily with the
+decoder written out step by step (`greedy.py`) from the same encoder outputs; `ctranslate2`
+decodes the same model exported to CTranslate2. All read audio the same way (log-mel features
+from the model's own `WhisperFeatureExtractor`) and turn tokens into text with the model's own
+tokenizer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Protocol
@@ -54,6 +59,33 @@ def max_new_tokens(model: EvalModel, requested: Optional[int]) -> int:
     return min(model.max_target_positions // 2, limit) if requested is None else max(1, min(requested, limit))
 
 
+DEBUG_VARIABLE = "SPEECHMERGE_DEBUG"  # set by `speechmerge --debug`
+
+
+@contextmanager
+def library_messages() -> Iterator[None]:
+    """Hide transformers' and torch's warnings and progress bars inside the block, unless
+    `SPEECHMERGE_DEBUG` is set: what remains after passing what transformers asks for are notes
+    about its own internals (e.g. Whisper's `generate` passing `suppress_tokens` beside a
+    generation config), not about the user's input."""
+    if os.environ.get(DEBUG_VARIABLE):
+        yield
+        return
+    from transformers.utils import logging
+
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
+
+
 class LogMel:
     """Audio files -> the model's log-mel features [n, mels, 3000] (float32 numpy)."""
 
@@ -88,12 +120,26 @@ def language_code(token: str) -> str:
     return token.strip("<|>")
 
 
+def prompt_ids(tokenizer, multilingual: bool, language: str, task: str) -> list[int]:
+    """Whisper's prompt: `<|startoftranscript|> <|language|> <|task|> <|notimestamps|>`
+    (English-only models: `<|startoftranscript|> <|notimestamps|>`)."""
+    tokens = ["<|startoftranscript|>"]
+    if multilingual:
+        tokens += [f"<|{language}|>", f"<|{task}|>"]
+    tokens.append("<|notimestamps|>")
+    return tokenizer.convert_tokens_to_ids(tokens)
+
+
 def make_backend(model: EvalModel, name: str, quantization: str, threads: int, encoder_cache: bool) -> Backend:
-    """The backend called `name` for `model`."""
+    """The backend called `name` for `model` (`quantization`: its weight type)."""
     if name == "transformers":
         from speechmerge.evaluation.hf_backend import TransformersBackend
 
         return TransformersBackend(model, threads=threads, encoder_cache=encoder_cache)
+    if name == "torch":
+        from speechmerge.evaluation.torch_backend import TorchBackend
+
+        return TorchBackend(model, threads=threads, weights=quantization, encoder_cache=encoder_cache)
     from speechmerge.evaluation.ct2_backend import Ct2Backend
 
     return Ct2Backend(model, quantization=quantization, threads=threads)
