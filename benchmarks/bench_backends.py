@@ -22,7 +22,8 @@ cache off:
 
     python benchmarks/bench_backends.py --clips 6 --repeats 3 --write-docs
 
-`--write-docs` rewrites this script's section of docs/performance.md.
+`--parts` measures only some of these (default: all). `--write-docs` rewrites this script's
+sections of docs/performance.md (the first three parts' together, the fourth's on its own).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import ROOT, machine_description, write_section  # noqa: E402
 
 LANGUAGES = ("en", "es", "de", "fr")
+PARTS = ("backends", "batch", "cache", "cached")
 
 
 def clips(corpus_dir: Path, per_language: int, translate: bool):
@@ -249,14 +251,22 @@ def markdown(report: dict) -> str:
         "",
         f"Outputs identical with and without the cache; each model after the first decodes {cache['warm_speedup']:.1f}× faster, "
         f"{cache['total_speedup']:.2f}× for the {cache['models']} models together.",
-        "",
+    ]
+    return "\n".join(lines)
+
+
+def cached_markdown(report: dict) -> str:
+    lines = [
         "### Frozen-encoder models from cached encoder outputs",
         "",
         f"The base fills the encoder-output cache, then {report['experts']} frozen-encoder experts are decoded on the "
-        f"same {report['clips']} clips by each path (batch 8, greedy, interleaved, median of {report['repeats']} "
-        f"per expert; load average {report['load_cached'][0]:.1f} before and {report['load_cached'][1]:.1f} after "
-        "this part). Identical texts: clips over every expert whose text is the reference's (for the audio window: "
+        f"same {report['clips']} clips ({report['clip_description']}) by each path (batch 8, greedy, interleaved; s/clip: median over experts × {report['repeats']} "
+        f"repeats, decoding only) on {report['machine']}, {report['threads']} threads, load average "
+        f"{report['load_cached'][0]:.1f} before and {report['load_cached'][1]:.1f} after this part (5 engineers' jobs "
+        "share the 2 cores). Identical texts: clips over every expert whose text is the reference's (for the audio window: "
         "the full window's of the same backend and weights).",
+        "",
+        f"    {report['command']}",
         "",
         "| path | s/clip | speed-up vs transformers | identical texts | vs | macro WER % | BLEU (es→en) |",
         "|---|---:|---:|---:|---|---:|---:|",
@@ -285,6 +295,13 @@ def main() -> None:
         "--experts", type=int, default=2, help="frozen-encoder experts for the encoder-cache measurement"
     )
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=PARTS,
+        default=list(PARTS),
+        help="what to measure (default: everything): backends, batch sizes, encoder cache, cached decoding",
+    )
     parser.add_argument("--output", type=Path, default=None, help="also write the results as JSON")
     parser.add_argument(
         "--write-docs", action="store_true", help="rewrite this script's section of docs/performance.md"
@@ -307,12 +324,19 @@ def main() -> None:
     try:
         os.environ["SPEECHMERGE_CACHE"] = str(work / "cache")
         started = time.time()
-        backends = compare_backends(model_dir, data, args.repeats, args.threads)
-        sweep = batch_sweep(model_dir, data[:2], args.batch_sizes, max(1, args.repeats - 1), args.threads)
-        cache = encoder_cache_speedup(model_dir, data[:2], args.experts, args.threads, work)
-        load_cached = [os.getloadavg()[0]]
-        cached = cached_decoding(model_dir, data, args.experts, args.repeats, args.threads, work)
-        load_cached.append(os.getloadavg()[0])
+        measured = {}
+        if "backends" in args.parts:
+            measured["backends"] = compare_backends(model_dir, data, args.repeats, args.threads)
+        if "batch" in args.parts:
+            measured["batch_sizes"] = batch_sweep(
+                model_dir, data[:2], args.batch_sizes, max(1, args.repeats - 1), args.threads
+            )
+        if "cache" in args.parts:
+            measured["encoder_cache"] = encoder_cache_speedup(model_dir, data[:2], args.experts, args.threads, work)
+        if "cached" in args.parts:
+            load_cached = [os.getloadavg()[0]]
+            measured["cached"] = cached_decoding(model_dir, data, args.experts, args.repeats, args.threads, work)
+            measured["load_cached"] = load_cached + [os.getloadavg()[0]]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report = {
@@ -326,19 +350,20 @@ def main() -> None:
         f"{sum(u.duration for u in flat) / len(flat):.1f} s on average",
         "command": "python benchmarks/bench_backends.py " + " ".join(sys.argv[1:]),
         "minutes": (time.time() - started) / 60,
-        "backends": backends,
-        "batch_sizes": sweep,
-        "encoder_cache": cache,
         "experts": args.experts,
-        "load_cached": load_cached,
-        "cached": cached,
+        **measured,
     }
     if args.output:
         args.output.write_text(json.dumps(report, indent=2))
-    text = markdown(report)
-    print(text)
-    if args.write_docs:
-        write_section(ROOT / "docs" / "performance.md", "bench_backends", "results", text)
+    texts = []
+    if {"backends", "batch", "cache"} <= set(args.parts):
+        texts.append(("results", markdown(report)))
+    if "cached" in args.parts:
+        texts.append(("cached", cached_markdown(report)))
+    for name, text in texts:
+        print(text)
+        if args.write_docs:
+            write_section(ROOT / "docs" / "performance.md", "bench_backends", name, text)
 
 
 if __name__ == "__main__":
