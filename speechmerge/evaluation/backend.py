@@ -65,9 +65,9 @@ DEBUG_VARIABLE = "SPEECHMERGE_DEBUG"  # set by `speechmerge --debug`
 @contextmanager
 def library_messages() -> Iterator[None]:
     """Hide transformers' and torch's warnings and progress bars inside the block, unless
-    `SPEECHMERGE_DEBUG` is set: what remains after passing what transformers asks for are notes
-    about its own internals (e.g. Whisper's `generate` passing `suppress_tokens` beside a
-    generation config), not about the user's input."""
+    `SPEECHMERGE_DEBUG` is set. The backends pass what transformers asks for (an attention mask,
+    one token budget), so what this hides are notes about the libraries' own internals
+    (deprecations, loading progress), not about the user's input."""
     if os.environ.get(DEBUG_VARIABLE):
         yield
         return
