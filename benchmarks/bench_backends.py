@@ -1,4 +1,5 @@
-"""Decoding backends on the same clips: speed, agreement, batch size, and the encoder-output cache.
+"""Decoding backends on the same clips: speed, agreement, batch size, the encoder-output cache, and
+decoding frozen-encoder models from cached encoder outputs.
 
 On clips of the built-in demo corpus (test split, `general` domain; built if missing), with the
 built-in whisper-base, greedy, all through `speechmerge.evaluation.evaluate` with the prediction
@@ -11,11 +12,18 @@ cache off:
 2. batch size: the transformers backend at each of `--batch-sizes` (clips decoded together);
 3. encoder cache: the base and `--experts` frozen-encoder experts (copies of the base with the
    decoder perturbed, as decoder-only fine-tuning leaves the encoder untouched) evaluated on
-   the same clips with the encoder-output cache off, then on (cold: the first model fills it).
+   the same clips with the encoder-output cache off, then on (cold: the first model fills it);
+4. decoding from cached encoder outputs (issue 16): the base fills the encoder cache, then each
+   frozen-encoder expert is decoded on every clip by each path of `CACHED_PATHS`, interleaved
+   `--repeats` times: median seconds per clip (model loading excluded), the ratio to the
+   transformers path, the share of clips (over every expert) whose text is the transformers
+   path's, and macro WER / BLEU; the audio window's agreement is with the full window of the
+   same backend and weights.
 
     python benchmarks/bench_backends.py --clips 6 --repeats 3 --write-docs
 
-`--write-docs` rewrites this script's section of docs/performance.md.
+`--parts` measures only some of these (default: all). `--write-docs` rewrites this script's
+sections of docs/performance.md (the first three parts' together, the fourth's on its own).
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import ROOT, machine_description, write_section  # noqa: E402
 
 LANGUAGES = ("en", "es", "de", "fr")
+PARTS = ("backends", "batch", "cache", "cached")
 
 
 def clips(corpus_dir: Path, per_language: int, translate: bool):
@@ -147,6 +156,56 @@ def encoder_cache_speedup(model_dir: Path, data, experts: int, threads: int, wor
     }
 
 
+CACHED_PATHS = {
+    "transformers float32 (reference)": dict(backend="transformers"),
+    "torch float32": dict(backend="torch"),
+    "torch int8": dict(backend="torch", quantization="int8"),
+    "torch float32, audio window": dict(backend="torch", encoder_window="audio"),
+    "torch int8, audio window": dict(backend="torch", quantization="int8", encoder_window="audio"),
+}
+WINDOW_REFERENCE = {
+    "torch float32, audio window": "torch float32",
+    "torch int8, audio window": "torch int8",
+}
+
+
+def cached_decoding(model_dir: Path, data, experts: int, repeats: int, threads: int, work: Path) -> dict:
+    """Frozen-encoder experts decoded from the base's cached encoder outputs by each path."""
+    models = frozen_encoder_experts(model_dir, experts, work / "cached")
+    os.environ["SPEECHMERGE_CACHE"] = str(work / "cache-cached")
+    run(model_dir, data, threads=threads)  # fills the encoder-output cache
+    times = {name: [] for name in CACHED_PATHS}
+    results = {name: {} for name in CACHED_PATHS}
+    for _ in range(repeats):
+        for index, expert in enumerate(models):
+            for name, decode in CACHED_PATHS.items():
+                result = run(expert, data, threads=threads, **decode)
+                assert result.timing.encoder_batches == 0, "the encoder ran: the cache was not used"
+                results[name][index] = result
+                times[name].append(per_clip(result))
+    reference_name = next(iter(CACHED_PATHS))
+    reference = statistics.median(times[reference_name])
+    out = {}
+    for name, by_expert in results.items():
+        compared = WINDOW_REFERENCE.get(name, reference_name)
+        same = sum(
+            a.hypothesis == b.hypothesis
+            for index, result in by_expert.items()
+            for a, b in zip(result.predictions, results[compared][index].predictions)
+        )
+        out[name] = {
+            "seconds_per_clip": statistics.median(times[name]),
+            "all_seconds_per_clip": times[name],
+            "speedup": reference / statistics.median(times[name]),
+            "compared_with": compared,
+            "identical_texts": same,
+            "clips": sum(len(result.predictions) for result in by_expert.values()),
+            "macro_wer": statistics.mean(macro(result, "wer") for result in by_expert.values()),
+            "macro_bleu": statistics.mean(macro(result, "bleu") for result in by_expert.values()),
+        }
+    return out
+
+
 def markdown(report: dict) -> str:
     backends, sweep, cache = report["backends"], report["batch_sizes"], report["encoder_cache"]
     lines = [
@@ -196,6 +255,31 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def cached_markdown(report: dict) -> str:
+    lines = [
+        "### Frozen-encoder models from cached encoder outputs",
+        "",
+        f"The base fills the encoder-output cache, then {report['experts']} frozen-encoder experts are decoded on the "
+        f"same {report['clips']} clips ({report['clip_description']}) by each path (batch 8, greedy, interleaved; s/clip: median over experts × {report['repeats']} "
+        f"repeats, decoding only) on {report['machine']}, {report['threads']} threads, load average "
+        f"{report['load_cached'][0]:.1f} before and {report['load_cached'][1]:.1f} after this part (5 engineers' jobs "
+        "share the 2 cores). Identical texts: clips over every expert whose text is the reference's (for the audio window: "
+        "the full window's of the same backend and weights).",
+        "",
+        f"    {report['command']}",
+        "",
+        "| path | s/clip | speed-up vs transformers | identical texts | vs | macro WER % | BLEU (es→en) |",
+        "|---|---:|---:|---:|---|---:|---:|",
+    ]
+    for name, row in report["cached"].items():
+        lines.append(
+            f"| {name} | {row['seconds_per_clip']:.3f} | {row['speedup']:.2f}× | "
+            f"{row['identical_texts']}/{row['clips']} ({100 * row['identical_texts'] / row['clips']:.1f} %) | "
+            f"{row['compared_with'].removesuffix(' (reference)')} | {100 * row['macro_wer']:.2f} | {row['macro_bleu']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="builtin:whisper-base")
@@ -211,6 +295,13 @@ def main() -> None:
         "--experts", type=int, default=2, help="frozen-encoder experts for the encoder-cache measurement"
     )
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=PARTS,
+        default=list(PARTS),
+        help="what to measure (default: everything): backends, batch sizes, encoder cache, cached decoding",
+    )
     parser.add_argument("--output", type=Path, default=None, help="also write the results as JSON")
     parser.add_argument(
         "--write-docs", action="store_true", help="rewrite this script's section of docs/performance.md"
@@ -233,9 +324,19 @@ def main() -> None:
     try:
         os.environ["SPEECHMERGE_CACHE"] = str(work / "cache")
         started = time.time()
-        backends = compare_backends(model_dir, data, args.repeats, args.threads)
-        sweep = batch_sweep(model_dir, data[:2], args.batch_sizes, max(1, args.repeats - 1), args.threads)
-        cache = encoder_cache_speedup(model_dir, data[:2], args.experts, args.threads, work)
+        measured = {}
+        if "backends" in args.parts:
+            measured["backends"] = compare_backends(model_dir, data, args.repeats, args.threads)
+        if "batch" in args.parts:
+            measured["batch_sizes"] = batch_sweep(
+                model_dir, data[:2], args.batch_sizes, max(1, args.repeats - 1), args.threads
+            )
+        if "cache" in args.parts:
+            measured["encoder_cache"] = encoder_cache_speedup(model_dir, data[:2], args.experts, args.threads, work)
+        if "cached" in args.parts:
+            load_cached = [os.getloadavg()[0]]
+            measured["cached"] = cached_decoding(model_dir, data, args.experts, args.repeats, args.threads, work)
+            measured["load_cached"] = load_cached + [os.getloadavg()[0]]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report = {
@@ -249,16 +350,20 @@ def main() -> None:
         f"{sum(u.duration for u in flat) / len(flat):.1f} s on average",
         "command": "python benchmarks/bench_backends.py " + " ".join(sys.argv[1:]),
         "minutes": (time.time() - started) / 60,
-        "backends": backends,
-        "batch_sizes": sweep,
-        "encoder_cache": cache,
+        "experts": args.experts,
+        **measured,
     }
     if args.output:
         args.output.write_text(json.dumps(report, indent=2))
-    text = markdown(report)
-    print(text)
-    if args.write_docs:
-        write_section(ROOT / "docs" / "performance.md", "bench_backends", "results", text)
+    texts = []
+    if {"backends", "batch", "cache"} <= set(args.parts):
+        texts.append(("results", markdown(report)))
+    if "cached" in args.parts:
+        texts.append(("cached", cached_markdown(report)))
+    for name, text in texts:
+        print(text)
+        if args.write_docs:
+            write_section(ROOT / "docs" / "performance.md", "bench_backends", name, text)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Heavy libraries (torch, transformers) are imported inside the commands so that
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -27,9 +28,15 @@ _state = {"debug": False}
 
 @app.callback()
 def _root(
-    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    debug: bool = typer.Option(
+        False, "--debug", help="Show full tracebacks on errors, and the libraries' warnings and progress bars."
+    ),
 ) -> None:
     _state["debug"] = debug
+    if debug:
+        from speechmerge.library_messages import DEBUG_VARIABLE
+
+        os.environ[DEBUG_VARIABLE] = "1"
 
 
 @app.command()
@@ -116,9 +123,15 @@ def eval_command(
     ),
     backend: str = typer.Option(
         "transformers",
-        help="transformers (the reference) or ctranslate2 (the model exported to CTranslate2, faster on CPU).",
+        help="transformers (the reference), torch (greedy from cached encoder outputs, the reference's text) "
+        "or ctranslate2 (the model exported to CTranslate2).",
     ),
-    quantization: str = typer.Option("int8", help="With --backend ctranslate2: int8, float32, int8_float32 or int16."),
+    quantization: Optional[str] = typer.Option(
+        None, help="Weights: torch float32 (default) or int8; ctranslate2 int8 (default), float32, int8_float32, int16."
+    ),
+    encoder_window: str = typer.Option(
+        "full", help="full (30 s) or audio (cross-attend only to the positions holding audio plus 1 s; changes texts)."
+    ),
     beam_size: int = typer.Option(1, help="1 = greedy search; more = beam search with that many beams."),
     batch_size: Optional[int] = typer.Option(
         None, help="Clips decoded together (default: the fastest measured on CPU, 8)."
@@ -175,6 +188,7 @@ def eval_command(
         max_new_tokens=max_new_tokens,
         encoder_cache=encoder_cache,
         threads=threads,
+        encoder_window=encoder_window,
     )
     labels = LabelFilter(*(tuple(_comma_list(value)) if value else None for value in (language, task, domain, split)))
     run_eval_command(model, data, output, options, labels, skip_bad=skip_bad, force=force)

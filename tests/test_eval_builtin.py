@@ -46,3 +46,22 @@ def test_builtin_base_detects_the_language_and_transcribes(corpus, base_model):
     assert groups["es"].wer < 1.0
     english = [p for p in result.predictions if p.language == "en"]
     assert all(p.hypothesis_normalised and p.word_edits.reference_length > 3 for p in english)
+
+
+def test_torch_backend_gives_the_builtin_base_the_reference_text_from_cached_encoder_outputs(corpus, base_model):
+    """float32: the transformers text on every clip; int8: most clips (the benchmark measures the share)."""
+    labels = LabelFilter(language=("en", "es"), task=("transcribe",), domain=("general",), split=("validation",))
+
+    def run(**decode):
+        return evaluate(
+            base_model, [corpus], EvalOptions(decode=DecodeOptions(**decode), prediction_cache=False), labels=labels
+        )
+
+    reference = run()
+    fast = run(backend="torch")
+    quantised = run(backend="torch", quantization="int8")
+    assert fast.timing.encoder_batches == 0 and quantised.timing.encoder_batches == 0  # the reference filled the cache
+    texts = [p.hypothesis for p in reference.predictions]
+    assert [p.hypothesis for p in fast.predictions] == texts
+    same = sum(p.hypothesis == text for p, text in zip(quantised.predictions, texts))
+    assert same >= 3 and all(p.hypothesis for p in quantised.predictions)  # of 4 clips

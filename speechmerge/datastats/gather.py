@@ -82,7 +82,10 @@ def expert_statistics(
     if loaded is None:
         from transformers import WhisperForConditionalGeneration
 
-        loaded = WhisperForConditionalGeneration.from_pretrained(directory, dtype=torch.float32)
+        from speechmerge.library_messages import library_messages
+
+        with library_messages():
+            loaded = WhisperForConditionalGeneration.from_pretrained(directory, dtype=torch.float32)
     started = time.perf_counter()
     with atomic_directory(folder, force=True) as tmp:
         grams, fishers, tokens = gather(

@@ -9,9 +9,11 @@ prompt
     <|startoftranscript|> <|language|> <|task|> <|notimestamps|>
 
 greedily (beam 1) or by beam search, with the model's suppressed tokens, at most
-`max_new_tokens` tokens. `transformers` is the reference; `ctranslate2` decodes the same model
-exported to CTranslate2. Both read audio the same way (`features.log_mel.LogMel`: the model's own
-`WhisperFeatureExtractor`) and turn tokens into text with the model's own tokenizer.
+`max_new_tokens` tokens. `transformers` is the reference; `torch` decodes greedily with the
+decoder written out step by step (`greedy.py`) from the same encoder outputs; `ctranslate2`
+decodes the same model exported to CTranslate2. All read audio the same way (`features.log_mel.LogMel`: the
+model's own `WhisperFeatureExtractor`) and turn tokens into text with the model's own
+tokenizer.
 """
 
 from __future__ import annotations
@@ -66,12 +68,26 @@ def language_code(token: str) -> str:
     return token.strip("<|>")
 
 
+def prompt_ids(tokenizer, multilingual: bool, language: str, task: str) -> list[int]:
+    """Whisper's prompt: `<|startoftranscript|> <|language|> <|task|> <|notimestamps|>`
+    (English-only models: `<|startoftranscript|> <|notimestamps|>`)."""
+    tokens = ["<|startoftranscript|>"]
+    if multilingual:
+        tokens += [f"<|{language}|>", f"<|{task}|>"]
+    tokens.append("<|notimestamps|>")
+    return tokenizer.convert_tokens_to_ids(tokens)
+
+
 def make_backend(model: EvalModel, name: str, quantization: str, threads: int, encoder_cache: bool) -> Backend:
-    """The backend called `name` for `model`."""
+    """The backend called `name` for `model` (`quantization`: its weight type)."""
     if name == "transformers":
         from speechmerge.evaluation.hf_backend import TransformersBackend
 
         return TransformersBackend(model, threads=threads, encoder_cache=encoder_cache)
+    if name == "torch":
+        from speechmerge.evaluation.torch_backend import TorchBackend
+
+        return TorchBackend(model, threads=threads, weights=quantization, encoder_cache=encoder_cache)
     from speechmerge.evaluation.ct2_backend import Ct2Backend
 
     return Ct2Backend(model, quantization=quantization, threads=threads)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from speechmerge.errors import SpeechmergeError
-from speechmerge.evaluation.backend import DecodeSettings, language_code, load_tokenizer
+from speechmerge.evaluation.backend import DecodeSettings, language_code, load_tokenizer, prompt_ids
 from speechmerge.evaluation.model import EvalModel
 from speechmerge.features.log_mel import LogMel
 
@@ -74,15 +74,8 @@ class Ct2Backend:
     def detect_languages(self, encoded) -> list[str]:
         return [language_code(ranked[0][0]) for ranked in self.model.detect_language(encoded)]
 
-    def _prompt(self, language: str, task: str) -> list[int]:
-        tokens = ["<|startoftranscript|>"]
-        if self.model_info.multilingual:
-            tokens += [f"<|{language}|>", f"<|{task}|>"]
-        tokens.append("<|notimestamps|>")
-        return self.tokenizer.convert_tokens_to_ids(tokens)
-
     def decode(self, encoded, languages: Sequence[str], task: str, settings: DecodeSettings) -> list[str]:
-        prompts = [self._prompt(language, task) for language in languages]
+        prompts = [prompt_ids(self.tokenizer, self.model_info.multilingual, language, task) for language in languages]
         results = self.model.generate(
             encoded,
             prompts,

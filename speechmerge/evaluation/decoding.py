@@ -4,20 +4,26 @@ Clips are grouped by (task, language) — one prompt per batch, as Whisper decod
 sorted by duration within a group (similar lengths finish together, so fewer padded steps),
 and decoded `batch_size` at a time. Only clips missing from the prediction cache are decoded;
 the backend (model loading) is created only if there is one.
+
+With `encoder_window="audio"` the decoder cross-attends only to the first encoder positions of
+each batch: those of its longest clip's audio (read from the file, 50 positions a second) plus
+a margin, never fewer than a clip's audio holds; the rest of Whisper's 30 s window is padding.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import groupby
+from pathlib import Path
 from typing import Optional
 
 from speechmerge.data.manifest import Utterance
 from speechmerge.evaluation.backend import Backend, DecodeSettings, make_backend, max_new_tokens
 from speechmerge.evaluation.model import EvalModel
-from speechmerge.evaluation.options import DecodeOptions
+from speechmerge.evaluation.options import AUDIO_WINDOW_MARGIN_SECONDS, ENCODER_POSITIONS_PER_SECOND, DecodeOptions
 from speechmerge.evaluation.prediction_cache import CachedDecode, PredictionCache, entry_key
 
 
@@ -50,6 +56,14 @@ def plan_batches(utterances: Sequence[Utterance], indices: Sequence[int], batch_
     return batches
 
 
+def audio_window(audio: Sequence[Path], positions: int) -> int:
+    """Encoder positions covering the longest clip's audio plus the margin, at most `positions`."""
+    from speechmerge.data.audio import audio_duration
+
+    seconds = max(audio_duration(path) for path in audio) + AUDIO_WINDOW_MARGIN_SECONDS
+    return min(positions, math.ceil(seconds * ENCODER_POSITIONS_PER_SECOND))
+
+
 def decode_utterances(
     model: EvalModel,
     utterances: Sequence[Utterance],
@@ -80,7 +94,7 @@ def decode_utterances(
         return results, stats
     start = time.perf_counter()
     threads = options.threads or torch.get_num_threads()
-    backend = backend_factory(model, options.backend, options.quantization, threads, options.encoder_cache)
+    backend = backend_factory(model, options.backend, options.weights, threads, options.encoder_cache)
     stats.load_seconds = time.perf_counter() - start
     settings = DecodeSettings(beam_size=options.beam_size, max_new_tokens=max_new_tokens(model, options.max_new_tokens))
     start = time.perf_counter()
@@ -88,6 +102,8 @@ def decode_utterances(
         for batch in plan_batches(utterances, todo, options.batch_size):
             members = [utterances[i] for i in batch]
             encoded = backend.encode([u.audio for u in members])
+            if options.encoder_window == "audio":
+                encoded = encoded[:, : audio_window([u.audio for u in members], encoded.shape[1])]
             detected = (
                 backend.detect_languages(encoded)
                 if model.multilingual and options.detects_language

@@ -23,6 +23,7 @@ from speechmerge.errors import SpeechmergeError
 from speechmerge.evaluation.backend import PROMPT_LENGTH, DecodeSettings, language_code, load_tokenizer
 from speechmerge.evaluation.model import EvalModel
 from speechmerge.features.log_mel import LogMel
+from speechmerge.library_messages import library_messages
 
 
 class SuppressedTokens:
@@ -54,16 +55,21 @@ class TransformersBackend:
         self.model_info = model
         self.device = device
         try:
-            self.model = (
-                WhisperForConditionalGeneration.from_pretrained(model.directory, dtype=torch.float32).to(device).eval()
-            )
+            with library_messages():
+                self.model = (
+                    WhisperForConditionalGeneration.from_pretrained(model.directory, dtype=torch.float32)
+                    .to(device)
+                    .eval()
+                )
         except (OSError, ValueError, RuntimeError) as error:
             raise SpeechmergeError(
                 f"{model.directory}: transformers cannot load this Whisper model ({error}); re-save it"
             ) from None
         self.generation_config = GenerationConfig.from_pretrained(model.directory)
-        # generate() falls back to the model's own config for None values: clear suppression there too.
-        self.model.generation_config.suppress_tokens = self.model.generation_config.begin_suppress_tokens = None
+        # generate() falls back to the model's own config for None values: clear suppression there too,
+        # and the total `max_length` (the token budget is `max_new_tokens`; both set makes a warning).
+        fallback = self.model.generation_config
+        fallback.suppress_tokens = fallback.begin_suppress_tokens = fallback.max_length = None
         self.tokenizer = load_tokenizer(model)
         self.log_mel = LogMel(model.directory)
         self.cache = (
@@ -102,7 +108,7 @@ class TransformersBackend:
         import torch
         from transformers.modeling_outputs import BaseModelOutput
 
-        with torch.no_grad():
+        with torch.no_grad(), library_messages():
             ids = self.model.detect_language(
                 encoder_outputs=BaseModelOutput(last_hidden_state=encoded), generation_config=self.generation_config
             )
@@ -113,18 +119,24 @@ class TransformersBackend:
         from transformers import LogitsProcessorList
         from transformers.modeling_outputs import BaseModelOutput
 
+        multilingual = self.model_info.multilingual
+        prompt_length = PROMPT_LENGTH if multilingual else 2
         config = copy.deepcopy(self.generation_config)
         config.num_beams = settings.beam_size
         config.do_sample = False
         config.max_new_tokens = settings.max_new_tokens
         config.max_length = None
         config.suppress_tokens = config.begin_suppress_tokens = None  # applied by SuppressedTokens below
-        multilingual = self.model_info.multilingual
-        with torch.no_grad():
+        # The log-mel frames behind the encoder output, none of them padding inside the batch: the mask
+        # transformers asks for (short-form decoding reads only its shape).
+        stride = self.model.model.encoder.conv1.stride[0] * self.model.model.encoder.conv2.stride[0]
+        frames = torch.ones((encoded.shape[0], stride * encoded.shape[1]), dtype=torch.long, device=encoded.device)
+        with torch.no_grad(), library_messages():
             sequences = self.model.generate(
                 encoder_outputs=BaseModelOutput(last_hidden_state=encoded),
+                attention_mask=frames,
                 generation_config=config,
-                logits_processor=LogitsProcessorList(self._suppression(PROMPT_LENGTH if multilingual else 2)),
+                logits_processor=LogitsProcessorList(self._suppression(prompt_length)),
                 language=list(languages) if multilingual else None,
                 task=task if multilingual else None,
                 return_timestamps=False,

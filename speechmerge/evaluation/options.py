@@ -6,11 +6,17 @@ import hashlib
 import json
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-BACKENDS = ("transformers", "ctranslate2")
+BACKENDS = ("transformers", "torch", "ctranslate2")
+# Each backend's weight type when none is chosen.
+DEFAULT_WEIGHTS = {"transformers": "float32", "torch": "float32", "ctranslate2": "int8"}
 # Fastest decoder batch measured on the 2-core CPU (docs/performance.md, "Decoding backends").
 DEFAULT_BATCH_SIZE = 8
+# Encoder positions per second of audio (Whisper: 1500 for 30 s) and the margin kept after the
+# audio with `encoder_window="audio"`.
+ENCODER_POSITIONS_PER_SECOND = 50
+AUDIO_WINDOW_MARGIN_SECONDS = 1.0
 
 
 class DecodeOptions(BaseModel):
@@ -18,8 +24,9 @@ class DecodeOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backend: Literal["transformers", "ctranslate2"] = Field(
-        "transformers", description="transformers (reference) or ctranslate2"
+    backend: Literal["transformers", "torch", "ctranslate2"] = Field(
+        "transformers",
+        description="transformers (reference), torch (greedy from cached encoder outputs, same text) or ctranslate2",
     )
     beam_size: int = Field(1, ge=1, le=16, description="1 = greedy search")
     language: Literal["manifest", "detect"] = Field(
@@ -28,8 +35,8 @@ class DecodeOptions(BaseModel):
     language_id: bool = Field(
         False, description="also detect each clip's language and report LID accuracy (one more decoder pass per clip)"
     )
-    quantization: Literal["int8", "float32", "int8_float32", "int16"] = Field(
-        "int8", description="ctranslate2 weight type"
+    quantization: Optional[Literal["int8", "float32", "int8_float32", "int16"]] = Field(
+        None, description="weight type: torch float32 (default) or int8; ctranslate2 int8 (default), float32, ..."
     )
     max_new_tokens: Optional[int] = Field(
         None, ge=4, description="token budget per clip (default: half the decoder's context, as openai-whisper)"
@@ -39,6 +46,39 @@ class DecodeOptions(BaseModel):
         True, description="reuse encoder outputs across models sharing an encoder (transformers)"
     )
     threads: Optional[int] = Field(None, ge=1, description="CPU threads (default: torch's default)")
+    encoder_window: Literal["full", "audio"] = Field(
+        "full",
+        description="cross-attend to all 30 s of encoder positions, or only to those holding audio plus a margin",
+    )
+
+    @field_validator("beam_size")
+    @classmethod
+    def _greedy_backend(cls, value: int, info: ValidationInfo) -> int:
+        if value != 1 and info.data.get("backend") == "torch":
+            raise ValueError(
+                "the torch backend decodes greedily (beam size 1); beam search is the transformers backend's"
+            )
+        return value
+
+    @field_validator("quantization")
+    @classmethod
+    def _backend_weights(cls, value: Optional[str], info: ValidationInfo) -> Optional[str]:
+        allowed = {"transformers": ("float32",), "torch": ("float32", "int8")}.get(info.data.get("backend"))
+        if value is not None and allowed is not None and value not in allowed:
+            raise ValueError(f"the {info.data['backend']} backend takes {' or '.join(allowed)}")
+        return value
+
+    @field_validator("encoder_window")
+    @classmethod
+    def _window_backend(cls, value: str, info: ValidationInfo) -> str:
+        if value != "full" and info.data.get("backend") == "ctranslate2":
+            raise ValueError("the audio window needs the transformers or torch backend (ctranslate2 keeps 30 s)")
+        return value
+
+    @property
+    def weights(self) -> str:
+        """The weight type decoding uses (`quantization`, else the backend's default)."""
+        return self.quantization or DEFAULT_WEIGHTS[self.backend]
 
     @property
     def detects_language(self) -> bool:
@@ -53,16 +93,19 @@ class DecodeOptions(BaseModel):
             "language": self.language,
             "max_new_tokens": self.max_new_tokens,
         }
-        if self.backend == "ctranslate2":
-            fields["quantization"] = self.quantization
+        if self.backend != "transformers":
+            fields["quantization"] = self.weights
+        if self.encoder_window != "full":
+            fields["encoder_window"] = self.encoder_window
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
     def describe(self) -> str:
         """A short label, e.g. `transformers greedy` or `ctranslate2 int8 beam 5`."""
         search = "greedy" if self.beam_size == 1 else f"beam {self.beam_size}"
-        backend = self.backend if self.backend == "transformers" else f"ctranslate2 {self.quantization}"
+        backend = self.backend if self.backend == "transformers" else f"{self.backend} {self.weights}"
         language = ", detected language" if self.language == "detect" else ""
-        return f"{backend} {search}{language}"
+        window = ", audio window" if self.encoder_window == "audio" else ""
+        return f"{backend} {search}{language}{window}"
 
 
 class EvalOptions(BaseModel):

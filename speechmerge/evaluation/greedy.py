@@ -1,0 +1,178 @@
+"""Greedy Whisper decoding from encoder outputs, the decoder written out step by step in torch.
+
+The arithmetic is transformers' `WhisperDecoder` (pre-LayerNorm layers; the query scaled by
+head_dim^-1/2 before the product; GELU MLP; logits from the output projection), arranged for
+greedy search on CPU:
+
+- the cross-attention keys and values of every layer, K = E W_k and V = E W_v + b_v over the
+  encoder output E [batch, frames, d_model], are computed once per batch (the largest single
+  cost: 2 · layers · frames · d_model² multiply-adds per clip) and reused by every step;
+- self-attention keys and values go into a cache allocated once for the prompt plus the token
+  budget, written in place (no concatenation, no re-allocation);
+- a step is the layers on the last token, then the argmax of the logits with the suppressed
+  tokens at -inf (`begin_suppress` too at the first step), nothing else in Python;
+- a clip that emitted end-of-text leaves the batch (its rows are dropped from both caches), so
+  the remaining steps cost only the clips still decoding.
+
+With `int8` the output projection and the cross-attention key/value projections are
+dynamically quantised (per-channel int8 weights, activations quantised per call: Jacob et al.
+2018); the rest of the decoder and the encoder output stay float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class GreedyRules:
+    """What greedy search forbids and when it stops (from the model's generation config)."""
+
+    suppress_tokens: tuple[int, ...]
+    begin_suppress_tokens: tuple[int, ...]
+    eos_token_id: int
+    max_new_tokens: int
+
+
+def quantise_decoder(model) -> None:
+    """Dynamically quantise (int8) the output projection and the cross-attention key/value projections.
+
+    These are the per-token and per-clip bulk of the decoder's arithmetic (a 51,865 x d_model
+    matrix read at every step; 2 · layers · frames · d_model² multiply-adds per clip); the
+    other linear layers stay float32, as quantising them changes many more transcripts
+    (docs/evaluation.md, "Backends")."""
+    import warnings
+
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    def quantised(linear: torch.nn.Linear) -> torch.nn.Module:
+        spec = {torch.nn.Linear: per_channel_dynamic_qconfig}
+        return quantize_dynamic(torch.nn.Sequential(linear), spec, dtype=torch.qint8)[0]
+
+    with warnings.catch_warnings():  # torch marks its quantised tensor types deprecated; the kernels are current
+        warnings.simplefilter("ignore")
+        model.proj_out = quantised(model.proj_out)
+        for layer in model.model.decoder.layers:
+            layer.encoder_attn.k_proj = quantised(layer.encoder_attn.k_proj)
+            layer.encoder_attn.v_proj = quantised(layer.encoder_attn.v_proj)
+
+
+class GreedyDecoder:
+    """Greedy search over a loaded `WhisperForConditionalGeneration`'s decoder (no autograd)."""
+
+    def __init__(self, model):
+        decoder = model.model.decoder
+        self.layers = list(decoder.layers)
+        self.embed_tokens = decoder.embed_tokens
+        self.positions = decoder.embed_positions.weight
+        self.layer_norm = decoder.layer_norm
+        self.proj_out = model.proj_out
+        self.heads = model.config.decoder_attention_heads
+        self.vocab_size = model.config.vocab_size
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        """[batch, time, d_model] -> [batch, heads, time, head_dim]."""
+        batch, time, width = x.shape
+        return x.view(batch, time, self.heads, width // self.heads).transpose(1, 2)
+
+    @staticmethod
+    def _merge(x: torch.Tensor) -> torch.Tensor:
+        batch, heads, time, head_dim = x.shape
+        return x.transpose(1, 2).reshape(batch, time, heads * head_dim)
+
+    def cross_keys_values(self, encoded: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's cross-attention (K, V) [batch, heads, frames, head_dim] of encoder outputs."""
+        with torch.no_grad():
+            return [
+                (
+                    self._split(layer.encoder_attn.k_proj(encoded)).contiguous(),
+                    self._split(layer.encoder_attn.v_proj(encoded)).contiguous(),
+                )
+                for layer in self.layers
+            ]
+
+    def _forward(self, ids: torch.Tensor, start: int, cross, cache) -> torch.Tensor:
+        """Logits [batch, vocab] of the last of `ids` [batch, time] at positions start.. (caches updated)."""
+        end = start + ids.shape[1]
+        x = self.embed_tokens(ids) + self.positions[start:end]
+        for layer, (cross_k, cross_v), (keys, values) in zip(self.layers, cross, cache):
+            attention = layer.self_attn
+            h = layer.self_attn_layer_norm(x)
+            q = self._split(attention.q_proj(h) * attention.scaling)
+            keys[:, :, start:end] = self._split(attention.k_proj(h))
+            values[:, :, start:end] = self._split(attention.v_proj(h))
+            a = F.scaled_dot_product_attention(
+                q, keys[:, :, :end], values[:, :, :end], is_causal=ids.shape[1] > 1, scale=1.0
+            )
+            x = x + attention.out_proj(self._merge(a))
+            attention = layer.encoder_attn
+            h = layer.encoder_attn_layer_norm(x)
+            q = self._split(attention.q_proj(h) * attention.scaling)
+            a = F.scaled_dot_product_attention(q, cross_k, cross_v, scale=1.0)
+            x = x + attention.out_proj(self._merge(a))
+            h = layer.final_layer_norm(x)
+            x = x + layer.fc2(layer.activation_fn(layer.fc1(h)))
+        return self.proj_out(self.layer_norm(x[:, -1:]))[:, 0]
+
+    def _empty_cache(self, batch: int, length: int, like: torch.Tensor):
+        shape = (batch, self.heads, length, like.shape[-1])
+        return [(like.new_empty(shape), like.new_empty(shape)) for _ in self.layers]
+
+    def first_logits(self, cross, token: int) -> torch.Tensor:
+        """Logits [batch, vocab] after the single token `token` (e.g. language identification)."""
+        batch = cross[0][0].shape[0]
+        with torch.no_grad():
+            cache = self._empty_cache(batch, 1, cross[0][0])
+            return self._forward(torch.full((batch, 1), token, dtype=torch.long), 0, cross, cache)
+
+    def _mask(self, tokens: Sequence[int], device) -> torch.Tensor:
+        mask = torch.zeros(self.vocab_size, dtype=torch.bool, device=device)
+        mask[list(tokens)] = True
+        return mask
+
+    def generate(self, cross, prompts: Sequence[Sequence[int]], rules: GreedyRules) -> list[list[int]]:
+        """Generated token ids per clip (end-of-text excluded), greedy from `prompts` (one length)."""
+        device = cross[0][0].device
+        ids = torch.tensor([list(p) for p in prompts], dtype=torch.long, device=device)
+        batch, length = ids.shape
+        suppress = self._mask(rules.suppress_tokens, device)
+        at_begin = suppress | self._mask(rules.begin_suppress_tokens, device)
+        outputs: list[list[int]] = [[] for _ in range(batch)]
+        rows = list(range(batch))  # clip index of each row still decoding
+        with torch.no_grad():
+            cache = self._empty_cache(batch, length + rules.max_new_tokens, cross[0][0])
+            logits = self._forward(ids, 0, cross, cache)
+            for step in range(rules.max_new_tokens):
+                tokens = logits.masked_fill(at_begin if step == 0 else suppress, float("-inf")).argmax(-1).tolist()
+                keep = []
+                for row, token in enumerate(tokens):
+                    if token == rules.eos_token_id:
+                        continue
+                    outputs[rows[row]].append(token)
+                    keep.append(row)
+                if not keep or step + 1 == rules.max_new_tokens:
+                    break
+                if len(keep) < len(rows):
+                    cross, cache = _select_rows(cross, keep), _select_rows(cache, keep)
+                    rows = [rows[row] for row in keep]
+                    tokens = [tokens[row] for row in keep]
+                step_ids = torch.tensor(tokens, dtype=torch.long, device=device)[:, None]
+                logits = self._forward(step_ids, length + step, cross, cache)
+        return outputs
+
+
+def _select_rows(pairs, rows: list[int]):
+    index = torch.tensor(rows, device=pairs[0][0].device)
+    return [(k.index_select(0, index), v.index_select(0, index)) for k, v in pairs]
+
+
+def language_ids(logits: torch.Tensor, language_tokens: Sequence[int]) -> list[int]:
+    """The argmax over language tokens only (openai-whisper's `detect_language`)."""
+    allowed = torch.full_like(logits, float("-inf"))
+    index = torch.tensor(list(language_tokens), device=logits.device)
+    allowed[:, index] = logits[:, index]
+    return allowed.argmax(-1).tolist()
