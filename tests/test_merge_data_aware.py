@@ -134,7 +134,7 @@ def test_a_study_refuses_a_data_aware_method_and_all_methods_leaves_them_out():
     from speechmerge.errors import SpeechmergeError
     from speechmerge.study.recipe import method_grid, parse_study
 
-    base = {"name": "s", "base": "builtin:whisper-base", "corpus": {"builtin": "demo"}}
+    base = {"name": "s", "base": "builtin:whisper-base", "corpus": {"builtin": "multilingual", "size": "demo"}}
     grid = method_grid(parse_study({**base, "all_methods": True}, "s.yaml"))
     assert "regmean" not in grid and "fisher" not in grid and "ties" in grid
     with pytest.raises(SpeechmergeError, match=r"s.yaml: methods.regmean: .*data statistics"):
