@@ -131,7 +131,7 @@ class BaselinesSpec(Strict):
 
 
 class EvaluationSpec(Strict):
-    backend: Literal["transformers", "ctranslate2"] = "transformers"
+    backend: Literal["transformers", "torch", "ctranslate2"] = "transformers"
     beam_size: int = Field(1, ge=1, le=16)
     batch_size: int = Field(8, ge=1, le=256)
     max_new_tokens: int | None = Field(None, ge=4)
