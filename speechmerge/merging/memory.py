@@ -16,7 +16,6 @@ them — `disk_recipe` writes those overrides, so the on-disk merge equals the i
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 
 import torch
@@ -32,6 +31,16 @@ from speechmerge.merging.engine import (
 )
 from speechmerge.merging.plan import MergePlan, PlanEntry, build_plan, replan
 from speechmerge.recipe import MergeRecipe, OverrideSpec
+
+
+def keep_base_outside(recipe: MergeRecipe, include: str | None) -> MergeRecipe:
+    """`recipe` with a `keep: base` override for every tensor `include` does not match."""
+    if include is None:
+        return recipe
+    keep = OverrideSpec(match=f"(?!(?:{include})$).*", keep="base")
+    if any(o.match == keep.match for o in recipe.overrides):
+        return recipe
+    return recipe.model_copy(update={"overrides": [keep, *recipe.overrides]})
 
 
 class MemoryMerger:
@@ -50,15 +59,8 @@ class MemoryMerger:
             self._load(entry)
 
     def disk_recipe(self, recipe: MergeRecipe) -> MergeRecipe:
-        """`recipe` with `keep: base` for every tensor outside `include`: what `speechmerge merge`
-        needs to write the model `merge` returns."""
-        if self.include is None:
-            return recipe
-        pattern = re.compile(self.include)
-        keep = OverrideSpec(match=f"(?!(?:{pattern.pattern})$).*", keep="base")
-        if any(o.match == keep.match for o in recipe.overrides):
-            return recipe
-        return recipe.model_copy(update={"overrides": [keep, *recipe.overrides]})
+        """`recipe` as `speechmerge merge` needs it to write the model `merge` returns."""
+        return keep_base_outside(recipe, self.include)
 
     def _read(self, ckpt, name: str, shape) -> torch.Tensor:
         out = torch.empty(shape, dtype=self.plan.compute_dtype)

@@ -28,10 +28,11 @@ seed: 0
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from speechmerge.errors import SpeechmergeError
 from speechmerge.evaluation.metrics import METRICS
@@ -93,6 +94,16 @@ class SearchRecipe(Strict):
     pruning: Optional[Pruning] = None
     output: str
     seed: int = 0
+
+    @field_validator("include")
+    @classmethod
+    def _compiles(cls, value):
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as error:
+                raise ValueError(f"not a valid regular expression ({error})") from None
+        return value
 
     @model_validator(mode="after")
     def _objective(self) -> SearchRecipe:
