@@ -30,7 +30,12 @@ def _clips(folder, count, seed, prefix):
 def _write(tmp_path, tiny_experts, validation, test, **changes):
     base, experts = tiny_experts
     data = {
-        "merge": {"base": str(base), "experts": [str(e) for e in experts], "method": "task_arithmetic", "device": "cpu"},
+        "merge": {
+            "base": str(base),
+            "experts": [str(e) for e in experts],
+            "method": "task_arithmetic",
+            "device": "cpu",
+        },
         "space": {"weights": {"low": 0.1, "high": 1.0}},
         "validation": [str(validation)],
         "test": [str(test)] if test else [],
@@ -58,7 +63,9 @@ def test_search_end_to_end(tiny_experts, tmp_path, capsys):
     merged, base = load_state(folder / "model"), load_state(tiny_experts[0])
     assert all((merged[n] == base[n]).all() for n in merged if n.startswith("model.encoder."))
     assert (folder / "history.png").stat().st_size > 0
-    assert "macro" in (folder / "test-comparison.md").read_text() or "wer" in (folder / "test-comparison.md").read_text()
+    assert (
+        "macro" in (folder / "test-comparison.md").read_text() or "wer" in (folder / "test-comparison.md").read_text()
+    )
 
 
 def test_validation_overlapping_test_is_refused(tiny_experts, tmp_path, capsys):
