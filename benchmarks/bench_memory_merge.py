@@ -40,10 +40,13 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--methods", default="task_arithmetic,tsv_m")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         base, experts = synthetic_experts(Path(tmp), 4)
-        for method, params in (("task_arithmetic", {"scale": 0.3}), ("tsv_m", {})):
+        settings = {"task_arithmetic": {"scale": 0.3}, "tsv_m": {}}
+        for method in args.methods.split(","):
+            params = settings.get(method, {})
             recipe = parse_recipe(
                 {
                     "base": str(base),
