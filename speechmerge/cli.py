@@ -61,6 +61,16 @@ def merge(
 
 
 @app.command()
+def search(
+    recipe: Path = typer.Argument(..., help="YAML search recipe: a merge recipe, the space, validation data, budgets."),
+) -> None:
+    """Search merge weights and parameters on validation speech (Optuna); write the best recipe and model."""
+    from speechmerge.search.command import search_command
+
+    search_command(recipe)
+
+
+@app.command()
 def methods(
     name: Optional[str] = typer.Argument(None, help="Show one method in full."),
     markdown: bool = typer.Option(False, "--markdown", help="Print the Markdown reference (docs/methods.md)."),

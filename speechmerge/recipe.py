@@ -5,12 +5,13 @@ that name the key.
 base: builtin:whisper-base          # HF dir, hub id, CT2 dir, openai .pt, builtin:...
 experts:
   - {path: experts/es, name: es, weight: 1.0}
-  - {path: experts/de, name: de}
+  - {path: experts/de, name: de, weight: [0.2, 1.0]}   # a gradient over depth (see below)
 method: ties
 params: {density: 0.2, scale: 1.0}
 overrides:                          # applied in order; later matches win
   - {match: 'model\\.encoder\\..*', params: {scale: 0.5}}
   - {match: 'model\\.decoder\\.embed_positions\\.weight', keep: base}
+  - {match: 'model\\.decoder\\..*encoder_attn\\..*', weights: [0.5, 0.8]}   # one per expert
 output: merged/ties
 device: auto                        # cpu | cuda | auto
 compute_dtype: float32              # arithmetic precision
@@ -19,13 +20,18 @@ seed: 0
 shard_size: 2GB
 memory_budget: 1GB                  # large tensors are streamed in row blocks to stay under it
 ```
+
+An expert's `weight` is a number or a list over depth, interpolated linearly across each
+stack's blocks (speechmerge.merging.coefficients gives the exact rule); an override's `weights`
+give every expert's weight for the tensors it matches (a layer group) and win over both.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -37,12 +43,25 @@ from speechmerge.validation import Strict, describe_validation_error, read_yaml_
 class ExpertSpec(Strict):
     path: str = Field(description="model reference: directory, hub id, .pt, CT2 dir, LoRA adapter dir")
     name: Optional[str] = Field(None, description="label used in reports (default: the folder name)")
-    weight: float = Field(1.0, allow_inf_nan=False, description="w_t, the expert's weight")
+    weight: Union[float, list[float]] = Field(
+        1.0, description="w_t, the expert's weight: a number, or a list interpolated over each stack's depth"
+    )
+
     data: Optional[list[str]] = Field(
         None,
         min_length=1,
         description="manifests of utterances (its training data) for data-aware methods' statistics",
     )
+
+    @field_validator("weight")
+    @classmethod
+    def _finite_weight(cls, value):
+        values = value if isinstance(value, list) else [value]
+        if not values:
+            raise ValueError("a weight list needs at least one value")
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError("weights must be finite numbers")
+        return value
 
 
 class DataStatisticsSpec(Strict):
@@ -60,6 +79,9 @@ class OverrideSpec(Strict):
     params: dict[str, Any] = Field(default_factory=dict, description="parameters that replace the method's")
     method: Optional[str] = Field(None, description="a different method for the matching tensors")
     keep: Optional[Literal["base"]] = Field(None, description="'base': leave matching tensors as the base's")
+    weights: Optional[list[float]] = Field(
+        None, description="every expert's weight for the matching tensors, one per expert, in order"
+    )
     matrix: Optional[bool] = Field(
         None, description="treat matching 2-D tensors as block matrices (SVD/pruning) or not"
     )
@@ -118,6 +140,14 @@ class MergeRecipe(Strict):
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"expert names must be unique; repeated: {', '.join(sorted(dup))}")
+        for index, override in enumerate(self.overrides):
+            if override.weights is not None and len(override.weights) != len(self.experts):
+                raise ValueError(
+                    f"overrides[{index}].weights has {len(override.weights)} values for {len(self.experts)} experts; "
+                    "give one weight per expert"
+                )
+            if override.weights is not None and not all(math.isfinite(v) for v in override.weights):
+                raise ValueError(f"overrides[{index}].weights must be finite numbers")
         return self
 
     def expert_label(self, index: int) -> str:

@@ -297,7 +297,6 @@ class _Executor:
         self.tensor_stat = None  # the running per-tensor pass of a split tensor
         self.tensor_stat_entry: str | None = None
         self.frozen_blocks: dict[str, bool] = {}
-        self.weights = torch.tensor(plan.weights, dtype=plan.compute_dtype)
 
     def run(self, step: Step, loaded: Loaded) -> None:
         if step.kind == "model":
@@ -362,7 +361,13 @@ class _Executor:
         self.frozen_blocks[entry.name] = False
         tasks = self._deltas(entry, loaded)
         merged = apply_method(
-            entry.method, tasks, loaded.base, self.weights, self._unit_context(unit), entry.params, unit.whole
+            entry.method,
+            tasks,
+            loaded.base,
+            entry_weights(self.plan, entry),
+            self._unit_context(unit),
+            entry.params,
+            unit.whole,
         )
         self.report.peak_anonymous_bytes = max(self.report.peak_anonymous_bytes, anonymous_memory_bytes())
         loaded.stack = None  # free the inputs before adding the base back
@@ -379,6 +384,11 @@ class _Executor:
         return _context(
             self.plan, entry, self.model_results.get(entry.method.name), tensor_stats, row_offset=unit.start
         )
+
+
+def entry_weights(plan: MergePlan, entry: PlanEntry) -> torch.Tensor:
+    """The experts' weights for one tensor (a gradient or an override makes them vary by tensor)."""
+    return torch.tensor(entry.weights, dtype=plan.compute_dtype)
 
 
 def _experts_equal_base(loaded: Loaded) -> bool:

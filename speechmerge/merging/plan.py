@@ -12,6 +12,7 @@ from speechmerge.checkpoints.dtypes import FLOAT_DTYPES
 from speechmerge.checkpoints.resolve import Checkpoint, open_checkpoint
 from speechmerge.checkpoints.whisper import ARCHITECTURE_KEYS, TensorRole, whisper_layout
 from speechmerge.errors import SpeechmergeError
+from speechmerge.merging.coefficients import tensor_weights
 from speechmerge.merging.registry import MergeMethod, get_method
 from speechmerge.recipe import MergeRecipe
 
@@ -27,6 +28,7 @@ class PlanEntry:
     method: MergeMethod | None  # None: copied from the base (`keep: base`)
     params: dict = field(default_factory=dict)
     is_matrix: bool = False
+    weights: tuple[float, ...] = ()  # each expert's weight for this tensor (coefficients.tensor_weights)
 
 
 @dataclass
@@ -34,7 +36,7 @@ class MergePlan:
     recipe: MergeRecipe
     base: Checkpoint | None
     experts: list[Checkpoint]
-    weights: list[float]
+    weights: list  # each expert's weight as the recipe gives it: a number or a list over depth
     entries: list[PlanEntry]
     device: torch.device
     compute_dtype: torch.dtype
@@ -113,7 +115,7 @@ def _apply_overrides(recipe: MergeRecipe, names: list[str]) -> dict[str, dict]:
         for name in matched:
             fields = found.setdefault(name, {"params": {}})
             fields["params"].update(override.params)
-            for key in ("method", "keep", "matrix"):
+            for key in ("method", "keep", "matrix", "weights"):
                 value = getattr(override, key)
                 if value is not None:
                     fields[key] = value
@@ -121,8 +123,7 @@ def _apply_overrides(recipe: MergeRecipe, names: list[str]) -> dict[str, dict]:
     return found
 
 
-def build_plan(recipe: MergeRecipe) -> MergePlan:
-    """Open every input and decide every output tensor's fate; raise before any work on bad input."""
+def _method_and_params(recipe: MergeRecipe):
     where = recipe.source
     method = get_method(recipe.method, where=f"{where}: method")
     global_params = method.validate(recipe.params, where=where)
@@ -130,6 +131,12 @@ def build_plan(recipe: MergeRecipe) -> MergePlan:
         raise SpeechmergeError(f"{where}: base: method {method.name!r} works on task vectors and needs the base model")
     if len(recipe.experts) < method.min_experts:
         raise SpeechmergeError(f"{where}: experts: method {method.name!r} needs at least {method.min_experts} experts")
+    return method, global_params
+
+
+def build_plan(recipe: MergeRecipe) -> MergePlan:
+    """Open every input and decide every output tensor's fate; raise before any work on bad input."""
+    _method_and_params(recipe)
     base = open_checkpoint(recipe.base, label="base") if recipe.base is not None else None
     experts = [
         open_checkpoint(spec.path, label=recipe.expert_label(i), base=base) for i, spec in enumerate(recipe.experts)
@@ -137,13 +144,27 @@ def build_plan(recipe: MergeRecipe) -> MergePlan:
     reference = base if base is not None else experts[0]
     check_same_architecture(reference, [e for e in experts if e is not reference])
     layout = whisper_layout(reference.config)
-    names = [n for n in reference.names() if n not in layout.tied]
     skipped = sorted({n for ckpt in [reference, *experts] for n in ckpt.names() if n in layout.tied})
+    opened = MergePlan(recipe, base, experts, [], [], resolve_device(recipe.device), torch.float32, {}, skipped)
+    return replan(opened, recipe)
+
+
+def replan(plan: MergePlan, recipe: MergeRecipe) -> MergePlan:
+    """The plan of another recipe over the same opened inputs (same base and expert paths):
+    method, parameters, weights and overrides decided again, nothing reopened."""
+    where = recipe.source
+    method, global_params = _method_and_params(recipe)
+    base, reference = plan.base, plan.reference
+    layout = whisper_layout(reference.config)
+    names = [n for n in reference.names() if n not in layout.tied]
     overrides = _apply_overrides(recipe, names)
+    expert_weights = [spec.weight for spec in recipe.experts]
     entries = []
     for name in names:
         fields = overrides.get(name, {"params": {}})
         role = layout.role(name)
+        layers = reference.config.get(f"{role.component}_layers", 1)
+        weights = tensor_weights(expert_weights, role, layers, fields.get("weights"))
         source_dtype = reference.dtype(name)
         out_dtype = source_dtype if recipe.output_dtype == "base" else FLOAT_DTYPES[recipe.output_dtype]
         shape = tuple(reference.shape(name))
@@ -151,7 +172,7 @@ def build_plan(recipe: MergeRecipe) -> MergePlan:
         if fields.get("keep") == "base":
             if base is None:
                 raise SpeechmergeError(f"{where}: overrides: keep: base for {name} needs a base model in the recipe")
-            entries.append(PlanEntry(name, shape, role, out_dtype, None, {}, is_matrix))
+            entries.append(PlanEntry(name, shape, role, out_dtype, None, {}, is_matrix, weights))
             continue
         tensor_method = (
             get_method(fields["method"], where=f"{where}: overrides (for {name})") if "method" in fields else method
@@ -161,18 +182,18 @@ def build_plan(recipe: MergeRecipe) -> MergePlan:
         prefix = f"overrides[{fields['sources'][-1]}].params." if fields.get("sources") else "params."
         base_params = global_params if tensor_method is method else {}
         params = tensor_method.validate({**base_params, **fields["params"]}, where=where, prefix=prefix)
-        entries.append(PlanEntry(name, shape, role, out_dtype, tensor_method, params, is_matrix))
+        entries.append(PlanEntry(name, shape, role, out_dtype, tensor_method, params, is_matrix, weights))
     needs = data_needs(recipe, entries)
     return MergePlan(
         recipe=recipe,
         base=base,
-        experts=experts,
-        weights=[spec.weight for spec in recipe.experts],
+        experts=plan.experts,
+        weights=expert_weights,
         entries=entries,
         device=resolve_device(recipe.device),
         compute_dtype=FLOAT_DTYPES[recipe.compute_dtype],
         params=global_params,
-        skipped_aliases=skipped,
+        skipped_aliases=plan.skipped_aliases,
         needs=needs,
     )
 

@@ -1,0 +1,131 @@
+"""Merging in memory: many merges of the same experts, a state dict out each time, nothing written.
+
+    merger = MemoryMerger(recipe, include=r"model\\.decoder\\..*")
+    state = merger.merge(recipe.updated(params={"scale": 0.4}))   # {name: tensor}
+
+The base's and experts' tensors are read once, into float32 (the engine's compute dtype), and
+the task vectors θ_t − θ_0 are computed once and reused by every call; each call only
+re-plans the recipe (method, parameters, weights, overrides) and runs the engine's own step
+(`apply_method`, with the whole-model statistics gathered as the engine gathers them), so a
+call returns exactly what `speechmerge merge` writes for the same recipe, tensor for tensor.
+
+`include` restricts the merge to the tensors whose names it matches (e.g. only the decoder when
+the encoder is shared): the rest are left as the base's, as `keep: base` overrides would leave
+them — `disk_recipe` writes those overrides, so the on-disk merge equals the in-memory one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from speechmerge.errors import SpeechmergeError
+from speechmerge.merging.engine import (
+    _as_weights,
+    _check_finite,
+    _context,
+    _model_statistics,
+    apply_method,
+    entry_weights,
+)
+from speechmerge.merging.plan import MergePlan, PlanEntry, build_plan, replan
+from speechmerge.recipe import MergeRecipe, OverrideSpec
+
+
+def keep_base_outside(recipe: MergeRecipe, include: str | None) -> MergeRecipe:
+    """`recipe` with a `keep: base` override for every tensor `include` does not match."""
+    if include is None:
+        return recipe
+    keep = OverrideSpec(match=f"(?!(?:{include})$).*", keep="base")
+    if any(o.match == keep.match for o in recipe.overrides):
+        return recipe
+    return recipe.model_copy(update={"overrides": [keep, *recipe.overrides]})
+
+
+class MemoryMerger:
+    """The inputs of one recipe held in memory, merged again for each recipe given to `merge`."""
+
+    def __init__(self, recipe: MergeRecipe, include: str | None = None):
+        self.include = include
+        self.recipe = self.disk_recipe(recipe)
+        self.plan = build_plan(self.recipe)
+        selected = [e for e in self.plan.entries if e.method is not None]
+        self.base: dict[str, torch.Tensor] = {}
+        self.stacks: dict[str, torch.Tensor] = {}  # θ_t (weights space) or θ_t − θ_0 (deltas space)
+        self.spaces: dict[str, str] = {}
+        self.frozen: set[str] = set()
+        for entry in selected:
+            self._load(entry)
+
+    def disk_recipe(self, recipe: MergeRecipe) -> MergeRecipe:
+        """`recipe` as `speechmerge merge` needs it to write the model `merge` returns."""
+        return keep_base_outside(recipe, self.include)
+
+    def _read(self, ckpt, name: str, shape) -> torch.Tensor:
+        out = torch.empty(shape, dtype=self.plan.compute_dtype)
+        ckpt.read_into(name, out)
+        _check_finite(ckpt, name, out)
+        return out
+
+    def _load(self, entry: PlanEntry) -> None:
+        plan = self.plan
+        base = self._read(plan.base, entry.name, entry.shape) if plan.base is not None else None
+        stack = torch.empty((len(plan.experts), *entry.shape), dtype=plan.compute_dtype)
+        for index, expert in enumerate(plan.experts):
+            stack[index] = self._read(expert, entry.name, entry.shape)
+        if base is not None and all(torch.equal(stack[i], base) for i in range(stack.shape[0])):
+            self.frozen.add(entry.name)
+        if entry.method.space == "deltas" and base is not None:
+            stack.sub_(base)
+        self.base[entry.name] = base
+        self.stacks[entry.name] = stack
+        self.spaces[entry.name] = entry.method.space
+
+    @property
+    def names(self) -> list[str]:
+        """The tensors each call merges (the others stay the base's)."""
+        return list(self.stacks)
+
+    def _plan(self, recipe: MergeRecipe) -> MergePlan:
+        if [e.path for e in recipe.experts] != [e.path for e in self.recipe.experts] or recipe.base != self.recipe.base:
+            raise SpeechmergeError(
+                f"{recipe.source}: base and experts must be those the in-memory merger was opened with"
+            )
+        plan = replan(self.plan, self.disk_recipe(recipe))
+        entries = [e for e in plan.entries if e.name in self.stacks and e.method is not None]
+        for entry in entries:
+            if entry.method.space != self.spaces[entry.name]:
+                raise SpeechmergeError(
+                    f"{recipe.source}: method {entry.method.name} works on {entry.method.space}, but the merger holds "
+                    f"{self.spaces[entry.name]} for {entry.name}; open a merger for this method"
+                )
+        return replace(plan, entries=entries)
+
+    def _model_stats(self, plan: MergePlan) -> dict[str, object]:
+        """The whole-model statistics passes, over every merged tensor, as the engine runs them."""
+        results = {}
+        for method_name, (stat, entries) in _model_statistics(plan).items():
+            for round_index in range(stat.rounds):
+                for entry in entries:
+                    stat.observe(round_index, self.stacks[entry.name].clone(), _context(plan, entry), entry.params)
+                stat.end_round(round_index)
+            results[method_name] = stat.result()
+        return results
+
+    def merge(self, recipe: MergeRecipe | None = None) -> dict[str, torch.Tensor]:
+        """The merged tensors `recipe` (default: the one opened with) gives, in their output
+        dtypes; only the tensors in `names` (the others are the base's)."""
+        plan = self._plan(recipe or self.recipe)
+        stats = self._model_stats(plan)
+        out = {}
+        for entry in plan.entries:
+            base = self.base[entry.name]
+            if entry.name in self.frozen:
+                out[entry.name] = base.to(entry.out_dtype)
+                continue
+            ctx = _context(plan, entry, stats.get(entry.method.name))
+            tasks = self.stacks[entry.name].clone()  # methods may work in place
+            merged = apply_method(entry.method, tasks, base, entry_weights(plan, entry), ctx, entry.params)
+            out[entry.name] = _as_weights(entry, merged, base).to(entry.out_dtype)
+        return out

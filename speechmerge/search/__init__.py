@@ -1,0 +1,1 @@
+"""`speechmerge search`: merge coefficients and hyper-parameters searched on validation speech."""
