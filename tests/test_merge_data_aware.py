@@ -139,3 +139,20 @@ def test_a_study_refuses_a_data_aware_method_and_all_methods_leaves_them_out():
     assert "regmean" not in grid and "fisher" not in grid and "ties" in grid
     with pytest.raises(SpeechmergeError, match=r"s.yaml: methods.regmean: .*data statistics"):
         method_grid(parse_study({**base, "methods": {"regmean": {}}}, "s.yaml"))
+
+
+@pytest.mark.parametrize("method", ["regmean", "fisher"])
+def test_an_in_memory_merge_equals_the_disk_merge(family, method, tmp_path):
+    from speechmerge.merging.api import merge
+    from speechmerge.merging.memory import MemoryMerger
+    from speechmerge.recipe import load_recipe
+
+    root, base, experts, manifests = family
+    recipe = load_recipe(_recipe(root, base, experts, manifests, method, {}))
+    merger = MemoryMerger(recipe, include=r"model\.decoder\..*")
+    in_memory = merger.merge(recipe)
+    out, _ = merge(merger.disk_recipe(recipe), tmp_path / "out", show_progress=False)
+    on_disk = _merged(out)
+    assert LINEAR in in_memory
+    for name, tensor in in_memory.items():
+        assert torch.equal(tensor.float(), on_disk[name].float()), name

@@ -55,6 +55,7 @@ class MemoryMerger:
         self.stacks: dict[str, torch.Tensor] = {}  # θ_t (weights space) or θ_t − θ_0 (deltas space)
         self.spaces: dict[str, str] = {}
         self.frozen: set[str] = set()
+        self._data: dict[str, list] = {}  # data statistics per (experts' data, settings), for data-aware methods
         for entry in selected:
             self._load(entry)
 
@@ -100,7 +101,17 @@ class MemoryMerger:
                     f"{recipe.source}: method {entry.method.name} works on {entry.method.space}, but the merger holds "
                     f"{self.spaces[entry.name]} for {entry.name}; open a merger for this method"
                 )
-        return replace(plan, entries=entries)
+        return replace(plan, entries=entries, data_statistics=self._data_statistics(plan) if plan.needs else None)
+
+    def _data_statistics(self, plan: MergePlan) -> list:
+        """Each expert's data statistics, gathered (or read from their cache) once per data and settings."""
+        from speechmerge.merging.api import gather_data_statistics
+
+        recipe = plan.recipe
+        key = repr(([e.data for e in recipe.experts], recipe.data_statistics.model_dump(), plan.needs))
+        if key not in self._data:
+            self._data[key] = gather_data_statistics(plan)
+        return self._data[key]
 
     def _model_stats(self, plan: MergePlan) -> dict[str, object]:
         """The whole-model statistics passes, over every merged tensor, as the engine runs them."""
