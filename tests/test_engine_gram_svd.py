@@ -41,6 +41,7 @@ CASES = [
     ("tsv_m", {}),
     ("tsv_m", {"orthogonaliser": "newton_schulz"}),
     ("boosted_tsv_m", {"orthogonaliser": "svd"}),
+    ("iso_c", {}),
     ("iso_cts", {}),
     ("lors_svp", {"rank_fraction": 0.25}),
     ("lors", {"rank_fraction": 0.25}),
