@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from speechmerge.merging.context import TensorContext
@@ -187,29 +188,53 @@ def map_entries(tasks: torch.Tensor, merge_entries) -> torch.Tensor:
     return out.reshape(tasks.shape[1:])
 
 
-def uniform_draws(ctx: TensorContext, stream: int, start: int, count: int) -> torch.Tensor:
-    """U(0, 1) draws for flat entries [start, start + count) of the tensor `ctx` names.
+def _chunk_generator(ctx: TensorContext, stream: int, chunk: int) -> np.random.SFC64:
+    """The bit generator of one CHUNK of one tensor's draws, seeded (through numpy's
+    SeedSequence hash) by (seed, tensor name, stream, chunk)."""
+    key = ctx.generator(stream).initial_seed()
+    return np.random.SFC64(np.random.SeedSequence([key & 0xFFFFFFFF, key >> 32, chunk]))
 
-    Entry i's draw is number i % CHUNK of the CPU generator seeded by (seed, tensor, stream,
-    i // CHUNK) — torch's CPU uniform draws are sequential, so a prefix of a longer draw is the
-    shorter draw — hence the same whatever the device and however the tensor is split."""
+
+def uniform_words(ctx: TensorContext, stream: int, start: int, count: int) -> np.ndarray:
+    """Uniform 32-bit words (uint32) for flat entries [start, start + count) of the tensor `ctx`
+    names.
+
+    Entry i's word is word i % CHUNK of the chunk generator i // CHUNK (SFC64, Doty-Humphrey's
+    small fast chaotic generator; word 2j is the low half of its 64-bit output j, word 2j + 1 the
+    high half, whatever the machine's byte order). Draws are sequential, so a prefix of a longer
+    draw is the shorter draw: an entry's word is the same whatever the device and however the
+    tensor is split into row blocks. About 8× cheaper than `torch.rand` per entry."""
     pieces = []
     first, last = start // CHUNK, (start + count - 1) // CHUNK
     for chunk in range(first, last + 1):
         low = max(start - chunk * CHUNK, 0)
         high = min(start + count - chunk * CHUNK, CHUNK)
-        draws = torch.rand(high, generator=ctx.generator(stream * (1 << 32) + chunk))
-        pieces.append(draws[low:high])
-    return torch.cat(pieces) if len(pieces) > 1 else pieces[0]
+        raw = _chunk_generator(ctx, stream, chunk).random_raw((high + 1) // 2)
+        pieces.append(raw.astype("<u8", copy=False).view("<u4")[low:high])
+    return np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+
+
+def uniform_draws(ctx: TensorContext, stream: int, start: int, count: int) -> torch.Tensor:
+    """U[0, 1) float32 draws for flat entries [start, start + count): the top 24 bits of each
+    of `uniform_words`, times 2⁻²⁴ (every float32 multiple of 2⁻²⁴ in [0, 1) equally likely)."""
+    words = uniform_words(ctx, stream, start, count)
+    return torch.from_numpy((words >> 8).astype(np.float32)).mul_(2.0**-24)
+
+
+def keep_threshold(keep: float) -> int:
+    """The 32-bit word below which an entry is kept: P(word < ⌊keep · 2³²⌋) = keep to 2⁻³²."""
+    return min(1 << 32, int(math.floor(keep * (1 << 32))))
 
 
 def random_drop_(x: torch.Tensor, keep: float, ctx: TensorContext, stream: int) -> torch.Tensor:
-    """In place: keep each entry with probability `keep`, zero the others (Bernoulli draws from
-    `uniform_draws`, chunk by chunk, so temporaries stay small)."""
+    """In place: keep each entry with probability `keep`, zero the others (entry i is kept when
+    its word from `uniform_words` is below `keep_threshold(keep)`; chunk by chunk, so temporaries
+    stay small)."""
     offset = ctx.row_offset * (x[0].numel() if x.dim() > 0 and x.shape[0] else 0)
+    threshold = keep_threshold(keep)
     for index, chunk in enumerate(_chunks(x)):
-        draws = uniform_draws(ctx, stream, offset + index * CHUNK, chunk.numel())
-        chunk.mul_((draws < keep).to(x.device))
+        words = uniform_words(ctx, stream, offset + index * CHUNK, chunk.numel())
+        chunk.mul_(torch.from_numpy(words < threshold).to(x.device))
     return x
 
 

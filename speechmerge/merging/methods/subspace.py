@@ -15,11 +15,11 @@ from speechmerge.merging.masks import weighted_sum
 from speechmerge.merging.registry import Param, merge_method
 from speechmerge.merging.spectral import (
     boost_floor,
+    gram_svd,
     orthogonalise,
     rounding_tolerance,
     singular_mask,
     singular_values,
-    thin_svd,
     top_singular,
 )
 
@@ -222,7 +222,7 @@ def iso_c(tasks, base, weights, ctx: TensorContext, *, scale):
     if not ctx.is_matrix:
         return mean_task_vector(tasks, weights, scale)
     total = weighted_sum(tasks, weights)
-    u, s, vh = thin_svd(total)
+    u, s, vh = gram_svd(total)
     return ((u * singular_mask(s, rounding_tolerance(total.shape))) @ vh).mul_(s.mean() * scale)
 
 
