@@ -25,6 +25,7 @@ from speechmerge.evaluation.backend import Backend, DecodeSettings, make_backend
 from speechmerge.evaluation.model import EvalModel
 from speechmerge.evaluation.options import AUDIO_WINDOW_MARGIN_SECONDS, ENCODER_POSITIONS_PER_SECOND, DecodeOptions
 from speechmerge.evaluation.prediction_cache import CachedDecode, PredictionCache, entry_key
+from speechmerge.progress import progress_bar
 
 
 @dataclass
@@ -98,7 +99,8 @@ def decode_utterances(
     stats.load_seconds = time.perf_counter() - start
     settings = DecodeSettings(beam_size=options.beam_size, max_new_tokens=max_new_tokens(model, options.max_new_tokens))
     start = time.perf_counter()
-    with _progress_bar(progress, f"decoding {model.label} ({options.describe()})", len(todo)) as advance:
+    with progress_bar(progress, transient=True) as bar:
+        task = bar.add_task(f"decoding {model.label} ({options.describe()})", total=len(todo))
         for batch in plan_batches(utterances, todo, options.batch_size):
             members = [utterances[i] for i in batch]
             encoded = backend.encode([u.audio for u in members])
@@ -114,45 +116,8 @@ def decode_utterances(
             for index, text, language, found in zip(batch, texts, languages, detected):
                 results[index] = CachedDecode(text=text, language=language or "en", detected_language=found)
                 cache.put(keys[index], results[index])
-            advance(len(batch))
+            bar.advance(task, len(batch))
     stats.decode_seconds = time.perf_counter() - start
     stats.decoded = len(todo)
     stats.encoder_batches = backend.encoder_calls
     return results, stats
-
-
-class _progress_bar:
-    """A rich progress bar on stderr (or nothing), advanced by the number of clips done."""
-
-    def __init__(self, show: bool, description: str, total: int):
-        self.show, self.description, self.total = show, description, total
-
-    def __enter__(self) -> Callable[[int], None]:
-        if not self.show:
-            return lambda done: None
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        )
-        self.bar.__enter__()
-        task = self.bar.add_task(self.description, total=self.total)
-        return lambda done: self.bar.advance(task, done)
-
-    def __exit__(self, *exc) -> None:
-        if self.show:
-            self.bar.__exit__(*exc)

@@ -8,7 +8,6 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-BACKENDS = ("transformers", "torch", "ctranslate2")
 # Each backend's weight type when none is chosen.
 DEFAULT_WEIGHTS = {"transformers": "float32", "torch": "float32", "ctranslate2": "int8"}
 # Fastest decoder batch measured on the 2-core CPU (docs/performance.md, "Decoding backends").
