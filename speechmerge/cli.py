@@ -180,6 +180,7 @@ def eval_command(
         help="Reuse encoder outputs across models that share the encoder (transformers backend; 3 MB per clip for whisper-base).",
     ),
     threads: Optional[int] = typer.Option(None, help="CPU threads (default: torch's default)."),
+    confidence: float = typer.Option(0.95, help="Level of each score's bootstrap interval (0-1)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
 ) -> None:
     """Decode a model on manifests and report WER/CER (transcribe) and BLEU/chrF (translate) per language, task, domain and split."""
@@ -189,6 +190,7 @@ def eval_command(
     options = build_options(
         cer,
         no_cache,
+        confidence,
         backend=backend,
         quantization=quantization,
         beam_size=beam_size,

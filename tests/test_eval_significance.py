@@ -276,3 +276,38 @@ def test_speaker_blocked_intervals_widen_when_speakers_differ():
     plain = percentile_interval(bootstrap_scores("wer", stats.array, 2000, seed=1), 0.95)
     blocked = percentile_interval(bootstrap_scores("wer", stats.array, 2000, seed=1, blocks=speakers), 0.95)
     assert blocked.high - blocked.low > 1.5 * (plain.high - plain.low)
+
+
+def test_the_interval_level_is_the_one_asked_for():
+    """A 50 % interval lies inside the 95 % one of the same resamples (percentiles 25-75 within 2.5-97.5)."""
+    from pathlib import Path
+
+    from speechmerge.data.manifest import Utterance
+    from speechmerge.evaluation.prediction_cache import CachedDecode
+    from speechmerge.evaluation.scoring import add_intervals, group_scores, macro_scores, score_prediction
+
+    rng = np.random.default_rng(3)
+    words = ["uno", "dos", "tres", "cuatro", "cinco", "seis"]
+    predictions = []
+    for index in range(30):
+        reference = " ".join(rng.choice(words, 6))
+        hypothesis = " ".join(w if rng.random() > 0.3 else "x" for w in reference.split())
+        utterance = Utterance(id=f"u{index}", audio=Path(f"/a/{index}.wav"), text=reference, language="es")
+        predictions.append(score_prediction(utterance, "m", CachedDecode(text=hypothesis, language="es"), False))
+    intervals = {}
+    for confidence in (0.5, 0.95):
+        groups, _ = group_scores(predictions)
+        add_intervals(groups, macro_scores(groups), predictions, confidence=confidence)
+        intervals[confidence] = groups[0].intervals["wer"]
+    (narrow_low, narrow_high), (wide_low, wide_high) = intervals[0.5], intervals[0.95]
+    assert wide_low < narrow_low < groups[0].wer < narrow_high < wide_high
+
+
+def test_a_confidence_outside_0_1_is_one_line(tmp_path, capsys):
+    from conftest import run_cli
+
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("")
+    code, _, err = run_cli(["eval", "builtin:whisper-base", manifest, "--confidence", "1.5"], capsys)
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "--confidence" in lines[0], err

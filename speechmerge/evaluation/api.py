@@ -144,7 +144,7 @@ def evaluate(
     predictions = [score_prediction(u, name, d, options.cer) for (name, u), d in zip(items, decoded)]
     groups, signatures = group_scores(predictions)
     macro = macro_scores(groups)
-    add_intervals(groups, macro, predictions)
+    add_intervals(groups, macro, predictions, confidence=options.confidence)
     result = EvalResult(
         model=eval_model.label,
         model_path=str(eval_model.directory),

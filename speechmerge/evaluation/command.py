@@ -19,13 +19,14 @@ def default_output(model: str) -> Path:
     return Path("eval-" + re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-"))
 
 
-def build_options(cer: bool, no_cache: bool, **decode) -> EvalOptions:
+def build_options(cer: bool, no_cache: bool, confidence: float = 0.95, **decode) -> EvalOptions:
     """Options from command-line values; an invalid value becomes one clear line."""
     try:
         return EvalOptions(
             decode=DecodeOptions(**{k: v for k, v in decode.items() if v is not None}),
             cer=cer,
             prediction_cache=not no_cache,
+            confidence=confidence,
         )
     except ValidationError as error:
         first = error.errors()[0]

@@ -115,3 +115,4 @@ class EvalOptions(BaseModel):
     decode: DecodeOptions = DecodeOptions()
     cer: bool = Field(False, description="also report CER for languages written with spaces")
     prediction_cache: bool = Field(True, description="reuse cached predictions of the same model, clip and decoding")
+    confidence: float = Field(0.95, gt=0.0, lt=1.0, description="level of every score's bootstrap interval")

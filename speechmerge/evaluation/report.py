@@ -93,7 +93,7 @@ def markdown_table(result: EvalResult) -> str:
         notes.append(f"BLEU: sacrebleu {result.bleu_signature}; chrF: sacrebleu {result.chrf_signature}")
     notes.append("LID: share of clips whose detected language is the manifest's. Macro: unweighted mean over groups.")
     notes.append(
-        "[low, high]: 95 % bootstrap interval (1000 resamples of the utterances, seeded; macro: each group "
+        f"[low, high]: {100 * result.options.confidence:g} % bootstrap interval (1000 resamples of the utterances, seeded; macro: each group "
         "resampled on its own); none for a group of fewer than 2 utterances. Compare two models: speechmerge compare."
     )
     return "\n".join(lines + notes) + "\n"
