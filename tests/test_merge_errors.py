@@ -129,13 +129,15 @@ def test_nan_in_an_expert(workspace, capsys):
 
 
 def test_a_numerical_failure_inside_a_method_names_the_method_and_tensor(workspace, capsys, monkeypatch):
-    """LAPACK failing in float32 and float64 (simulated) ends in one line naming the tensor."""
+    """LAPACK failing in float32 and float64 (simulated: every SVD and symmetric eigensolver the
+    spectral code may call) ends in one line naming the tensor."""
     folder, base, experts = workspace
 
     def never_converges(*args, **kwargs):
         raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge (error code: 1).")
 
-    monkeypatch.setattr(torch.linalg, "svd", never_converges)
+    for solver in ("svd", "eigh"):
+        monkeypatch.setattr(torch.linalg, solver, never_converges)
     line = check_refused(
         capsys,
         folder,

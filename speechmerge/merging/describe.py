@@ -87,7 +87,8 @@ def print_methods(name: str | None = None, markdown: bool = False) -> None:
         console.print(method_markdown(get_method(name)), markup=False, highlight=False)
         return
     table = Table(title="speechmerge merge methods", show_lines=False)
-    for column in ("method", "family", "parameters (defaults)", "data needed", "source"):
+    table.add_column("method", no_wrap=True)
+    for column in ("family", "parameters (defaults)", "data needed", "source"):
         table.add_column(column, overflow="fold")
     for method in sorted(all_methods(), key=lambda m: (FAMILIES.index(m.family), m.name)):
         params = ", ".join(f"{p.name}={_default_text(p.default)}" for p in method.params) or "-"
