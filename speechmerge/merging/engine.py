@@ -172,7 +172,8 @@ def all_finite(tensor: torch.Tensor) -> bool:
     return all(torch.isfinite(chunk).all() for chunk in tensor.reshape(-1).split(CHUNK))
 
 
-def _check_finite(ckpt: Checkpoint, name: str, tensor: torch.Tensor) -> None:
+def check_finite(ckpt: Checkpoint, name: str, tensor: torch.Tensor) -> None:
+    """Refuse an input tensor holding NaN or Inf, naming the checkpoint and the tensor."""
     if not all_finite(tensor):
         raise SpeechmergeError(
             f"{ckpt.path}: tensor {name} contains NaN or Inf values; this checkpoint ({ckpt.label}) is broken, "
@@ -190,7 +191,7 @@ def _read(ckpt: Checkpoint, unit: Unit, out: torch.Tensor) -> None:
         staging = torch.empty(out.shape, dtype=out.dtype)
         ckpt.read_into(unit.entry.name, staging, rows)
         out.copy_(staging)
-    _check_finite(ckpt, unit.entry.name, out)
+    check_finite(ckpt, unit.entry.name, out)
 
 
 def _load(plan: MergePlan, unit: Unit, need_stack: bool) -> Loaded:
@@ -215,7 +216,7 @@ def _units(plan: MergePlan, entry: PlanEntry, budget: int) -> list[Unit]:
     splittable = (
         entry.method is not None
         and len(entry.shape) >= 1
-        and entry.method.is_blockwise(_context(plan, entry), entry.params)
+        and entry.method.is_blockwise(plan_context(plan, entry), entry.params)
     )
     if not splittable or rows * row_bytes <= budget:
         return [Unit(entry, 0, rows, True, rows * row_bytes)]
@@ -226,7 +227,10 @@ def _units(plan: MergePlan, entry: PlanEntry, budget: int) -> list[Unit]:
     ]
 
 
-def _context(plan: MergePlan, entry: PlanEntry, stats=None, tensor_stats=None, row_offset: int = 0) -> TensorContext:
+def plan_context(
+    plan: MergePlan, entry: PlanEntry, stats=None, tensor_stats=None, row_offset: int = 0
+) -> TensorContext:
+    """What the method merging `entry` sees (the engine's and the in-memory merger's one builder)."""
     return TensorContext(
         name=entry.name,
         role=entry.role,
@@ -240,13 +244,13 @@ def _context(plan: MergePlan, entry: PlanEntry, stats=None, tensor_stats=None, r
     )
 
 
-def _model_statistics(plan: MergePlan) -> dict[str, tuple[object, list[PlanEntry]]]:
+def model_statistics(plan: MergePlan) -> dict[str, tuple[object, list[PlanEntry]]]:
     """The whole-model statistics passes the plan's methods declare, with their tensors."""
     passes: dict[str, tuple[object, list[PlanEntry]]] = {}
     for entry in plan.entries:
         if entry.method is None or entry.method.statistics is None:
             continue
-        stat = entry.method.statistics(len(plan.experts), _context(plan, entry), entry.params)
+        stat = entry.method.statistics(len(plan.experts), plan_context(plan, entry), entry.params)
         if stat is not None:
             passes.setdefault(entry.method.name, (stat, []))[1].append(entry)
     return passes
@@ -256,7 +260,7 @@ def _tensor_statistics(plan: MergePlan, entry: PlanEntry):
     method = entry.method
     if method is None or method.tensor_statistics is None:
         return None
-    return method.tensor_statistics(len(plan.experts), _context(plan, entry), entry.params)
+    return method.tensor_statistics(len(plan.experts), plan_context(plan, entry), entry.params)
 
 
 def compile_steps(plan: MergePlan, budget: int, model_passes: dict) -> list[Step]:
@@ -314,7 +318,7 @@ class _Executor:
     def _observe_model(self, step: Step, loaded: Loaded) -> None:
         stat, entries = self.model_passes[step.method]
         entry = step.unit.entry
-        ctx = _context(self.plan, entry, row_offset=step.unit.start)
+        ctx = plan_context(self.plan, entry, row_offset=step.unit.start)
         stat.observe(step.round_index, self._deltas(entry, loaded), ctx, entry.params)
         last_unit = entries[-1].name == entry.name and step.unit.stop == (entry.shape[0] if entry.shape else 1)
         if last_unit:
@@ -326,7 +330,7 @@ class _Executor:
         entry = step.unit.entry
         if self.tensor_stat_entry != entry.name:
             self.tensor_stat, self.tensor_stat_entry = _tensor_statistics(self.plan, entry), entry.name
-        ctx = _context(self.plan, entry, row_offset=step.unit.start)
+        ctx = plan_context(self.plan, entry, row_offset=step.unit.start)
         self.tensor_stat.observe(step.round_index, self._deltas(entry, loaded), ctx, entry.params)
         if step.unit.stop == entry.shape[0]:
             self.tensor_stat.end_round(step.round_index)
@@ -372,7 +376,7 @@ class _Executor:
         self.report.peak_anonymous_bytes = max(self.report.peak_anonymous_bytes, anonymous_memory_bytes())
         loaded.stack = None  # free the inputs before adding the base back
         del tasks
-        return _as_weights(entry, merged, loaded.base)
+        return as_weights(entry, merged, loaded.base)
 
     def _unit_context(self, unit: Unit) -> TensorContext:
         """The unit's context: the method's whole-model statistics and, for a row block, the
@@ -381,7 +385,7 @@ class _Executor:
         tensor_stats = None
         if not unit.whole and self.tensor_stat is not None:
             tensor_stats = self.tensor_stat.result()
-        return _context(
+        return plan_context(
             self.plan, entry, self.model_results.get(entry.method.name), tensor_stats, row_offset=unit.start
         )
 
@@ -396,7 +400,7 @@ def _experts_equal_base(loaded: Loaded) -> bool:
     return base is not None and all(torch.equal(stack[i], base) for i in range(stack.shape[0]))
 
 
-def _as_weights(entry: PlanEntry, merged: torch.Tensor, base: torch.Tensor | None) -> torch.Tensor:
+def as_weights(entry: PlanEntry, merged: torch.Tensor, base: torch.Tensor | None) -> torch.Tensor:
     """A method's result as weights (θ_0 added back to a merged task vector), checked finite."""
     method = entry.method
     if method.space == "deltas":
@@ -423,7 +427,7 @@ def execute(
     return_freed_memory_promptly()
     report = MergeReport(tensors=len(plan.entries), skipped_aliases=plan.skipped_aliases, device=str(plan.device))
     report.largest_tensor_bytes = max((torch.Size(e.shape).numel() * 4 for e in plan.entries), default=0)
-    model_passes = _model_statistics(plan)
+    model_passes = model_statistics(plan)
     steps = compile_steps(plan, memory_budget // 2, model_passes)
     report.budget_bytes = memory_budget
     start = time.perf_counter()

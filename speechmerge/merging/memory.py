@@ -22,12 +22,12 @@ import torch
 
 from speechmerge.errors import SpeechmergeError
 from speechmerge.merging.engine import (
-    _as_weights,
-    _check_finite,
-    _context,
-    _model_statistics,
     apply_method,
+    as_weights,
+    check_finite,
     entry_weights,
+    model_statistics,
+    plan_context,
 )
 from speechmerge.merging.plan import MergePlan, PlanEntry, build_plan, replan
 from speechmerge.recipe import MergeRecipe, OverrideSpec
@@ -66,7 +66,7 @@ class MemoryMerger:
     def _read(self, ckpt, name: str, shape) -> torch.Tensor:
         out = torch.empty(shape, dtype=self.plan.compute_dtype)
         ckpt.read_into(name, out)
-        _check_finite(ckpt, name, out)
+        check_finite(ckpt, name, out)
         return out
 
     def _load(self, entry: PlanEntry) -> None:
@@ -116,10 +116,10 @@ class MemoryMerger:
     def _model_stats(self, plan: MergePlan) -> dict[str, object]:
         """The whole-model statistics passes, over every merged tensor, as the engine runs them."""
         results = {}
-        for method_name, (stat, entries) in _model_statistics(plan).items():
+        for method_name, (stat, entries) in model_statistics(plan).items():
             for round_index in range(stat.rounds):
                 for entry in entries:
-                    stat.observe(round_index, self.stacks[entry.name].clone(), _context(plan, entry), entry.params)
+                    stat.observe(round_index, self.stacks[entry.name].clone(), plan_context(plan, entry), entry.params)
                 stat.end_round(round_index)
             results[method_name] = stat.result()
         return results
@@ -135,8 +135,8 @@ class MemoryMerger:
             if entry.name in self.frozen:
                 out[entry.name] = base.to(entry.out_dtype)
                 continue
-            ctx = _context(plan, entry, stats.get(entry.method.name))
+            ctx = plan_context(plan, entry, stats.get(entry.method.name))
             tasks = self.stacks[entry.name].clone()  # methods may work in place
             merged = apply_method(entry.method, tasks, base, entry_weights(plan, entry), ctx, entry.params)
-            out[entry.name] = _as_weights(entry, merged, base).to(entry.out_dtype)
+            out[entry.name] = as_weights(entry, merged, base).to(entry.out_dtype)
         return out
