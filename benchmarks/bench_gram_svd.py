@@ -3,6 +3,11 @@ LAPACK SVD it replaced (torch.linalg.svd, float32), on one Whisper-small-shaped 
 per matrix shape, in the same process, alternating, medians:
 
     python benchmarks/bench_gram_svd.py --experts 3 --repeats 3 --threads 2
+
+`--threads-check` instead times LAPACK's float64 eigh of Gram matrices (the core of gram_svd)
+on one thread against `--threads` threads, alternating, median and max of `--repeats`:
+
+    python benchmarks/bench_gram_svd.py --threads-check --repeats 7 --threads 2
 """
 
 from __future__ import annotations
@@ -24,8 +29,29 @@ from tests.method_calls import call_method  # noqa: E402
 METHODS = {"tsv_m": {}, "iso_cts": {}, "boosted_tsv_m": {"orthogonaliser": "svd"}, "lors": {}, "iso_c": {}}
 
 
-def lapack_svd(matrix: torch.Tensor):
-    return torch.linalg.svd(matrix, full_matrices=False)
+def lapack_svd(matrix: torch.Tensor, rank: int | None = None):
+    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+    return u[:, :rank], s[:rank], vh[:rank]
+
+
+def threads_check(threads: int, repeats: int) -> None:
+    """eigh of n × n float64 Gram matrices on 1 thread and on `threads`, alternating."""
+    print(f"| n | 1 thread: median (max) s | {threads} threads: median (max) s | ratio of medians |")
+    print("|---|---|---|---|")
+    load_before = os.getloadavg()[0]
+    for n in (128, 512, 768, 1280):
+        a = torch.randn(2 * n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(n))
+        gram = a.mT @ a
+        times = {1: [], threads: []}
+        for _ in range(repeats):
+            for count in (1, threads):
+                torch.set_num_threads(count)
+                start = time.perf_counter()
+                torch.linalg.eigh(gram)
+                times[count].append(time.perf_counter() - start)
+        one, many = (statistics.median(times[c]) for c in (1, threads))
+        print(f"| {n} | {one:.3f} ({max(times[1]):.3f}) | {many:.3f} ({max(times[threads]):.3f}) | {many / one:.1f} |")
+    print(f"\nload average before {load_before:.1f}, after {os.getloadavg()[0]:.1f}")
 
 
 def main() -> None:
@@ -33,7 +59,11 @@ def main() -> None:
     parser.add_argument("--experts", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads-check", action="store_true", help="time eigh on 1 thread against --threads")
     args = parser.parse_args()
+    if args.threads_check:
+        threads_check(args.threads, args.repeats)
+        return
     torch.set_num_threads(args.threads)
     gram = spectral.gram_svd
     loads = []

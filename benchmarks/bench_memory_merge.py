@@ -1,16 +1,29 @@
-"""Time in-memory merges of whisper-base's decoder with 4 synthetic experts (base + small random
-decoder deltas): opening the merger once, then task arithmetic and TSV-M per call, first and
-repeated. Run: PYTHONPATH=. python benchmarks/bench_memory_merge.py [--repeats 3]"""
+"""Time in-memory merges (speechmerge.merging.memory.MemoryMerger) of whisper-base's decoder with
+4 synthetic experts (base + small random decoder deltas), as a search over merges calls them:
+opening the merger once, the first call, then repeated calls that change only the scale, and
+repeated calls that change the experts' weights (one of them negative), each a median; with the
+decompositions remembered across calls (the default) and, for comparison, without.
+
+    PYTHONPATH=. python benchmarks/bench_memory_merge.py --repeats 3 --write docs/performance.md
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import machine_description, write_section  # noqa: E402
+
+EXPERTS = 4
+SCALE = {"task_arithmetic": 0.3, "tsv_m": 1.0, "iso_c": 1.0, "iso_cts": 1.0, "lors": 0.25}
 
 
 def synthetic_experts(root: Path, experts: int) -> tuple[Path, list[Path]]:
@@ -34,44 +47,93 @@ def synthetic_experts(root: Path, experts: int) -> tuple[Path, list[Path]]:
     return base_dir, dirs
 
 
-def main() -> None:
+def timed(call) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+def measure(recipe, remember: bool, repeats: int) -> dict:
+    """Open, first call, `repeats` calls with other scales, `repeats` with other weights (seconds)."""
     from speechmerge.merging.memory import MemoryMerger
+
+    start = time.perf_counter()
+    merger = MemoryMerger(recipe, include=r"model\.decoder\..*", remember=remember)
+    opened = time.perf_counter() - start
+    first = timed(lambda: merger.merge(recipe))
+    scale = SCALE[recipe.method]
+    scales = [
+        timed(lambda i=i: merger.merge(recipe.updated(params={"scale": scale * (1.1 + 0.1 * i)})))
+        for i in range(repeats)
+    ]
+    weights = []
+    for i in range(repeats):
+        changed = [{"path": e.path, "weight": w} for e, w in zip(recipe.experts, [1.0, 0.5 + 0.1 * i, -0.3, 1.2])]
+        weights.append(timed(lambda changed=changed: merger.merge(recipe.updated(experts=changed))))
+    return {
+        "tensors": len(merger.names),
+        "open": opened,
+        "first": first,
+        "scale": statistics.median(scales),
+        "weights": statistics.median(weights),
+    }
+
+
+def main() -> None:
     from speechmerge.recipe import parse_recipe
 
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--methods", default="task_arithmetic,tsv_m")
+    parser.add_argument("--methods", default="task_arithmetic,tsv_m,iso_c,iso_cts,lors")
+    parser.add_argument("--without", default="tsv_m", help="methods also timed with remember=False")
+    parser.add_argument("--write", type=Path, help="replace this script's section of this Markdown file")
     args = parser.parse_args()
+    load_before = os.getloadavg()
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        base, experts = synthetic_experts(Path(tmp), 4)
-        settings = {"task_arithmetic": {"scale": 0.3}, "tsv_m": {}}
+        base, experts = synthetic_experts(Path(tmp), EXPERTS)
         for method in args.methods.split(","):
-            params = settings.get(method, {})
             recipe = parse_recipe(
                 {
                     "base": str(base),
                     "experts": [str(e) for e in experts],
                     "method": method,
-                    "params": params,
+                    "params": {"scale": SCALE[method]},
                     "device": "cpu",
                 },
                 where="bench",
             )
-            start = time.perf_counter()
-            merger = MemoryMerger(recipe, include=r"model\.decoder\..*")
-            opened = time.perf_counter() - start
-            times = []
-            for _ in range(1 + args.repeats):
-                start = time.perf_counter()
-                merger.merge(recipe)
-                times.append(time.perf_counter() - start)
-            print(
-                f"{method}: open {opened:.2f} s, first call {times[0]:.2f} s, repeated median "
-                f"{statistics.median(times[1:]):.2f} s ({len(merger.names)} tensors)",
-                flush=True,
-            )
-            del merger
-    print("load", open("/proc/loadavg").read().strip())
+            for remember in (True, False) if method in args.without.split(",") else (True,):
+                result = measure(recipe, remember, args.repeats)
+                rows.append((method, remember, result))
+                print(method, "remembered" if remember else "recomputed", result, flush=True)
+    load_after = os.getloadavg()
+    command = (
+        f"PYTHONPATH=. python benchmarks/bench_memory_merge.py --repeats {args.repeats} --methods {args.methods} "
+        f"--without {args.without} --write docs/performance.md"
+    )
+    lines = [
+        "### In-memory merges: whisper-base decoder, 4 experts",
+        "",
+        f"Generated by `{command}` on {machine_description()}, {torch.get_num_threads()} torch threads, shared "
+        f"with other jobs (load average before {load_before[0]:.1f} / {load_before[1]:.1f} (1 / 5 min), after "
+        f"{load_after[0]:.1f} / {load_after[1]:.1f}). Synthetic experts: base + 1e-3 · N(0, 1) on every decoder "
+        f"tensor. Per call: medians of {args.repeats} calls changing only the scale, and of {args.repeats} "
+        "changing the experts' weights (one negative); 'remembered': decompositions kept across calls "
+        "(`MemoryMerger(remember=True)`, the default), 'recomputed': `remember=False`.",
+        "",
+        "| method | decompositions | tensors | open (s) | first call (s) | other scale (s) | other weights (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for method, remember, r in rows:
+        lines.append(
+            f"| {method} | {'remembered' if remember else 'recomputed'} | {r['tensors']} | {r['open']:.2f} | "
+            f"{r['first']:.2f} | {r['scale']:.2f} | {r['weights']:.2f} |"
+        )
+    body = "\n".join(lines)
+    print(body)
+    if args.write:
+        write_section(args.write, "bench_memory_merge", "whisper-base decoder", body)
 
 
 if __name__ == "__main__":

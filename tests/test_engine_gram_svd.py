@@ -11,10 +11,10 @@ from speechmerge.merging.methods import subspace
 from tests.method_calls import call_method
 
 
-def lapack_svd(matrix: torch.Tensor):
-    """The reference: LAPACK's thin SVD in float64, cast back."""
+def lapack_svd(matrix: torch.Tensor, rank: int | None = None):
+    """The reference: LAPACK's thin SVD in float64 (its leading `rank` triplets), cast back."""
     u, s, vh = torch.linalg.svd(matrix.double(), full_matrices=False)
-    return u.to(matrix.dtype), s.to(matrix.dtype), vh.to(matrix.dtype)
+    return u[:, :rank].to(matrix.dtype), s[:rank].to(matrix.dtype), vh[:rank].to(matrix.dtype)
 
 
 @pytest.mark.parametrize("shape", [(96, 40), (40, 96), (64, 64)])
@@ -26,6 +26,16 @@ def test_gram_svd_reconstructs_and_is_orthonormal(shape):
     assert torch.allclose((u * s) @ vh, a, atol=1e-5)
     eye = torch.eye(min(shape))
     assert torch.allclose(u.mT @ u, eye, atol=1e-5) and torch.allclose(vh @ vh.mT, eye, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(96, 40), (40, 96)])
+def test_gram_svd_of_a_given_rank_is_the_eckart_young_truncation(shape):
+    a = torch.randn(*shape, generator=torch.Generator().manual_seed(3))
+    u, s, vh = spectral.gram_svd(a, 7)
+    assert (u.shape, s.shape, vh.shape) == ((shape[0], 7), (7,), (7, shape[1]))
+    ru, rs, rvh = lapack_svd(a, 7)
+    torch.testing.assert_close((u * s) @ vh, (ru * rs) @ rvh, atol=1e-5, rtol=0)
+    torch.testing.assert_close(u.mT @ u, torch.eye(7), atol=1e-5, rtol=0)
 
 
 def test_top_singular_drops_the_null_space_of_a_rank_deficient_matrix():

@@ -71,3 +71,60 @@ def test_another_expert_list_is_refused(family):
     fewer = recipe.updated(experts=[e.model_dump() for e in recipe.experts[:2]])
     with pytest.raises(Exception, match="base and experts must be those"):
         merger.merge(fewer)
+
+
+def _reweighted(recipe, weights):
+    return recipe.updated(experts=[{**e.model_dump(), "weight": w} for e, w in zip(recipe.experts, weights)])
+
+
+def _without_lapack(monkeypatch):
+    """Every decomposition the subspace methods could call fails from here on."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a decomposition was recomputed")
+
+    for solver in ("eigh", "svd", "svdvals"):
+        monkeypatch.setattr(torch.linalg, solver, refuse)
+    monkeypatch.setattr(torch, "svd_lowrank", refuse)
+
+
+REMEMBERED = [  # (method, params, whether the decompositions outlive a change of weights)
+    ("tsv_m", {}, True),
+    ("tsv_m", {"orthogonaliser": "newton_schulz"}, True),
+    ("boosted_tsv_m", {"spectrum": "full", "orthogonaliser": "svd"}, True),
+    ("lors", {"rank_fraction": 0.25}, True),
+    ("lors_svp", {"rank_fraction": 0.25}, True),
+    ("iso_c", {}, False),
+    ("iso_cts", {}, False),
+]
+
+
+@pytest.mark.parametrize(("method", "params", "across_weights"), REMEMBERED)
+def test_remembered_decompositions_are_reused_and_change_nothing(family, tmp_path, method, params, across_weights):
+    """A second call with another scale (and, where the decompositions are the task vectors' own,
+    other weights, one of them negative) decomposes nothing and still equals the disk merge."""
+    recipe = _recipe(family, method, params=params)
+    merger = MemoryMerger(recipe, include=DECODER)
+    merger.merge(recipe)
+    other = recipe.updated(params={**params, "scale": 0.7})
+    if across_weights:
+        other = _reweighted(other, [0.8, -0.4, 1.5])
+    with pytest.MonkeyPatch.context() as patch:
+        _without_lapack(patch)
+        in_memory = merger.merge(other)
+    assert merger.memo
+    out, _ = merge(merger.disk_recipe(other), tmp_path / "out", show_progress=False)
+    on_disk = load_state(out)
+    assert all(torch.equal(tensor.float(), on_disk[name]) for name, tensor in in_memory.items())
+
+
+def test_forgetting_recomputes_and_a_changed_setting_is_not_served_from_memory(family, tmp_path):
+    recipe = _recipe(family, "tsv_m")
+    merger = MemoryMerger(recipe, include=DECODER)
+    merger.merge(recipe)
+    merger.forget()
+    assert not merger.memo
+    randomised = recipe.updated(params={"svd": "randomised"})
+    _assert_equal_to_disk(merger, randomised, tmp_path / "randomised")
+    _assert_equal_to_disk(merger, recipe, tmp_path / "exact")
+    _assert_equal_to_disk(merger, _reweighted(recipe, [0.0, 1.0, 0.5]), tmp_path / "a weight of zero")

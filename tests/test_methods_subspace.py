@@ -13,6 +13,7 @@ from test_merge_methods import TIED, deltas, run_merge
 from test_spectral import reference_floor, whitened
 
 from speechmerge.errors import SpeechmergeError
+from speechmerge.merging import spectral
 
 WEIGHTS = [1.0, 0.5, 2.0]
 
@@ -52,16 +53,16 @@ def reference_iso_cts(taus: list[torch.Tensor], fraction: float) -> torch.Tensor
     return sigma * whitened(big_u) @ whitened(big_v).T
 
 
-def compare_to_reference(tmp_path, family, method, params, matrix_rule, scale):
+def compare_to_reference(tmp_path, family, method, params, matrix_rule, scale, weights=WEIGHTS):
     """Run `method` on the tiny family with unequal weights; block matrices must match
     θ_0 + α matrix_rule([w_t τ_t]) and every other tensor θ_0 + α (1/T) Σ w_t τ_t."""
     base_dir, expert_dirs = family
-    merged, report = run_merge(tmp_path, base_dir, expert_dirs, method, params, weights=WEIGHTS)
+    merged, report = run_merge(tmp_path, base_dir, expert_dirs, method, params, weights=weights)
     base, names, taus = deltas(base_dir, expert_dirs)
     matrices = [n for n in names if n.endswith(("proj.weight", "fc1.weight", "fc2.weight"))]
     assert matrices and "model.decoder.embed_positions.weight" not in matrices
     for name in names:
-        scaled = [w * t[name].double() for w, t in zip(WEIGHTS, taus)]
+        scaled = [w * t[name].double() for w, t in zip(weights, taus)]
         rule = matrix_rule(scaled) if name in matrices else sum(scaled) / len(scaled)
         expected = base[name].double() + scale * rule
         torch.testing.assert_close(merged[name].double(), expected, atol=2e-5, rtol=1e-4, msg=name)
@@ -81,6 +82,23 @@ def test_boosted_tsv_m_matches_the_paper(tmp_path, family, energy, spectrum):
 
     params = {"beta": 0.3, "energy": energy, "spectrum": spectrum, "orthogonaliser": "svd"}
     compare_to_reference(tmp_path, family, "boosted_tsv_m", params, lambda taus: reference_tsv(taus, boost), 1.0)
+
+
+def reference_tsv_newton_schulz(taus: list[torch.Tensor]) -> torch.Tensor:
+    """TSV-M with Carvalho et al.'s orthogonaliser: each task's own top-k SVD (of w_t τ_t), U and Vᵀ
+    through 5 Muon Newton–Schulz steps."""
+    k = max(1, min(taus[0].shape) // len(taus))
+    parts = [truncated(tau, k) for tau in taus]
+    u, s, vh = (torch.cat([p[i] for p in parts], 1 if i == 0 else 0) for i in range(3))
+    return (spectral.newton_schulz(u) * s) @ spectral.newton_schulz(vh)
+
+
+@pytest.mark.parametrize(("orthogonaliser", "rule"), [("svd", reference_tsv), ("newton_schulz", None)])
+def test_tsv_m_with_a_negative_weight_matches_the_paper(tmp_path, family, orthogonaliser, rule):
+    """The reference decomposes w τ itself for w < 0; the method decomposes τ and carries w's sign in σ."""
+    params = {"scale": 1.3, "orthogonaliser": orthogonaliser}
+    rule = rule or reference_tsv_newton_schulz
+    compare_to_reference(tmp_path, family, "tsv_m", params, rule, 1.3, weights=[1.0, -0.5, 2.0])
 
 
 def test_iso_c_matches_the_paper_and_has_a_flat_spectrum(tmp_path, family):

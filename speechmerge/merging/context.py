@@ -5,12 +5,15 @@ each expert's data statistics."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import torch
 
 from speechmerge.checkpoints.whisper import TensorRole
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -26,6 +29,22 @@ class TensorContext:
     tensor_stats: Any = None  # result of its per-tensor statistics pass, if it declares one
     row_offset: int = 0  # first row of this block when a large tensor is streamed in row blocks
     data: Any = None  # per expert, its data statistics (speechmerge.datastats.Statistics), for methods that need them
+    memo: dict | None = None  # decompositions kept across merges of these same inputs (MemoryMerger); None: none
+
+    def remember(self, slot: Hashable, key: Hashable, compute: Callable[[], T]) -> T:
+        """`compute()`, or the value it gave for the same `key` in an earlier merge of the same
+        inputs (the same task stack of this tensor). Each `slot` holds one value, the latest key's,
+        so a search over weights keeps one decomposition per slot. The key must name everything
+        besides the inputs that the value depends on; a remembered value is shared, never to be
+        changed in place. Without a memo (the on-disk engine) it is always `compute()`."""
+        if self.memo is None:
+            return compute()
+        held = self.memo.get(slot)
+        if held is not None and held[0] == key:
+            return held[1]
+        value = compute()
+        self.memo[slot] = (key, value)
+        return value
 
     def generator(self, stream: int = 0) -> torch.Generator:
         """A CPU generator seeded by (seed, tensor name, stream): reproducible whatever the

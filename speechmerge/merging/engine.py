@@ -228,9 +228,10 @@ def _units(plan: MergePlan, entry: PlanEntry, budget: int) -> list[Unit]:
 
 
 def plan_context(
-    plan: MergePlan, entry: PlanEntry, stats=None, tensor_stats=None, row_offset: int = 0
+    plan: MergePlan, entry: PlanEntry, stats=None, tensor_stats=None, row_offset: int = 0, memo: dict | None = None
 ) -> TensorContext:
-    """What the method merging `entry` sees (the engine's and the in-memory merger's one builder)."""
+    """What the method merging `entry` sees (the engine's and the in-memory merger's one builder;
+    only the latter keeps a `memo` of decompositions across merges)."""
     return TensorContext(
         name=entry.name,
         role=entry.role,
@@ -241,6 +242,7 @@ def plan_context(
         tensor_stats=tensor_stats,
         row_offset=row_offset,
         data=plan.data_statistics,
+        memo=memo,
     )
 
 

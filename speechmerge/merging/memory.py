@@ -9,6 +9,13 @@ re-plans the recipe (method, parameters, weights, overrides) and runs the engine
 (`apply_method`, with the whole-model statistics gathered as the engine gathers them), so a
 call returns exactly what `speechmerge merge` writes for the same recipe, tensor for tensor.
 
+Decompositions that depend only on the task vectors and on hyper-parameters that did not change
+(TSV-M's and BoostedTSV-M's per-task SVDs and polar factors, LoRS's pruned task matrices; Iso-C's
+and Iso-CTS's whole results while only the scale changes) are remembered between calls through
+`TensorContext.remember`: `MemoryMerger(..., remember=True)` (the default) keeps one per tensor and
+slot, `forget()` drops them. A remembered value is what the same code computes on disk, so the
+result is unchanged, bit for bit.
+
 `include` restricts the merge to the tensors whose names it matches (e.g. only the decoder when
 the encoder is shared): the rest are left as the base's, as `keep: base` overrides would leave
 them — `disk_recipe` writes those overrides, so the on-disk merge equals the in-memory one.
@@ -46,8 +53,10 @@ def keep_base_outside(recipe: MergeRecipe, include: str | None) -> MergeRecipe:
 class MemoryMerger:
     """The inputs of one recipe held in memory, merged again for each recipe given to `merge`."""
 
-    def __init__(self, recipe: MergeRecipe, include: str | None = None):
+    def __init__(self, recipe: MergeRecipe, include: str | None = None, remember: bool = True):
         self.include = include
+        self.remember = remember
+        self.memo: dict[str, dict] = {}  # per tensor: the decompositions remembered across calls
         self.recipe = self.disk_recipe(recipe)
         self.plan = build_plan(self.recipe)
         selected = [e for e in self.plan.entries if e.method is not None]
@@ -82,6 +91,10 @@ class MemoryMerger:
         self.base[entry.name] = base
         self.stacks[entry.name] = stack
         self.spaces[entry.name] = entry.method.space
+
+    def forget(self) -> None:
+        """Drop every remembered decomposition (the next call recomputes them)."""
+        self.memo.clear()
 
     @property
     def names(self) -> list[str]:
@@ -135,7 +148,8 @@ class MemoryMerger:
             if entry.name in self.frozen:
                 out[entry.name] = base.to(entry.out_dtype)
                 continue
-            ctx = plan_context(plan, entry, stats.get(entry.method.name))
+            memo = self.memo.setdefault(entry.name, {}) if self.remember else None
+            ctx = plan_context(plan, entry, stats.get(entry.method.name), memo=memo)
             tasks = self.stacks[entry.name].clone()  # methods may work in place
             merged = apply_method(entry.method, tasks, base, entry_weights(plan, entry), ctx, entry.params)
             out[entry.name] = as_weights(entry, merged, base).to(entry.out_dtype)

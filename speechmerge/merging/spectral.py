@@ -5,6 +5,8 @@ spectrum boosting. Everything works on one float32 matrix at a time, on its own 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 # Newton–Schulz quintic coefficients (a, b, c) per step: X ← aX + (bA + cA²)X with A = XXᵀ.
@@ -26,6 +28,41 @@ RANDOMISED_OVERSAMPLING = 10  # Halko, Martinsson, Tropp (2011) §4.2: p = 10 ex
 RANDOMISED_POWER_ITERATIONS = 2  # torch.svd_lowrank's default subspace iterations
 
 
+@contextlib.contextmanager
+def one_thread():
+    """Run LAPACK's decompositions on one thread, restoring the thread count after.
+
+    MKL's multi-threaded symmetric eigensolver and SVD gain nothing on Whisper's shapes and
+    collapse when another process holds a core: on the 2-core development VM at load 3, a float64
+    eigh of a 512 × 512 Gram took 0.10 s median and up to 7 s on 2 threads against 0.05 s on one,
+    and a 128 × 128 one 0.94 s against 0.003 s (benchmarks/bench_gram_svd.py --threads-check
+    reruns this). The matrix products around them keep every thread."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _eigh(matrix: torch.Tensor):
+    with one_thread():
+        return torch.linalg.eigh(matrix)
+
+
+def _svd(matrix: torch.Tensor):
+    with one_thread():
+        return torch.linalg.svd(matrix, full_matrices=False)
+
+
+def _svdvals(matrix: torch.Tensor):
+    with one_thread():
+        return torch.linalg.svdvals(matrix)
+
+
 def singular_mask(singular_values: torch.Tensor, relative_tolerance: float) -> torch.Tensor:
     """1 where σ > σ_max · relative_tolerance, else 0 (all 0 for an all-zero spectrum)."""
     return (singular_values > singular_values.max() * relative_tolerance).to(singular_values.dtype)
@@ -37,11 +74,11 @@ def thin_svd(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     such as the stacks of singular vectors that Procrustes orthogonalises (seen on a 512 × 512
     Iso-CTS stack of Whisper-base experts); a failure is retried in float64, which converges
     there, and cast back."""
-    return _in_float64_on_failure(lambda m: torch.linalg.svd(m, full_matrices=False), matrix)
+    return _in_float64_on_failure(_svd, matrix)
 
 
-def gram_svd(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """U, σ, Vᵀ of a thin SVD from the symmetric eigendecomposition of the Gram matrix of the
+def gram_svd(matrix: torch.Tensor, rank: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """U, σ, Vᵀ of a thin SVD (its leading `rank` triplets when given) from the symmetric eigendecomposition of the Gram matrix of the
     smaller side, in float64: MᵀM = V Σ² Vᵀ and U = M V Σ⁻¹ for a tall M (M Mᵀ and Vᵀ = Σ⁻¹ UᵀM
     for a wide one), σ in descending order.
 
@@ -50,11 +87,11 @@ def gram_svd(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     ≥ 3e-6 σ_max for Whisper's shapes), so every triplet above that level matches the LAPACK
     SVD's to float32 rounding; vectors of σ at or below 1e-8 σ_max (numerically null, which
     every caller drops) are set to zero. On a 2-core CPU a 3072 × 768 float32 SVD takes about
-    2.5× as long as this."""
+    2.5× as long as this. With `rank`, only the kept eigenvectors are mapped to the other side."""
     tall = matrix.shape[-2] >= matrix.shape[-1]
     wide64 = matrix.double() if not tall else matrix.double().mT
-    values, vectors = torch.linalg.eigh(wide64 @ wide64.mT)
-    values, vectors = values.flip(-1), vectors.flip(-1)
+    values, vectors = _eigh(wide64 @ wide64.mT)
+    values, vectors = values.flip(-1)[..., :rank], vectors.flip(-1)[..., :rank]
     sigma = values.clamp(min=0).sqrt()
     resolved = sigma > sigma[..., :1] * 1e-8
     inverse = torch.where(resolved, 1.0 / torch.where(resolved, sigma, 1.0), 0.0)
@@ -65,7 +102,7 @@ def gram_svd(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 
 def singular_values(matrix: torch.Tensor) -> torch.Tensor:
     """σ alone (torch.linalg.svdvals), with `thin_svd`'s float64 retry."""
-    return _in_float64_on_failure(torch.linalg.svdvals, matrix)
+    return _in_float64_on_failure(_svdvals, matrix)
 
 
 def _in_float64_on_failure(decompose, matrix: torch.Tensor):
@@ -102,8 +139,7 @@ def top_singular(
             u, s, v = torch.svd_lowrank(matrix, q=k + RANDOMISED_OVERSAMPLING, niter=RANDOMISED_POWER_ITERATIONS)
         u, s, vh = u[:, :k], s[:k], v[:, :k].mT
     else:
-        u, s, vh = gram_svd(matrix)
-        u, s, vh = u[:, :k], s[:k], vh[:k]
+        u, s, vh = gram_svd(matrix, k)
     if s.numel() == 0:
         return u, s, vh
     kept = singular_mask(s, rounding_tolerance(matrix.shape, matrix.dtype))

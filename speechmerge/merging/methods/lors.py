@@ -18,7 +18,7 @@ import torch
 
 from speechmerge.merging.context import TensorContext
 from speechmerge.merging.masks import MagnitudeThresholds, trim_below_, trim_to_density_, weighted_sum
-from speechmerge.merging.methods.subspace import SVD
+from speechmerge.merging.methods.subspace import SVD, svd_seed
 from speechmerge.merging.methods.task_vectors import SCALE_1_OVER_T, scale_or_mean
 from speechmerge.merging.registry import IdenticalExperts, Param, merge_method
 from speechmerge.merging.spectral import low_rank_part
@@ -43,11 +43,14 @@ def lors_rank(matrix: torch.Tensor, rank: int | None, rank_fraction: float) -> i
     return min(r, full)
 
 
-def _prune_matrices(tasks: torch.Tensor, ctx: TensorContext, prune) -> torch.Tensor:
-    """Apply `prune(task, t)` to each task's matrix when the tensor is a block matrix; raw τ otherwise."""
+def _prune_matrices(tasks: torch.Tensor, ctx: TensorContext, prune, key: tuple, svd: str) -> torch.Tensor:
+    """Apply `prune(task, t)` to each task's matrix when the tensor is a block matrix; raw τ otherwise.
+    τ̂_t depends on τ_t and on `key` (the pruning's parameters) alone, so it is remembered across
+    merges of the same inputs (`TensorContext.remember`)."""
     if ctx.is_matrix:
         for t in range(tasks.shape[0]):
-            tasks[t] = prune(tasks[t], t)
+            key_t = (*key, svd, svd_seed(ctx, svd, t))
+            tasks[t] = ctx.remember(("pruned", t), key_t, lambda t=t: prune(tasks[t], t))
     return tasks
 
 
@@ -81,7 +84,10 @@ def lors(tasks, base, weights, ctx: TensorContext, *, rank, rank_fraction, densi
         residual = task - low
         return low + trim_to_density_(residual.unsqueeze(0), density)[0]
 
-    return weighted_sum(_prune_matrices(tasks, ctx, prune), weights).mul_(scale_or_mean(scale, tasks.shape[0]))
+    key = ("lors", rank, rank_fraction, density)
+    return weighted_sum(_prune_matrices(tasks, ctx, prune, key, svd), weights).mul_(
+        scale_or_mean(scale, tasks.shape[0])
+    )
 
 
 @merge_method(
@@ -102,7 +108,10 @@ def lors_svp(tasks, base, weights, ctx: TensorContext, *, rank, rank_fraction, s
     def prune(task: torch.Tensor, t: int) -> torch.Tensor:
         return _low_rank(task, t, ctx, rank, rank_fraction, svd)
 
-    return weighted_sum(_prune_matrices(tasks, ctx, prune), weights).mul_(scale_or_mean(scale, tasks.shape[0]))
+    key = ("lors_svp", rank, rank_fraction)
+    return weighted_sum(_prune_matrices(tasks, ctx, prune, key, svd), weights).mul_(
+        scale_or_mean(scale, tasks.shape[0])
+    )
 
 
 @merge_method(

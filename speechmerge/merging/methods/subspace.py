@@ -83,24 +83,56 @@ def mean_task_vector(tasks: torch.Tensor, weights: torch.Tensor, scale: float) -
     return weighted_sum(tasks, weights).mul_(scale / tasks.shape[0])
 
 
-def rebuild(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, orthogonaliser: str, steps: int, coefficients: str):
-    """U⊥ diag(σ) V⊥ᵀ with U and Vᵀ replaced by their (approximate) polar factors."""
-    u_orth = orthogonalise(u, orthogonaliser, steps, coefficients)
-    vh_orth = orthogonalise(vh, orthogonaliser, steps, coefficients)
-    return (u_orth * s) @ vh_orth
+def svd_seed(ctx: TensorContext, svd: str, t: int) -> int | None:
+    """The seed of task t's randomised SVD (None for the exact one, which has none)."""
+    return ctx.generator(t).initial_seed() if svd == "randomised" else None
 
 
-def task_singular_vectors(tasks: torch.Tensor, ctx: TensorContext, svd: str, boost=None):
-    """TSV-C with compression 1/T: each task's top k = ⌊min(m, n)/T⌋ triplets (at least 1),
-    each task's σ optionally passed through `boost(σ_k, Δ_t)`, concatenated task by task."""
+def rebuild(u, s, vh, orthogonaliser: str, steps: int, coefficients: str, ctx: TensorContext, key=None):
+    """U⊥ diag(σ) V⊥ᵀ with U and Vᵀ replaced by their (approximate) polar factors. With a `key`
+    naming what U and Vᵀ were built from, the polar factors are remembered across merges of the
+    same inputs (`TensorContext.remember`)."""
+
+    def factor(side: str, matrix: torch.Tensor) -> torch.Tensor:
+        if key is None:
+            return orthogonalise(matrix, orthogonaliser, steps, coefficients)
+        return ctx.remember(
+            ("polar", side),
+            (orthogonaliser, steps, coefficients, key),
+            lambda: orthogonalise(matrix, orthogonaliser, steps, coefficients),
+        )
+
+    return (factor("u", u) * s) @ factor("vh", vh)
+
+
+def task_singular_vectors(tasks: torch.Tensor, weights: torch.Tensor, ctx: TensorContext, svd: str, boost=None):
+    """TSV-C with compression 1/T of the task matrices Δ_t = w_t τ_t: each task's top
+    k = ⌊min(m, n)/T⌋ triplets (at least 1), σ optionally passed through `boost(σ_k, t)`,
+    concatenated task by task; returns U, σ, Vᵀ and a key naming U and Vᵀ (for `rebuild`).
+
+    The triplets are τ_t's, remembered across merges of the same inputs, with σ scaled by w_t:
+    Δ_t = U (|w_t| σ) Vᵀ up to the sign of U, and the sign is carried by σ instead, which gives
+    the same merge since polar(U D) = polar(U) D and Newton–Schulz(U D) = Newton–Schulz(U) D for
+    a diagonal sign matrix D. A task of weight 0 contributes no triplet, as its Δ_t is 0."""
     count, rows, cols = tasks.shape
     k = max(1, min(rows, cols) // count)
-    parts = [
-        top_singular(tasks[t], k, randomised=svd == "randomised", seed=ctx.generator(t).initial_seed())
-        for t in range(count)
-    ]
-    s = [p[1] if boost is None else boost(p[1], tasks[t]) for t, p in enumerate(parts)]
-    return torch.cat([p[0] for p in parts], 1), torch.cat(s), torch.cat([p[2] for p in parts], 0)
+    present = tuple(bool(w != 0) for w in weights)
+    parts, keys = [], []
+    for t in range(count):
+        seed = svd_seed(ctx, svd, t)
+        keys.append((k, svd, seed))
+        if not present[t]:
+            parts.append((tasks.new_zeros(rows, k), tasks.new_zeros(k), tasks.new_zeros(k, cols)))
+            continue
+        u, sigma, vh = ctx.remember(
+            ("triplets", t), keys[-1], lambda t=t, seed=seed: top_singular(tasks[t], k, svd == "randomised", seed or 0)
+        )
+        magnitude = sigma * abs(float(weights[t]))
+        if boost is not None:
+            magnitude = boost(magnitude, t)
+        parts.append((u, magnitude * (1.0 if weights[t] > 0 else -1.0), vh))
+    s = torch.cat([p[1] for p in parts])
+    return torch.cat([p[0] for p in parts], 1), s, torch.cat([p[2] for p in parts], 0), (present, tuple(keys))
 
 
 @merge_method(
@@ -126,8 +158,8 @@ def tsv_m(tasks, base, weights, ctx: TensorContext, *, scale, orthogonaliser, sv
     U⊥, V⊥ their polar factors; θ = θ_0 + α Δ (non-matrix: θ_0 + α mean_t τ_t)."""
     if not ctx.is_matrix:
         return mean_task_vector(tasks, weights, scale)
-    u, s, vh = task_singular_vectors(scaled_tasks_(tasks, weights), ctx, svd)
-    return rebuild(u, s, vh, orthogonaliser, ns_steps, ns_coefficients).mul_(scale)
+    u, s, vh, key = task_singular_vectors(tasks, weights, ctx, svd)
+    return rebuild(u, s, vh, orthogonaliser, ns_steps, ns_coefficients, ctx, key).mul_(scale)
 
 
 @merge_method(
@@ -194,12 +226,15 @@ def boosted_tsv_m(
     if not ctx.is_matrix:
         return mean_task_vector(tasks, weights, scale)
 
-    def boost(kept: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
-        reference = kept if spectrum == "truncated" else singular_values(task)
-        return kept.clamp(min=boost_floor(reference, beta, energy))
+    def boost(kept: torch.Tensor, t: int) -> torch.Tensor:
+        """kept = |w_t| σ_k; the full spectrum of Δ_t is |w_t| times τ_t's."""
+        if spectrum == "truncated":
+            return kept.clamp(min=boost_floor(kept, beta, energy))
+        full = ctx.remember(("singular_values", t), None, lambda: singular_values(tasks[t]))
+        return kept.clamp(min=boost_floor(full * abs(float(weights[t])), beta, energy))
 
-    u, s, vh = task_singular_vectors(scaled_tasks_(tasks, weights), ctx, svd, boost)
-    return rebuild(u, s, vh, orthogonaliser, ns_steps, ns_coefficients).mul_(scale)
+    u, s, vh, key = task_singular_vectors(tasks, weights, ctx, svd, boost)
+    return rebuild(u, s, vh, orthogonaliser, ns_steps, ns_coefficients, ctx, key).mul_(scale)
 
 
 @merge_method(
@@ -221,9 +256,13 @@ def iso_c(tasks, base, weights, ctx: TensorContext, *, scale):
     """Δ_TA = Σ_t w_t τ_t = U Σ Vᵀ; Δ = σ̄ U Vᵀ with σ̄ = mean(σ); θ = θ_0 + α Δ."""
     if not ctx.is_matrix:
         return mean_task_vector(tasks, weights, scale)
-    total = weighted_sum(tasks, weights)
-    u, s, vh = gram_svd(total)
-    return ((u * singular_mask(s, rounding_tolerance(total.shape))) @ vh).mul_(s.mean() * scale)
+
+    def isotropic() -> torch.Tensor:
+        total = weighted_sum(tasks, weights)
+        u, s, vh = gram_svd(total)
+        return ((u * singular_mask(s, rounding_tolerance(total.shape))) @ vh).mul_(s.mean())
+
+    return ctx.remember("iso_c", tuple(weights.tolist()), isotropic).mul(scale)
 
 
 def common_dimension(rank: int, tasks: int, fraction: float) -> int:
@@ -262,17 +301,23 @@ def iso_cts(
     if not ctx.is_matrix:
         return mean_task_vector(tasks, weights, scale)
     count, rows, cols = tasks.shape
-    rank = min(rows, cols)
-    k_common = common_dimension(rank, count, common_fraction)
-    per_task = (rank - k_common) // count
-    scaled = scaled_tasks_(tasks, weights)
-    u_common, s_common, vh_common = top_singular(scaled.sum(0), k_common)
-    blocks = []
-    for t in range(count):
-        residual = scaled[t] - u_common @ (u_common.mT @ scaled[t])
-        blocks.append(top_singular(residual, per_task, svd == "randomised", ctx.generator(t).initial_seed()))
-    u_all = torch.cat([b[0] for b in blocks] + [u_common], 1)
-    s_all = torch.cat([b[1] for b in blocks] + [s_common])
-    vh_all = torch.cat([b[2] for b in blocks] + [vh_common], 0)
-    flat = torch.full_like(s_all, float(s_all.mean()))
-    return rebuild(u_all, flat, vh_all, orthogonaliser, ns_steps, ns_coefficients).mul_(scale)
+
+    def isotropic() -> torch.Tensor:
+        rank = min(rows, cols)
+        k_common = common_dimension(rank, count, common_fraction)
+        per_task = (rank - k_common) // count
+        scaled = scaled_tasks_(tasks, weights)
+        u_common, s_common, vh_common = top_singular(scaled.sum(0), k_common)
+        blocks = []
+        for t in range(count):
+            residual = scaled[t] - u_common @ (u_common.mT @ scaled[t])
+            blocks.append(top_singular(residual, per_task, svd == "randomised", ctx.generator(t).initial_seed()))
+        u_all = torch.cat([b[0] for b in blocks] + [u_common], 1)
+        s_all = torch.cat([b[1] for b in blocks] + [s_common])
+        vh_all = torch.cat([b[2] for b in blocks] + [vh_common], 0)
+        flat = torch.full_like(s_all, float(s_all.mean()))
+        return rebuild(u_all, flat, vh_all, orthogonaliser, ns_steps, ns_coefficients, ctx)
+
+    seeds = tuple(svd_seed(ctx, svd, t) for t in range(count))
+    key = (tuple(weights.tolist()), common_fraction, orthogonaliser, svd, ns_steps, ns_coefficients, seeds)
+    return ctx.remember("iso_cts", key, isotropic).mul(scale)
