@@ -8,6 +8,12 @@ per matrix shape, in the same process, alternating, medians:
 on one thread against `--threads` threads, alternating, median and max of `--repeats`:
 
     python benchmarks/bench_gram_svd.py --threads-check --repeats 7 --threads 2
+
+`--lors-swaps` explains LoRS's difference between the two SVDs: per task of the 3072 × 768
+stack, the residual entries τ − L_r that one SVD keeps in the top-ρ and the other drops, their
+|residual| / threshold under each, and the difference on the entries both keep or both drop:
+
+    python benchmarks/bench_gram_svd.py --lors-swaps --experts 3
 """
 
 from __future__ import annotations
@@ -54,13 +60,43 @@ def threads_check(threads: int, repeats: int) -> None:
     print(f"\nload average before {load_before:.1f}, after {os.getloadavg()[0]:.1f}")
 
 
+def lors_swaps(experts: int) -> None:
+    """LoRS's low-rank part by both SVDs, and where their top-ρ masks of the residual differ."""
+    from speechmerge.merging.masks import kept_count, kth_largest_magnitude
+    from speechmerge.merging.methods.lors import lors_rank
+
+    tasks = 2e-4 * torch.randn(experts, 3072, 768, generator=torch.Generator().manual_seed(0))
+    print(
+        "| task | entries kept by one SVD only | their \\|R\\| / threshold (Gram; LAPACK) | max diff elsewhere / max τ |"
+    )
+    print("|---|---|---|---|")
+    for t, tau in enumerate(tasks):
+        rank = lors_rank(tau, None, 0.01)
+        masks, results = [], []
+        for svd in (spectral.gram_svd, lapack_svd):
+            u, s, vh = svd(tau, rank)
+            low = (u * s) @ vh
+            residual = tau - low
+            threshold = kth_largest_magnitude(residual.clone(), kept_count(residual.numel(), 0.2))
+            masks.append((residual.abs() >= threshold, residual.abs() / threshold))
+            results.append(low + residual * masks[-1][0])
+        differ = masks[0][0] != masks[1][0]
+        ratios = "; ".join(", ".join(f"{float(x):.7f}" for x in m[1][differ]) for m in masks)
+        elsewhere = float((results[0] - results[1]).abs()[~differ].max() / tau.abs().max())
+        print(f"| {t} | {int(differ.sum())} of {differ.numel()} | {ratios or '-'} | {elsewhere:.1e} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--experts", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--threads-check", action="store_true", help="time eigh on 1 thread against --threads")
+    parser.add_argument("--lors-swaps", action="store_true", help="where LoRS's masks differ between the two SVDs")
     args = parser.parse_args()
+    if args.lors_swaps:
+        lors_swaps(args.experts)
+        return
     if args.threads_check:
         threads_check(args.threads, args.repeats)
         return

@@ -148,7 +148,9 @@ def task_singular_vectors(tasks: torch.Tensor, weights: torch.Tensor, ctx: Tenso
         "non-matrix tensors averaged; α on everything. Guards: numerically null triplets of rank-deficient task "
         "matrices (e.g. LoRA experts) are left out, as their singular vectors are arbitrary; the Procrustes polar "
         "factor drops numerically null directions, so near-identical experts merge to their common matrix instead "
-        "of rounding noise."
+        "of rounding noise. Expert weights: the triplets are those of τ_t, with σ scaled by w_t (the SVD of w_t τ_t "
+        "up to the sign of U, which σ carries for w_t < 0: the same merge, as the polar factor commutes with column "
+        "signs), so an in-memory search over weights and α reuses them; a task of weight 0 contributes no triplet."
     ),
     params=[SCALE, orthogonaliser_param("svd"), SVD, NS_STEPS, NS_COEFFICIENTS],
     blockwise=non_matrix,
