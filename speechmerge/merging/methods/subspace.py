@@ -8,6 +8,8 @@ is θ = θ_0 + α · merged, α multiplying matrices and non-matrix tensors alik
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from speechmerge.merging.context import TensorContext
@@ -89,18 +91,18 @@ def svd_seed(ctx: TensorContext, svd: str, t: int) -> int | None:
 
 
 def rebuild(u, s, vh, orthogonaliser: str, steps: int, coefficients: str, ctx: TensorContext, key=None):
-    """U⊥ diag(σ) V⊥ᵀ with U and Vᵀ replaced by their (approximate) polar factors. With a `key`
-    naming what U and Vᵀ were built from, the polar factors are remembered across merges of the
-    same inputs (`TensorContext.remember`)."""
+    """U⊥ diag(σ) V⊥ᵀ with U and Vᵀ (given as functions that build them) replaced by their
+    (approximate) polar factors. With a `key` naming what U and Vᵀ are built from, the polar
+    factors are remembered across merges of the same inputs (`TensorContext.remember`), and U and
+    Vᵀ are not built again."""
 
-    def factor(side: str, matrix: torch.Tensor) -> torch.Tensor:
+    def factor(side: str, matrix) -> torch.Tensor:
+        def compute() -> torch.Tensor:
+            return orthogonalise(matrix(), orthogonaliser, steps, coefficients)
+
         if key is None:
-            return orthogonalise(matrix, orthogonaliser, steps, coefficients)
-        return ctx.remember(
-            ("polar", side),
-            (orthogonaliser, steps, coefficients, key),
-            lambda: orthogonalise(matrix, orthogonaliser, steps, coefficients),
-        )
+            return compute()
+        return ctx.remember(("polar", side), (orthogonaliser, steps, coefficients, key), compute)
 
     return (factor("u", u) * s) @ factor("vh", vh)
 
@@ -108,7 +110,8 @@ def rebuild(u, s, vh, orthogonaliser: str, steps: int, coefficients: str, ctx: T
 def task_singular_vectors(tasks: torch.Tensor, weights: torch.Tensor, ctx: TensorContext, svd: str, boost=None):
     """TSV-C with compression 1/T of the task matrices Δ_t = w_t τ_t: each task's top
     k = ⌊min(m, n)/T⌋ triplets (at least 1), σ optionally passed through `boost(σ_k, t)`,
-    concatenated task by task; returns U, σ, Vᵀ and a key naming U and Vᵀ (for `rebuild`).
+    concatenated task by task; returns functions building U and Vᵀ, σ, and a key naming U and Vᵀ
+    (for `rebuild`).
 
     The triplets are τ_t's, remembered across merges of the same inputs, with σ scaled by w_t:
     Δ_t = U (|w_t| σ) Vᵀ up to the sign of U, and the sign is carried by σ instead, which gives
@@ -132,7 +135,9 @@ def task_singular_vectors(tasks: torch.Tensor, weights: torch.Tensor, ctx: Tenso
             magnitude = boost(magnitude, t)
         parts.append((u, magnitude * (1.0 if weights[t] > 0 else -1.0), vh))
     s = torch.cat([p[1] for p in parts])
-    return torch.cat([p[0] for p in parts], 1), s, torch.cat([p[2] for p in parts], 0), (present, tuple(keys))
+    u = functools.partial(torch.cat, [p[0] for p in parts], 1)
+    vh = functools.partial(torch.cat, [p[2] for p in parts], 0)
+    return u, s, vh, (present, tuple(keys))
 
 
 @merge_method(
@@ -318,7 +323,7 @@ def iso_cts(
         s_all = torch.cat([b[1] for b in blocks] + [s_common])
         vh_all = torch.cat([b[2] for b in blocks] + [vh_common], 0)
         flat = torch.full_like(s_all, float(s_all.mean()))
-        return rebuild(u_all, flat, vh_all, orthogonaliser, ns_steps, ns_coefficients, ctx)
+        return rebuild(lambda: u_all, flat, lambda: vh_all, orthogonaliser, ns_steps, ns_coefficients, ctx)
 
     seeds = tuple(svd_seed(ctx, svd, t) for t in range(count))
     key = (tuple(weights.tolist()), common_fraction, orthogonaliser, svd, ns_steps, ns_coefficients, seeds)
