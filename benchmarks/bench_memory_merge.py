@@ -120,9 +120,10 @@ def main() -> None:
         f"with other jobs (load average before {load_before[0]:.1f} / {load_before[1]:.1f} (1 / 5 min), after "
         f"{load_after[0]:.1f} / {load_after[1]:.1f}). Synthetic experts: base + 1e-3 · N(0, 1) on every decoder "
         f"tensor. Per call: medians of {args.repeats} calls changing only the scale, and of {args.repeats} "
-        "changing the experts' weights (one negative), which reuse the decompositions remembered by the "
-        "first call (`MemoryMerger(remember=True)`, the default; the first call's time is every call's "
-        "with `remember=False`).",
+        "changing the experts' weights (one negative). Later calls reuse what the first call remembered "
+        "(`MemoryMerger(remember=True)`, the default; the first call's time is every call's with "
+        "`remember=False`): TSV-M's per-task SVDs and polar factors and LoRS's pruned matrices whatever the "
+        "weights, Iso-C's result only while the weights stay (so its 'other weights' calls recompute).",
         "",
         "| method | tensors | open (s) | first call (s) | other scale (s) | other weights (s) |",
         "|---|---|---|---|---|---|",

@@ -32,11 +32,12 @@ RANDOMISED_POWER_ITERATIONS = 2  # torch.svd_lowrank's default subspace iteratio
 def one_thread():
     """Run LAPACK's decompositions on one thread, restoring the thread count after.
 
-    MKL's multi-threaded symmetric eigensolver and SVD gain nothing on Whisper's shapes and
-    collapse when another process holds a core: on the 2-core development VM at load 3, a float64
-    eigh of a 512 × 512 Gram took 0.10 s median and up to 7 s on 2 threads against 0.05 s on one,
-    and a 128 × 128 one 0.94 s against 0.003 s (benchmarks/bench_gram_svd.py --threads-check
-    reruns this). The matrix products around them keep every thread."""
+    MKL's multi-threaded symmetric eigensolver gains nothing on Whisper's shapes and collapses
+    when other processes hold the cores: on the 2-core development VM at load 3.3, a float64 eigh
+    of an n × n Gram took, median (max) of 5, 0.077 (0.095) s on one thread against 0.125 (7.2) s
+    on two for n = 512, 0.17 against 3.5 s for n = 768, 0.72 against 1.7 s for n = 1280, and
+    0.002 against 0.90 s for n = 128 (`benchmarks/bench_gram_svd.py --threads-check`; docs/
+    performance.md). The matrix products around the decompositions keep every thread."""
     threads = torch.get_num_threads()
     if threads == 1:
         yield
