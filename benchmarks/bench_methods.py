@@ -169,7 +169,7 @@ def excluded_two_d(base_dir: Path) -> list[str]:
 
 
 def relative_difference(ours: Path, theirs: Path, base_dir: Path) -> float:
-    """max over tensors of max|ours − theirs| / max|theirs − base|."""
+    """max over tensors of max|ours − theirs| / max|theirs − base| (the worst tensor is printed)."""
     from safetensors.torch import load_file
 
     base = load_file(base_dir / "model.safetensors")
@@ -177,11 +177,12 @@ def relative_difference(ours: Path, theirs: Path, base_dir: Path) -> float:
     for file in sorted(ours.glob("*.safetensors")):
         mine.update(load_file(file))
     other = load_file(theirs)
-    worst = 0.0
+    worst, where = 0.0, None
     for name, value in other.items():
         delta = float((value - base[name]).abs().max())
-        if delta > 0:
-            worst = max(worst, float((mine[name].float() - value).abs().max()) / delta)
+        if delta > 0 and float((mine[name].float() - value).abs().max()) / delta > worst:
+            worst, where = float((mine[name].float() - value).abs().max()) / delta, name
+    print(f"largest relative difference {worst:.1e} on {where}", flush=True)
     return worst
 
 
