@@ -37,6 +37,7 @@ import torch
 from speechmerge.data.manifest import Utterance
 from speechmerge.merging.memory import MemoryMerger, keep_base_outside
 from speechmerge.recipe import MergeRecipe
+from speechmerge.search.decoding import Greedy
 
 DECODER = r"model\.decoder\..*"
 _BLOCK = re.compile(r"model\.decoder\.layers\.(\d+)\.")
@@ -124,6 +125,7 @@ class AdaMerging:
             self.model.model.encoder, LogMel(model_dir), Path(model_dir), self.clips, 8, "cpu"
         )
         self.encoded = [encoder([u])["encoder_outputs"][0] for u in self.clips]
+        self.greedy = Greedy(self.model, self.processor.tokenizer, self.max_new_tokens)
         self.by_task: dict[tuple[str, str], list[int]] = {}
         for index, u in enumerate(self.clips):
             self.by_task.setdefault((u.language, u.task), []).append(index)
@@ -137,30 +139,15 @@ class AdaMerging:
             for name in self.names
         }
 
-    def _prompt(self, language: str, task: str) -> list[int]:
-        tokenizer = self.processor.tokenizer
-        tokenizer.set_prefix_tokens(language=language, task=task, predict_timestamps=False)
-        return tokenizer.prefix_tokens
-
-    @torch.no_grad()
     def _greedy(self, index: int) -> list[int]:
-        from transformers.modeling_outputs import BaseModelOutput
-
-        prompt = self._prompt(self.clips[index].language, self.clips[index].task)
-        ids = self.model.generate(
-            encoder_outputs=BaseModelOutput(last_hidden_state=self.encoded[index]),
-            decoder_input_ids=torch.tensor([prompt]),
-            max_new_tokens=self.max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-        )[0].tolist()
-        return ids[len(prompt) :] if ids[: len(prompt)] == prompt else ids
+        clip = self.clips[index]
+        return self.greedy.tokens(self.encoded[index], clip.language, clip.task)[0]
 
     def _logits(self, params: dict, index: int, continuation: list[int]) -> torch.Tensor:
         """The merged model's logits from the last prompt position on (teacher-forced continuation)."""
         from torch.func import functional_call
 
-        prompt = self._prompt(self.clips[index].language, self.clips[index].task)
+        prompt = self.greedy.prompt(self.clips[index].language, self.clips[index].task)
         kwargs = {"encoder_outputs": (self.encoded[index],), "decoder_input_ids": torch.tensor([prompt + continuation])}
         return functional_call(self.model, params, args=(), kwargs=kwargs).logits[0, len(prompt) - 1 :]
 

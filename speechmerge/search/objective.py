@@ -1,5 +1,5 @@
 """The supervised objective: validation clips decoded greedily by the base model carrying each
-trial's merged tensors, scored as the studies score a model on validation.
+trial's merged tensors (as the torch evaluation backend decodes), scored as the studies score a model on validation.
 
 The model and its processor are loaded once; each trial copies its merged tensors in
 (`load_state_dict(strict=False)`, nothing written). When no encoder tensor is merged, the
@@ -22,6 +22,7 @@ import torch
 from speechmerge.data.manifest import Utterance
 from speechmerge.evaluation.prediction_cache import CachedDecode
 from speechmerge.evaluation.scoring import Prediction, group_scores, score_prediction
+from speechmerge.search.decoding import Greedy
 from speechmerge.search.scores import References, covered_groups, covering_expert, group_values, study_score
 
 RATES = ("wer", "cer")
@@ -66,6 +67,7 @@ class WhisperObjective:
         self.references = References()
         self.decoded_clips = 0
         self._encoder_side = self._cached_encoder() if encoder_shared else None
+        self.greedy = Greedy(self.model, self.processor.tokenizer, self.max_new_tokens)
 
     def _cached_encoder(self):
         from speechmerge.training.inputs import cached_encoder_outputs
@@ -80,20 +82,6 @@ class WhisperObjective:
         features = torch.from_numpy(self.log_mel([u.audio for u in batch]))
         return self.model.model.encoder(features).last_hidden_state
 
-    @torch.no_grad()
-    def _greedy(self, hidden: torch.Tensor, language: str, task: str) -> list[str]:
-        from transformers.modeling_outputs import BaseModelOutput
-
-        tokens = self.model.generate(
-            encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
-            language=language,
-            task=task,
-            max_new_tokens=self.max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-        )
-        return self.processor.batch_decode(tokens, skip_special_tokens=True)
-
     def decode(self, state: dict[str, torch.Tensor], clips: Sequence[tuple[str, Utterance]]) -> list[Prediction]:
         """The predictions of the base model carrying `state` on `clips`."""
         self.model.load_state_dict(state, strict=False)
@@ -104,7 +92,7 @@ class WhisperObjective:
         for (language, task), items in groups.items():
             for start in range(0, len(items), self.batch_size):
                 batch = items[start : start + self.batch_size]
-                texts = self._greedy(self._encode([u for _, u in batch]), language, task)
+                texts = self.greedy.texts(self._encode([u for _, u in batch]), language, task)
                 for (manifest, utterance), text in zip(batch, texts):
                     decoded = CachedDecode(text=text.strip(), language=language)
                     out.append(score_prediction(utterance, manifest, decoded, cer=False))
