@@ -216,3 +216,11 @@ def test_ray_workers_share_one_study(family, tmp_path):
         ray.shutdown()
     complete = [t for t in open_study(spec).trials if t.state.name == "COMPLETE"]
     assert 4 <= len(complete) <= 5 and _overlapping(complete)
+
+
+def test_validation_clips_are_ordered_round_robin_over_groups(tmp_path):
+    from speechmerge.search.objective import interleaved
+
+    clips = [_utterance(f"es{i}", f"es{i}.wav", tmp_path) for i in range(3)]
+    clips += [("m", Utterance(id=f"de{i}", audio=tmp_path / f"de{i}.wav", text="x", language="de")) for i in range(2)]
+    assert [u.id for _, u in interleaved(clips)] == ["es0", "de0", "es1", "de1", "es2"]

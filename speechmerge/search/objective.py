@@ -38,6 +38,16 @@ def metric_value(predictions: Sequence[Prediction], metric: str) -> float:
     return -mean if metric in RATES else mean
 
 
+def interleaved(clips: Sequence[tuple[str, Utterance]]) -> list[tuple[str, Utterance]]:
+    """The clips round-robin over their (language, task, domain) groups, so that any first slice
+    (the pruner's `first_clips`) holds every group in equal parts."""
+    groups: dict[tuple[str, str, str], list] = {}
+    for item in clips:
+        groups.setdefault(_labels(item[1]), []).append(item)
+    rounds = max((len(g) for g in groups.values()), default=0)
+    return [g[i] for i in range(rounds) for g in groups.values() if i < len(g)]
+
+
 class WhisperObjective:
     """Greedy decoding of `clips` ((manifest, utterance) pairs) with merged tensors, scored by `objective`."""
 
@@ -59,7 +69,7 @@ class WhisperObjective:
         self.model = WhisperForConditionalGeneration.from_pretrained(model_dir).eval()
         self.processor = WhisperProcessor.from_pretrained(model_dir)
         self.log_mel = LogMel(model_dir)
-        self.clips = list(clips)
+        self.clips = interleaved(clips)
         self.objective, self.criterion = objective, criterion
         self.encoder_shared = encoder_shared
         self.max_new_tokens = min(max_new_tokens, self.model.config.max_target_positions // 2)

@@ -15,6 +15,7 @@ cluster — each open their own merger and objective and draw trials from the sa
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -128,6 +129,14 @@ def best_recipe(spec: SearchRecipe, recipe: MergeRecipe, merger: MemoryMerger, p
     return merger.disk_recipe(chosen).updated(output=str(Path(spec.output) / "model"))
 
 
+def report_trial(study, trial) -> None:
+    """One line on stderr per finished trial: its number, state, value, clips decoded and seconds."""
+    seconds = trial.duration.total_seconds() if trial.duration else 0.0
+    value = f"{trial.value:.4f}" if trial.value is not None else "-"
+    clips = trial.user_attrs.get("decoded_clips")
+    print(f"trial {trial.number}: {trial.state.name.lower()} {value} ({clips} clips, {seconds:.1f} s)", file=sys.stderr)
+
+
 def taken(study, launch: datetime) -> int:
     """Trials that count against the budget: finished ones, and those running since `launch` (a
     trial left running by a killed search is not counted)."""
@@ -153,7 +162,7 @@ def work(
     while time.monotonic() - started < spec.timeout:
         if taken(study, launch) >= spec.trials:
             break
-        study.optimize(run, n_trials=1)
+        study.optimize(run, n_trials=1, callbacks=[report_trial])
         ran += 1
     return ran
 
