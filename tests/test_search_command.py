@@ -51,11 +51,14 @@ def _write(tmp_path, tiny_experts, validation, test, **changes):
 def test_search_end_to_end(tiny_experts, tmp_path, capsys):
     validation = _clips(tmp_path / "val", 3, seed=1, prefix="val")
     test = _clips(tmp_path / "test", 3, seed=2, prefix="test")
-    code, out, err = run_cli(["search", _write(tmp_path, tiny_experts, validation, test)], capsys)
+    path = _write(
+        tmp_path, tiny_experts, validation, test, validation_utterances=2, test_utterances=2, encoder_window="audio"
+    )
+    code, out, err = run_cli(["search", path], capsys)
     assert code == 0, err
     folder = tmp_path / "out"
     trials = json.loads((folder / "trials.json").read_text())
-    assert len(trials) == 2 and all(t["decoded_clips"] == 3 for t in trials)
+    assert len(trials) == 2 and all(t["decoded_clips"] == 2 for t in trials)  # the first 2 validation clips
     best = yaml.safe_load((folder / "best.yaml").read_text())
     assert [e["weight"] for e in best["experts"]] == pytest.approx(
         [max(trials, key=lambda t: t["value"])["params"][f"weight.{n}"] for n in ("e0", "e1")]

@@ -34,19 +34,25 @@ class Outcome:
     details: dict = field(default_factory=dict)
 
 
-def whisper_objective(recipe: MergeRecipe, validation: list, objective: str, select_by: str, include: str | None):
+def whisper_objective(
+    recipe: MergeRecipe, validation: list, objective: str, select_by: str, include: str | None, window: str = "full"
+):
     """The validation objective (picklable through `functools.partial`)."""
     from speechmerge.checkpoints.resolve import resolve_model_dir
     from speechmerge.search.objective import WhisperObjective
 
     model_dir = resolve_model_dir(recipe.base or recipe.experts[0].path)
     encoder_shared = include is not None and "encoder" not in include
-    return WhisperObjective(model_dir, validation, objective, select_by, encoder_shared=encoder_shared)
+    return WhisperObjective(
+        model_dir, validation, objective, select_by, encoder_shared=encoder_shared, encoder_window=window
+    )
 
 
-def scored_objective(recipe: MergeRecipe, validation: list, merger, objective: str, select_by: str, include):
+def scored_objective(
+    recipe: MergeRecipe, validation: list, merger, objective: str, select_by: str, include, window: str = "full"
+):
     """The validation objective with its references (base and experts) scored."""
-    scorer = whisper_objective(recipe, validation, objective, select_by, include)
+    scorer = whisper_objective(recipe, validation, objective, select_by, include, window)
     base = {n: merger.base[n] if merger.base[n] is not None else merger.stacks[n][0] for n in merger.names}
     scorer.score_references(base, [e.path for e in recipe.experts], expert_states(merger, recipe))
     return scorer
@@ -69,18 +75,25 @@ def run_search(spec: SearchRecipe, recipe: MergeRecipe, progress: bool = True) -
     from speechmerge.evaluation.api import load_data
     from speechmerge.merging.api import merge
     from speechmerge.merging.memory import MemoryMerger
-    from speechmerge.search.comparison import best_grid_point, check_disjoint, compare_on_test, write_grid
+    from speechmerge.search.comparison import (
+        best_grid_point,
+        check_disjoint,
+        compare_on_test,
+        first_utterances,
+        write_grid,
+    )
     from speechmerge.search.run import search
     from speechmerge.search.space import check_space
 
     started = time.monotonic()
     where = recipe.source.removesuffix(": merge")
     check_space(spec.space, recipe, where=where, grid=spec.grid)
-    validation = load_data(spec.validation)
+    validation = load_data(first_utterances(spec.validation, spec.validation_utterances))
+    test_data = first_utterances(spec.test, spec.test_utterances)
     if spec.test:
-        check_disjoint(validation, load_data(spec.test), where)
+        check_disjoint(validation, load_data(test_data), where)
     merger = MemoryMerger(recipe, include=spec.include)
-    arguments = (recipe, validation, spec.objective, spec.select_by, spec.include)
+    arguments = (recipe, validation, spec.objective, spec.select_by, spec.include, spec.encoder_window)
     objective = scored_objective(*arguments[:2], merger, *arguments[2:])
     out = Path(spec.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -90,7 +103,7 @@ def run_search(spec: SearchRecipe, recipe: MergeRecipe, progress: bool = True) -
     result = search(spec, recipe, objective, merger=merger, make_objective=factory)
     merge(result.best_recipe, out / "model", force=True, show_progress=progress)
     plot_history(result, out / "history.png")
-    test = compare_on_test(merger.disk_recipe(baseline), result.best_recipe, spec.test, out)
+    test = compare_on_test(merger.disk_recipe(baseline), result.best_recipe, test_data, out)
     return Outcome(
         result.best_recipe,
         result.best_value,
@@ -142,18 +155,25 @@ def run_adamerging(spec: AdaMergingRecipe, recipe: MergeRecipe, progress: bool =
     from speechmerge.checkpoints.resolve import resolve_model_dir
     from speechmerge.evaluation.api import load_data
     from speechmerge.merging.api import merge
-    from speechmerge.merging.memory import MemoryMerger
+    from speechmerge.merging.memory import MemoryMerger, keep_base_outside
     from speechmerge.search.adamerging import DECODER, AdaMerging
-    from speechmerge.search.comparison import best_grid_point, check_disjoint, compare_on_test, write_grid
+    from speechmerge.search.comparison import (
+        best_grid_point,
+        check_disjoint,
+        compare_on_test,
+        first_utterances,
+        write_grid,
+    )
     from speechmerge.search.space import check_space
 
     started = time.monotonic()
     where = recipe.source.removesuffix(": merge")
     check_space(None, recipe, where, grid=spec.grid)
-    validation = load_data(spec.validation) if spec.validation else []
+    validation = load_data(first_utterances(spec.validation, spec.validation_utterances)) if spec.validation else []
+    test_data = first_utterances(spec.test, spec.test_utterances)
     if validation and spec.test:
-        check_disjoint(validation, load_data(spec.test), where)
-    clips = [u for _, u in load_data(spec.data)]
+        check_disjoint(validation, load_data(test_data), where)
+    clips = [u for _, u in load_data(first_utterances(spec.data, spec.data_utterances))]
     ada = AdaMerging(
         recipe,
         resolve_model_dir(recipe.base),
@@ -166,6 +186,7 @@ def run_adamerging(spec: AdaMergingRecipe, recipe: MergeRecipe, progress: bool =
         lr=spec.lr,
         batch_size=spec.batch_size,
         refresh=spec.refresh,
+        encoder_window=spec.encoder_window,
     )
     before = ada.mean_entropy()
     result = ada.fit(spec.steps, seed=spec.seed, timeout=spec.timeout)
@@ -185,17 +206,20 @@ def run_adamerging(spec: AdaMergingRecipe, recipe: MergeRecipe, progress: bool =
         "coefficients": result.coefficients,
     }
     (out / "history.json").write_text(json.dumps(details, indent=2) + "\n")
-    baseline, baseline_value = recipe, None
+    plot_adamerging(details, [recipe.expert_label(i) for i in range(len(recipe.experts))], out / "history.png")
+    baseline, baseline_value = keep_base_outside(recipe, DECODER), None
     if validation:
         merger = MemoryMerger(recipe, include=DECODER)
-        objective = scored_objective(recipe, validation, merger, "primary", spec.select_by, DECODER)
+        objective = scored_objective(
+            recipe, validation, merger, "primary", spec.select_by, DECODER, spec.encoder_window
+        )
         baseline, baseline_value, points = best_grid_point(recipe, spec.grid, merger, objective)
         write_grid(out, points, baseline, baseline_value)
         baseline = merger.disk_recipe(baseline)
         details["learned_validation_score"] = objective.value(
             objective.decode(MemoryMerger(learned, include=DECODER).merge(), objective.clips)
         )
-    test = compare_on_test(baseline, learned, spec.test, out)
+    test = compare_on_test(baseline, learned, test_data, out)
     return Outcome(learned, None, baseline, baseline_value, out, time.monotonic() - started, [], test, details)
 
 
@@ -203,3 +227,24 @@ def write_recipe(recipe: MergeRecipe, path: Path) -> None:
     import yaml
 
     path.write_text(yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=True), sort_keys=False))
+
+
+def plot_adamerging(details: dict, experts: list[str], path: Path) -> None:
+    """Entropy per step; the learned λ of each expert per layer group."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(range(1, len(details["entropies"]) + 1), details["entropies"])
+    left.set(xlabel="step", ylabel="entropy (sum over groups)", title="AdaMerging")
+    groups = list(details["coefficients"])
+    for index, expert in enumerate(experts):
+        right.plot(range(len(groups)), [details["coefficients"][g][index] for g in groups], "o-", label=expert)
+    right.set_xticks(range(len(groups)), groups, rotation=60, fontsize=7)
+    right.set(ylabel="λ", title="learned coefficients per layer group")
+    right.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -38,6 +38,15 @@ def best_grid_point(recipe: MergeRecipe, grid: dict, merger, objective) -> tuple
     return best, value, [{"params": p.params, "value": v} for p, v in scored]
 
 
+def first_utterances(manifests: Sequence[str], count: int | None) -> list:
+    """Data sources for `load_data` / `evaluate`: the manifests, or the first `count` utterances of each."""
+    from speechmerge.data.manifest import read_manifest
+
+    if count is None:
+        return list(manifests)
+    return [read_manifest(Path(m))[:count] for m in manifests]
+
+
 def check_disjoint(validation: Sequence, test: Sequence, where: str) -> None:
     """Refuse validation data that shares an utterance (id or audio file) with the test data."""
     test_ids = {u.id for _, u in test}
@@ -50,7 +59,7 @@ def check_disjoint(validation: Sequence, test: Sequence, where: str) -> None:
             )
 
 
-def compare_on_test(baseline: MergeRecipe, chosen: MergeRecipe, test: Sequence[Path], out: Path):
+def compare_on_test(baseline: MergeRecipe, chosen: MergeRecipe, test: Sequence, out: Path):
     """Merge both recipes into OUT/baseline-model and OUT/model, decode the test data with each and
     compare (B = chosen against A = baseline); writes test-comparison.md and .json."""
     from speechmerge.evaluation.compare import as_json, compare_evaluations, evaluate_model, markdown
@@ -61,8 +70,8 @@ def compare_on_test(baseline: MergeRecipe, chosen: MergeRecipe, test: Sequence[P
     merge(baseline.updated(output=str(out / "baseline-model")), force=True, show_progress=False)
     if not (out / "model").is_dir():
         merge(chosen.updated(output=str(out / "model")), force=True, show_progress=False)
-    a = evaluate_model(str(out / "baseline-model"), [Path(p) for p in test])
-    b = evaluate_model(str(out / "model"), [Path(p) for p in test])
+    a = evaluate_model(str(out / "baseline-model"), list(test))
+    b = evaluate_model(str(out / "model"), list(test))
     result = compare_evaluations(a, b)
     (out / "test-comparison.md").write_text(markdown(result))
     (out / "test-comparison.json").write_text(as_json(result))

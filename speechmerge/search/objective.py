@@ -5,7 +5,8 @@ The model and its processor are loaded once; each trial copies its merged tensor
 (`load_state_dict(strict=False)`, nothing written). When no encoder tensor is merged, the
 encoder outputs come from the project's encoder-output cache (`speechmerge.features.encoder_cache`,
 filled once for every clip, shared with studies and evaluations of the same base) and each trial
-runs only the decoder. `objective: primary` is the study's selection score
+runs only the decoder (with `encoder_window: audio`, cross-attending only to the positions that
+hold the batch's audio plus a margin, as `speechmerge eval --encoder-window audio`). `objective: primary` is the study's selection score
 (`speechmerge.search.scores`: the macro mean over groups of the primary metric normalised by each
 group's expert and the base, `select_by` vs_expert or gain_kept); `objective: METRIC` is the
 macro mean of that metric over groups, negated for the error rates (higher is always better).
@@ -60,6 +61,7 @@ class WhisperObjective:
         encoder_shared: bool = True,
         max_new_tokens: int = 64,
         batch_size: int = 8,
+        encoder_window: str = "full",
     ):
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
@@ -74,6 +76,7 @@ class WhisperObjective:
         self.encoder_shared = encoder_shared
         self.max_new_tokens = min(max_new_tokens, self.model.config.max_target_positions // 2)
         self.batch_size = batch_size
+        self.encoder_window = encoder_window
         self.references = References()
         self.decoded_clips = 0
         self._encoder_side = self._cached_encoder() if encoder_shared else None
@@ -87,10 +90,17 @@ class WhisperObjective:
 
     @torch.no_grad()
     def _encode(self, batch: list[Utterance]) -> torch.Tensor:
+        from speechmerge.evaluation.decoding import audio_window
+
         if self._encoder_side is not None:
-            return self._encoder_side(batch)["encoder_outputs"][0]
-        features = torch.from_numpy(self.log_mel([u.audio for u in batch]))
-        return self.model.model.encoder(features).last_hidden_state
+            encoded = self._encoder_side(batch)["encoder_outputs"][0]
+        else:
+            encoded = self.model.model.encoder(
+                torch.from_numpy(self.log_mel([u.audio for u in batch]))
+            ).last_hidden_state
+        if self.encoder_window == "audio":
+            encoded = encoded[:, : audio_window([u.audio for u in batch], encoded.shape[1])]
+        return encoded
 
     def decode(self, state: dict[str, torch.Tensor], clips: Sequence[tuple[str, Utterance]]) -> list[Prediction]:
         """The predictions of the base model carrying `state` on `clips`."""

@@ -15,11 +15,13 @@ space:
     density: {low: 0.1, high: 0.9}
     scale: {low: 0.1, high: 1.0, log: true}
 validation: [data/val.jsonl]
-test: [data/test.jsonl]               # optional: scored once, for the best and the start recipe
+test: [data/test.jsonl]               # optional: the best recipe against the best grid point
+validation_utterances: 4              # optional: the first N of each validation (test_utterances: test) manifest
 grid: {scale: [0.3, 0.5, 1.0]}         # the method's grid: the best point on validation is the test baseline
 objective: primary                    # the study's score (macro over groups, normalised) or a metric
 select_by: vs_expert                  # vs_expert | gain_kept (as a study's evaluation.select_by)
 sampler: tpe                          # tpe | cmaes
+encoder_window: full                  # full | audio: cross-attend to the clips' audio positions only (faster)
 workers: 1                            # trials run at once (processes sharing the SQLite study)
 executor: local                       # local | ray (ray_address: a cluster; default a local instance)
 trials: 30
@@ -91,10 +93,15 @@ class SearchRecipe(Strict):
     space: Space
     validation: list[str] = Field(min_length=1)
     test: list[str] = Field(default_factory=list)
+    validation_utterances: Optional[int] = Field(
+        None, ge=1, description="first N utterances of each validation manifest"
+    )
+    test_utterances: Optional[int] = Field(None, ge=1, description="first N utterances of each test manifest")
     grid: dict[str, list[float]] = Field(default_factory=dict)
     objective: str = "primary"
     select_by: Literal["vs_expert", "gain_kept"] = "vs_expert"
     sampler: Literal["tpe", "cmaes"] = "tpe"
+    encoder_window: Literal["full", "audio"] = "full"
     workers: int = Field(1, ge=1)
     executor: Literal["local", "ray"] = "local"
     ray_address: Optional[str] = None
@@ -168,18 +175,24 @@ class AdaMergingRecipe(Strict):
     vectors: Literal["task_arithmetic", "ties"] = "task_arithmetic"
     density: float = Field(0.2, gt=0, le=1)
     data: list[str] = Field(min_length=1)
+    data_utterances: Optional[int] = Field(None, ge=1, description="first N utterances of each data manifest")
     variant: Literal["first", "greedy"] = "first"
     granularity: Literal["block", "tensor"] = "block"
     init: float = Field(0.3, allow_inf_nan=False)
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(4, ge=1)
     refresh: int = Field(5, ge=1)
+    encoder_window: Literal["full", "audio"] = "full"
     steps: int = Field(100, ge=1)
     timeout: float = Field(900, gt=0)
     validation: list[str] = Field(default_factory=list)
     grid: dict[str, list[float]] = Field(default_factory=dict)
     select_by: Literal["vs_expert", "gain_kept"] = "vs_expert"
     test: list[str] = Field(default_factory=list)
+    validation_utterances: Optional[int] = Field(
+        None, ge=1, description="first N utterances of each validation manifest"
+    )
+    test_utterances: Optional[int] = Field(None, ge=1, description="first N utterances of each test manifest")
     output: str
     seed: int = 0
 
