@@ -138,6 +138,9 @@ def load_search(path: Path) -> tuple[SearchRecipe, MergeRecipe]:
 
 
 def parse_search(data, where: str, folder: Path = Path(".")) -> tuple[SearchRecipe, MergeRecipe]:
+    """A search spec from a mapping; relative paths are made absolute from `folder`, so that the
+    recipes written into the output folder stay valid wherever they are read from."""
+    folder = Path(folder).resolve()
     if not isinstance(data, dict):
         raise SpeechmergeError(f"{where}: expected a mapping of search recipe keys")
     try:
@@ -211,6 +214,8 @@ def load_adamerging(path: Path) -> tuple[AdaMergingRecipe, MergeRecipe]:
 
 
 def parse_adamerging(data, where: str, folder: Path = Path(".")) -> tuple[AdaMergingRecipe, MergeRecipe]:
+    """An AdaMerging spec from a mapping; relative paths are made absolute from `folder`."""
+    folder = Path(folder).resolve()
     if not isinstance(data, dict):
         raise SpeechmergeError(f"{where}: expected a mapping of AdaMerging recipe keys")
     try:
