@@ -71,6 +71,16 @@ def search(
 
 
 @app.command()
+def adamerge(
+    recipe: Path = typer.Argument(..., help="YAML AdaMerging recipe: merge recipe, unlabelled data, variant, steps."),
+) -> None:
+    """Learn per-layer merge coefficients without labels (AdaMerging: entropy minimisation); write them as a recipe."""
+    from speechmerge.search.command import adamerge_command
+
+    adamerge_command(recipe)
+
+
+@app.command()
 def methods(
     name: Optional[str] = typer.Argument(None, help="Show one method in full."),
     markdown: bool = typer.Option(False, "--markdown", help="Print the Markdown reference (docs/methods.md)."),

@@ -3,15 +3,25 @@ a killed search resumes, pruning stops trials early, bad search recipes are one 
 
 from __future__ import annotations
 
+import math
+import os
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import load_state
 
+from speechmerge.data.manifest import Utterance
 from speechmerge.errors import SpeechmergeError
 from speechmerge.merging.api import merge
 from speechmerge.merging.memory import MemoryMerger
 from speechmerge.recipe import load_recipe
+from speechmerge.search.comparison import best_grid_point, check_disjoint
 from speechmerge.search.run import open_study, search
+from speechmerge.search.scores import References, study_score
 from speechmerge.search.spec import parse_search
 
 NAME = "model.decoder.layers.1.fc1.weight"
@@ -22,8 +32,9 @@ class DistanceObjective:
     """−‖θ(λ) − θ(λ*)‖² on one tensor, the same for every clip: maximal at the scale λ* of the target
     (task arithmetic is affine in λ, so the objective is a concave parabola in λ)."""
 
-    def __init__(self, target: torch.Tensor, clips: int = 4, stop_after: int | None = None):
+    def __init__(self, target: torch.Tensor, clips: int = 4, stop_after: int | None = None, delay: float = 0.0):
         self.target = target
+        self.delay = delay
         self.clips = list(range(clips))
         self.decoded = 0
         self.stop_after = stop_after
@@ -34,6 +45,7 @@ class DistanceObjective:
         if self.stop_after is not None and self.calls > self.stop_after:
             raise KeyboardInterrupt  # the search is killed
         self.decoded += len(clips)
+        time.sleep(self.delay)
         distance = -float(((state[NAME].double() - self.target.double()) ** 2).sum())
         return [distance for _ in clips]
 
@@ -121,3 +133,94 @@ def test_a_parameter_the_method_does_not_have_is_refused(family, tmp_path):
     with pytest.raises(SpeechmergeError, match="has no parameter 'density'") as caught:
         search(spec, recipe, DistanceObjective(_target(recipe)))
     assert "search.yaml" in str(caught.value)
+
+
+def test_a_grid_parameter_the_method_does_not_have_is_refused(family, tmp_path):
+    spec, recipe = _spec(family, tmp_path, grid={"density": [0.1, 0.2]})
+    with pytest.raises(SpeechmergeError, match="grid.density: method task_arithmetic has no parameter") as caught:
+        search(spec, recipe, DistanceObjective(_target(recipe)))
+    assert "\n" not in str(caught.value)
+
+
+def test_an_empty_grid_list_is_one_line(family, tmp_path):
+    with pytest.raises(SpeechmergeError, match="grid.scale is empty") as caught:
+        _spec(family, tmp_path, grid={"scale": []})
+    assert "\n" not in str(caught.value) and "search.yaml" in str(caught.value)
+
+
+def test_the_best_grid_point_is_the_one_nearest_the_optimum(family, tmp_path):
+    spec, recipe = _spec(family, tmp_path)
+    merger = MemoryMerger(recipe, include=spec.include)
+    best, value, points = best_grid_point(
+        recipe, {"scale": [0.1, 0.35, 0.9]}, merger, DistanceObjective(_target(recipe))
+    )
+    assert best.params["scale"] == 0.35  # the objective is a parabola with its top at 0.37
+    assert value == max(p["value"] for p in points) and len(points) == 3
+
+
+def _utterance(id, audio, tmp_path):
+    return ("m.jsonl", Utterance(id=id, audio=tmp_path / audio, text="x", language="es"))
+
+
+def test_validation_sharing_an_utterance_with_test_is_refused(tmp_path):
+    test = [_utterance("a", "a.wav", tmp_path), _utterance("b", "b.wav", tmp_path)]
+    check_disjoint([_utterance("c", "c.wav", tmp_path)], test, "s.yaml")
+    for clash in (_utterance("a", "other.wav", tmp_path), _utterance("z", "sub/../b.wav", tmp_path)):
+        with pytest.raises(SpeechmergeError, match="also in the test data") as caught:
+            check_disjoint([clash], test, "s.yaml")
+        assert "\n" not in str(caught.value) and "s.yaml" in str(caught.value)
+
+
+def test_the_objective_is_the_studies_normalised_macro_score():
+    g = ("validation", "es", "transcribe", "general")
+    t = ("validation", "es", "translate", "general")
+    fr = ("validation", "fr", "transcribe", "general")  # no expert covers it: left out
+    model = {(*g, "wer"): 0.2, (*g, "cer"): 0.1, (*t, "bleu"): 20.0, (*t, "chrf"): 40.0, (*fr, "wer"): 0.9}
+    references = References(
+        expert={(*g, "wer"): 0.1, (*g, "cer"): 0.05, (*t, "bleu"): 25.0, (*t, "chrf"): 50.0},
+        base={(*g, "wer"): 0.5, (*g, "cer"): 0.3, (*t, "bleu"): 5.0, (*t, "chrf"): 20.0, (*fr, "wer"): 0.3},
+    )
+    vs_expert = ((1 - 0.2) / (1 - 0.1) + 20 / 25) / 2  # WER and BLEU, each against its expert
+    gain_kept = ((0.5 - 0.2) / (0.5 - 0.1) + (20 - 5) / (25 - 5)) / 2
+    assert study_score(model, references, "vs_expert") == pytest.approx(vs_expert)
+    assert study_score(model, references, "gain_kept") == pytest.approx(gain_kept)
+    raw = ((1 - 0.2) + 20 / 100 + (1 - 0.9)) / 3  # without references: the raw 1 - WER, BLEU / 100
+    assert study_score(model, References(), "vs_expert") == pytest.approx(raw)
+    assert study_score({}, references, "vs_expert") == -math.inf
+
+
+def _overlapping(trials) -> bool:
+    spans = sorted((t.datetime_start, t.datetime_complete) for t in trials if t.datetime_complete)
+    return any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))
+
+
+def test_local_workers_share_one_study(family, tmp_path):
+    spec, recipe = _spec(family, tmp_path, trials=6, workers=2)
+    factory = partial(DistanceObjective, _target(recipe), 4, None, 0.5)
+    result = search(spec, recipe, DistanceObjective(_target(recipe)), make_objective=factory)
+    complete = [t for t in open_study(spec).trials if t.state.name == "COMPLETE"]
+    assert 6 <= len(complete) <= 7  # a worker may start one trial as the other starts the last
+    assert _overlapping(complete)  # two trials ran at once
+    assert result.best_value == max(t.value for t in complete)
+
+
+def test_ray_workers_share_one_study(family, tmp_path):
+    ray = pytest.importorskip("ray")
+    spec, recipe = _spec(family, tmp_path, trials=4, workers=2, executor="ray")
+    factory = partial(DistanceObjective, _target(recipe), 4, None, 0.5)
+    path = os.pathsep.join([str(Path(__file__).parent), *sys.path])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+    try:
+        search(spec, recipe, DistanceObjective(_target(recipe)), make_objective=factory)
+    finally:
+        ray.shutdown()
+    complete = [t for t in open_study(spec).trials if t.state.name == "COMPLETE"]
+    assert 4 <= len(complete) <= 5 and _overlapping(complete)
+
+
+def test_validation_clips_are_ordered_round_robin_over_groups(tmp_path):
+    from speechmerge.search.objective import interleaved
+
+    clips = [_utterance(f"es{i}", f"es{i}.wav", tmp_path) for i in range(3)]
+    clips += [("m", Utterance(id=f"de{i}", audio=tmp_path / f"de{i}.wav", text="x", language="de")) for i in range(2)]
+    assert [u.id for _, u in interleaved(clips)] == ["es0", "de0", "es1", "de1", "es2"]

@@ -51,11 +51,14 @@ def _write(tmp_path, tiny_experts, validation, test, **changes):
 def test_search_end_to_end(tiny_experts, tmp_path, capsys):
     validation = _clips(tmp_path / "val", 3, seed=1, prefix="val")
     test = _clips(tmp_path / "test", 3, seed=2, prefix="test")
-    code, out, err = run_cli(["search", _write(tmp_path, tiny_experts, validation, test)], capsys)
+    path = _write(
+        tmp_path, tiny_experts, validation, test, validation_utterances=2, test_utterances=2, encoder_window="audio"
+    )
+    code, out, err = run_cli(["search", path], capsys)
     assert code == 0, err
     folder = tmp_path / "out"
     trials = json.loads((folder / "trials.json").read_text())
-    assert len(trials) == 2 and all(t["decoded_clips"] == 3 for t in trials)
+    assert len(trials) == 2 and all(t["decoded_clips"] == 2 for t in trials)  # the first 2 validation clips
     best = yaml.safe_load((folder / "best.yaml").read_text())
     assert [e["weight"] for e in best["experts"]] == pytest.approx(
         [max(trials, key=lambda t: t["value"])["params"][f"weight.{n}"] for n in ("e0", "e1")]
@@ -76,3 +79,55 @@ def test_validation_overlapping_test_is_refused(tiny_experts, tmp_path, capsys):
     line = err.strip().splitlines()[-1]
     assert "also in the test data" in line and str(path) in line
     assert not (tmp_path / "out").exists()
+
+
+def _write_ada(tmp_path, tiny_experts, data, validation, test, **changes):
+    base, experts = tiny_experts
+    spec = {
+        "merge": {
+            "base": str(base),
+            "experts": [str(e) for e in experts],
+            "method": "task_arithmetic",
+            "device": "cpu",
+        },
+        "data": [str(data)],
+        "validation": [str(validation)],
+        "test": [str(test)],
+        "grid": {"scale": [0.3, 1.0]},
+        "steps": 2,
+        "output": "ada",
+        **changes,
+    }
+    path = tmp_path / "ada.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_adamerge_end_to_end(tiny_experts, tmp_path, capsys):
+    validation = _clips(tmp_path / "val", 3, seed=1, prefix="val")
+    test = _clips(tmp_path / "test", 3, seed=2, prefix="test")
+    path = _write_ada(tmp_path, tiny_experts, test, validation, test, vectors="ties")
+    code, out, err = run_cli(["adamerge", path], capsys)
+    assert code == 0, err
+    folder = tmp_path / "ada"
+    history = json.loads((folder / "history.json").read_text())
+    assert history["steps"] == 2 and len(history["entropies"]) == 2
+    recipe = yaml.safe_load((folder / "recipe.yaml").read_text())
+    assert all(e["path"].startswith(str(folder / "pruned")) for e in recipe["experts"])  # TIES-pruned experts
+    assert len(recipe["overrides"]) == 1 + len(history["coefficients"])  # keep: base, then one per group
+    grid = json.loads((folder / "grid.json").read_text())
+    assert [p["params"]["scale"] for p in grid["points"]] == [0.3, 1.0]
+    assert (folder / "test-comparison.md").is_file() and (folder / "model").is_dir()
+    assert "entropy" in out
+
+
+def test_adamerge_without_a_base_is_one_line(tiny_experts, tmp_path, capsys):
+    clips = _clips(tmp_path / "val", 2, seed=1, prefix="val")
+    path = _write_ada(tmp_path, tiny_experts, clips, clips, clips)
+    spec = yaml.safe_load(path.read_text())
+    del spec["merge"]["base"]
+    path.write_text(yaml.safe_dump(spec))
+    code, out, err = run_cli(["adamerge", path], capsys)
+    assert code != 0
+    line = err.strip().splitlines()[-1]
+    assert "merge.base" in line and str(path) in line

@@ -8,18 +8,21 @@ from speechmerge.recipe import MergeRecipe, OverrideSpec
 from speechmerge.search.spec import Range, Space
 
 
-def check_space(space: Space, recipe: MergeRecipe, where: str) -> None:
-    """Every searched parameter is one the method declares, as a number."""
+def check_space(space: Space | None, recipe: MergeRecipe, where: str, grid: dict | None = None) -> None:
+    """Every searched (and grid) parameter is one the method declares, as a number."""
     method = get_method(recipe.method, where=f"{where}: merge.method")
     declared = {p.name: p for p in method.params}
-    for name in space.params:
+    searched = [f"space.params.{name}" for name in (space.params if space else {})]
+    keys = searched + [f"grid.{name}" for name in grid or {}]
+    for key in keys:
+        name = key.rsplit(".", 1)[1]
         if name not in declared:
             raise SpeechmergeError(
-                f"{where}: space.params.{name}: method {method.name} has no parameter {name!r} "
+                f"{where}: {key}: method {method.name} has no parameter {name!r} "
                 f"(it has: {', '.join(declared) or 'none'})"
             )
         if declared[name].type not in (float, int):
-            raise SpeechmergeError(f"{where}: space.params.{name}: only numeric parameters can be searched")
+            raise SpeechmergeError(f"{where}: {key}: only numeric parameters can be searched")
 
 
 def _suggest(trial, name: str, bounds: Range, kind=float):

@@ -15,9 +15,15 @@ space:
     density: {low: 0.1, high: 0.9}
     scale: {low: 0.1, high: 1.0, log: true}
 validation: [data/val.jsonl]
-test: [data/test.jsonl]               # optional: scored once, for the best and the start recipe
-objective: primary                    # primary (mean over groups of 1 − WER / BLEU/100) or a metric
+test: [data/test.jsonl]               # optional: the best recipe against the best grid point
+validation_utterances: 4              # optional: the first N of each validation (test_utterances: test) manifest
+grid: {scale: [0.3, 0.5, 1.0]}         # the method's grid: the best point on validation is the test baseline
+objective: primary                    # the study's score (macro over groups, normalised) or a metric
+select_by: vs_expert                  # vs_expert | gain_kept (as a study's evaluation.select_by)
 sampler: tpe                          # tpe | cmaes
+encoder_window: full                  # full | audio: cross-attend to the clips' audio positions only (faster)
+workers: 1                            # trials run at once (processes sharing the SQLite study)
+executor: local                       # local | ray (ray_address: a cluster; default a local instance)
 trials: 30
 timeout: 900                          # seconds, for the whole search
 pruning: {first_clips: 16}            # median pruner after the first clips (null: no pruning)
@@ -87,8 +93,18 @@ class SearchRecipe(Strict):
     space: Space
     validation: list[str] = Field(min_length=1)
     test: list[str] = Field(default_factory=list)
+    validation_utterances: Optional[int] = Field(
+        None, ge=1, description="first N utterances of each validation manifest"
+    )
+    test_utterances: Optional[int] = Field(None, ge=1, description="first N utterances of each test manifest")
+    grid: dict[str, list[float]] = Field(default_factory=dict)
     objective: str = "primary"
+    select_by: Literal["vs_expert", "gain_kept"] = "vs_expert"
     sampler: Literal["tpe", "cmaes"] = "tpe"
+    encoder_window: Literal["full", "audio"] = "full"
+    workers: int = Field(1, ge=1)
+    executor: Literal["local", "ray"] = "local"
+    ray_address: Optional[str] = None
     trials: int = Field(100, ge=1)
     timeout: float = Field(900, gt=0)
     pruning: Optional[Pruning] = None
@@ -109,6 +125,9 @@ class SearchRecipe(Strict):
     def _objective(self) -> SearchRecipe:
         if self.objective != "primary" and self.objective not in METRICS:
             raise ValueError(f"objective {self.objective!r} is not primary or one of {', '.join(METRICS)}")
+        for name, values in self.grid.items():
+            if not values:
+                raise ValueError(f"grid.{name} is empty; give at least one value")
         return self
 
 
@@ -119,6 +138,9 @@ def load_search(path: Path) -> tuple[SearchRecipe, MergeRecipe]:
 
 
 def parse_search(data, where: str, folder: Path = Path(".")) -> tuple[SearchRecipe, MergeRecipe]:
+    """A search spec from a mapping; relative paths are made absolute from `folder`, so that the
+    recipes written into the output folder stay valid wherever they are read from."""
+    folder = Path(folder).resolve()
     if not isinstance(data, dict):
         raise SpeechmergeError(f"{where}: expected a mapping of search recipe keys")
     try:
@@ -132,3 +154,76 @@ def parse_search(data, where: str, folder: Path = Path(".")) -> tuple[SearchReci
         "output": str(folder / spec.output),
     }
     return spec.model_copy(update=relative), merge
+
+
+class AdaMergingRecipe(Strict):
+    """`speechmerge adamerge RECIPE` (speechmerge/search/adamerging.py says what each key does):
+
+    ```yaml
+    merge: {base: builtin:whisper-base, experts: [experts/es, experts/de], method: task_arithmetic}
+    vectors: task_arithmetic      # or ties: TIES-AdaMerging (density: 0.2)
+    data: [data/test.jsonl]       # unlabelled: only audio, language and task are read
+    variant: first                # first | greedy
+    granularity: block            # block | tensor
+    steps: 100
+    timeout: 900
+    validation: [data/val.jsonl]  # optional, labelled: picks the grid point the test compares with
+    grid: {scale: [0.3, 0.5, 1.0]}
+    test: [data/test.jsonl]
+    output: learned/ada
+    ```
+    """
+
+    merge: dict
+    vectors: Literal["task_arithmetic", "ties"] = "task_arithmetic"
+    density: float = Field(0.2, gt=0, le=1)
+    data: list[str] = Field(min_length=1)
+    data_utterances: Optional[int] = Field(None, ge=1, description="first N utterances of each data manifest")
+    variant: Literal["first", "greedy"] = "first"
+    granularity: Literal["block", "tensor"] = "block"
+    init: float = Field(0.3, allow_inf_nan=False)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(4, ge=1)
+    refresh: int = Field(5, ge=1)
+    encoder_window: Literal["full", "audio"] = "full"
+    steps: int = Field(100, ge=1)
+    timeout: float = Field(900, gt=0)
+    validation: list[str] = Field(default_factory=list)
+    grid: dict[str, list[float]] = Field(default_factory=dict)
+    select_by: Literal["vs_expert", "gain_kept"] = "vs_expert"
+    test: list[str] = Field(default_factory=list)
+    validation_utterances: Optional[int] = Field(
+        None, ge=1, description="first N utterances of each validation manifest"
+    )
+    test_utterances: Optional[int] = Field(None, ge=1, description="first N utterances of each test manifest")
+    output: str
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _grid(self) -> AdaMergingRecipe:
+        for name, values in self.grid.items():
+            if not values:
+                raise ValueError(f"grid.{name} is empty; give at least one value")
+        return self
+
+
+def load_adamerging(path: Path) -> tuple[AdaMergingRecipe, MergeRecipe]:
+    """Read and validate an AdaMerging recipe; paths are relative to its folder. One-line errors."""
+    path = Path(path)
+    return parse_adamerging(read_yaml_file(path, "AdaMerging recipe"), where=str(path), folder=path.parent)
+
+
+def parse_adamerging(data, where: str, folder: Path = Path(".")) -> tuple[AdaMergingRecipe, MergeRecipe]:
+    """An AdaMerging spec from a mapping; relative paths are made absolute from `folder`."""
+    folder = Path(folder).resolve()
+    if not isinstance(data, dict):
+        raise SpeechmergeError(f"{where}: expected a mapping of AdaMerging recipe keys")
+    try:
+        spec = AdaMergingRecipe.model_validate(data)
+    except ValidationError as error:
+        raise SpeechmergeError(describe_validation_error(error, where)) from None
+    merge = resolve_relative_paths(parse_recipe(spec.merge, where=f"{where}: merge"), folder)
+    if merge.base is None:
+        raise SpeechmergeError(f"{where}: merge.base: AdaMerging needs the base the task vectors start from")
+    relative = {key: [str(folder / p) for p in getattr(spec, key)] for key in ("data", "validation", "test")}
+    return spec.model_copy(update={**relative, "output": str(folder / spec.output)}), merge
