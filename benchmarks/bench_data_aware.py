@@ -11,8 +11,15 @@ tensors) or Fisher merging (equal lambdas); its time is the median of `--repeats
 
     python benchmarks/bench_data_aware.py --experts 4 --utterances 128
     python benchmarks/bench_data_aware.py --experts 4 --utterances 128 --timed 1   # others on 16 (merge only)
+    python benchmarks/bench_data_aware.py ... --fusionbench-python /work/fb-venv/bin/python
 
 The merge's cost depends only on the tensors' shapes, not on how many utterances the statistics saw.
+
+With `--fusionbench-python` (a virtual environment with fusion-bench 0.2.33), every decoder linear
+weight is also merged by FusionBench's own `merging_with_regmean_weights` (fusion_bench.method.regmean)
+in that environment, given the same weights and the same mean Gram matrices X_tᵀX_t/N_t, once in
+float32 and once in float64, and compared with ours: the largest relative difference
+‖ours − theirs‖_F / ‖theirs‖_F over the tensors, at each `--alphas` value.
 """
 
 from __future__ import annotations
@@ -96,6 +103,76 @@ def merge_decoder(experts: list[Path], stats, method: str) -> float:
     return time.perf_counter() - started
 
 
+FUSIONBENCH_CHILD = r"""
+import json, sys, torch
+from safetensors.torch import load_file, save_file
+from fusion_bench.method.regmean.regmean import merging_with_regmean_weights
+job = json.loads(sys.argv[1])
+weights, grams = load_file(job["weights"]), load_file(job["grams"])
+dtype = getattr(torch, job["dtype"])
+params = {name: [weights[f"{t}/{name}"].to(dtype) for t in range(job["experts"])] for name in job["names"]}
+regmean_weights = [
+    {name[: -len(".weight")]: grams[f"{t}/{owner}"].to(dtype) for name, owner in job["owners"].items()}
+    for t in range(job["experts"])
+]
+merged = merging_with_regmean_weights(params, regmean_weights, reduce_non_diagonal_ratio=job["alpha"])
+save_file({name: tensor.contiguous() for name, tensor in merged.items()}, job["output"])
+"""
+
+
+def fusionbench_differences(experts: list[Path], stats, python: str, alphas: list[float], scratch: Path) -> dict:
+    """Largest relative Frobenius difference, ours against FusionBench's RegMean, per (dtype, alpha)."""
+    import subprocess
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from speechmerge.checkpoints.hf import HFCheckpoint
+    from speechmerge.merging.data_aware import mean_gram, regmean
+
+    checkpoints = [HFCheckpoint(e) for e in experts]
+    names = [n for n in checkpoints[0].names() if n.startswith("model.decoder.") and stats[0].has_gram(n)]
+    owners = {name: stats[0].record.grams[name].tensor.removeprefix("gram/") for name in names}
+    save_file(
+        {f"{t}/{n}": c.get(n).float().contiguous() for t, c in enumerate(checkpoints) for n in names},
+        str(scratch / "weights.safetensors"),
+    )
+    save_file(
+        {
+            f"{t}/{owner}": mean_gram(*s.gram(name)).contiguous()
+            for t, s in enumerate(stats)
+            for name, owner in owners.items()
+        },
+        str(scratch / "grams.safetensors"),
+    )
+    weights = load_file(str(scratch / "weights.safetensors"))
+    grams = load_file(str(scratch / "grams.safetensors"))
+    differences = {}
+    for dtype in ("float32", "float64"):
+        for alpha in alphas:
+            job = {
+                "weights": str(scratch / "weights.safetensors"),
+                "grams": str(scratch / "grams.safetensors"),
+                "names": names,
+                "owners": owners,
+                "experts": len(experts),
+                "alpha": alpha,
+                "dtype": dtype,
+                "output": str(scratch / "fusionbench.safetensors"),
+            }
+            subprocess.run([python, "-c", FUSIONBENCH_CHILD, json.dumps(job)], check=True)
+            theirs = load_file(job["output"])
+            worst = 0.0
+            for name in names:
+                stack = torch.stack([weights[f"{t}/{name}"] for t in range(len(experts))])
+                gram = torch.stack([grams[f"{t}/{owners[name]}"] for t in range(len(experts))])
+                ours = regmean(stack, gram, alpha=alpha, name=name).double()
+                reference = theirs[name].double()
+                worst = max(worst, float((ours - reference).norm() / reference.norm()))
+            differences[f"{dtype} alpha={alpha}"] = float(f"{worst:.3g}")
+    return {"tensors": len(names), "max_relative_difference": differences}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experts", type=int, default=4)
@@ -103,6 +180,9 @@ def main() -> None:
     parser.add_argument("--timed", type=int, default=None, help="experts whose statistics are timed (default all)")
     parser.add_argument("--rest-utterances", type=int, default=16, help="utterances of the other experts (merge only)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--fusionbench-python", help="python of a virtual env with fusion-bench 0.2.33")
+    parser.add_argument("--alphas", type=float, nargs="+", default=[0.1, 1.0], help="RegMean alphas compared")
+    parser.add_argument("--no-merge-timing", action="store_true", help="skip the merge timings")
     args = parser.parse_args()
 
     from speechmerge.checkpoints.converted import models_dir
@@ -138,10 +218,19 @@ def main() -> None:
         stats.append(expert_statistics(expert, pool, setting, base=base))
         seconds.append(time.perf_counter() - started)
         disk.append(sum(f.stat().st_size for f in stats[-1].folder.iterdir()))
-    merges = {
-        method: statistics.median(merge_decoder(experts, stats, method) for _ in range(args.repeats))
-        for method in ("regmean", "fisher")
-    }
+    merges = (
+        {}
+        if args.no_merge_timing
+        else {
+            method: statistics.median(merge_decoder(experts, stats, method) for _ in range(args.repeats))
+            for method in ("regmean", "fisher")
+        }
+    )
+    fusionbench = (
+        fusionbench_differences(experts, stats, args.fusionbench_python, args.alphas, root)
+        if args.fusionbench_python
+        else None
+    )
     print(
         json.dumps(
             {
@@ -156,6 +245,7 @@ def main() -> None:
                 "statistics_tokens_per_expert": [s.record.tokens for s in stats],
                 "statistics_mib_per_expert": [round(d / 2**20, 1) for d in disk],
                 "merge_seconds_median": {k: round(v, 2) for k, v in merges.items()},
+                "fusionbench_regmean": fusionbench,
                 "peak_rss_gib": round(peak_rss_bytes() / 2**30, 2),
             },
             indent=1,

@@ -11,11 +11,17 @@ Fisher: the empirical Fisher (Matena & Raffel 2022, §2, with the observed refer
 labels sampled from the model): F = mean over utterances of g ⊙ g, g = ∇_θ log p(reference | audio)
 of one utterance, so each utterance runs alone (batch 1) with a backward pass. Gram matrices alone
 run `batch_size` utterances per forward under no_grad.
+
+Threads: the passes run on `threads` torch threads (default 1, restored afterwards). A decoder pass
+over ~20 token positions is hundreds of small operations; on a CPU shared with other work, each
+parallel region of a 2-thread pass waits for a descheduled thread, and one thread was 2× (Gram
+matrices) to 5× (with the Fisher) faster at load 8 on 2 cores (docs/data-aware.md, "Cost").
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional, Union
 
@@ -50,13 +56,15 @@ def expert_statistics(
     processor: Optional[Path] = None,
     gram_bytes: Optional[int] = None,
     progress: bool = False,
+    threads: int = 1,
 ) -> Statistics:
     """The statistics of `model` (a Whisper directory or spec, or a loaded
     `WhisperForConditionalGeneration` with `processor` naming a directory with its tokenizer and
     feature extractor) on `utterances`, from the cache or gathered and cached.
 
     With `base`, a model whose encoder equals the base's gets decoder statistics only. `gram_bytes`
-    caps the Gram accumulators held at once (more passes over the data; the same statistics)."""
+    caps the Gram accumulators held at once (more passes over the data; the same statistics).
+    `threads`: torch threads while gathering (module docstring)."""
     from speechmerge.cache import cache_dir
     from speechmerge.checkpoints.hf import HFCheckpoint
     from speechmerge.checkpoints.resolve import resolve_model_dir
@@ -87,7 +95,7 @@ def expert_statistics(
         with library_messages():
             loaded = WhisperForConditionalGeneration.from_pretrained(directory, dtype=torch.float32)
     started = time.perf_counter()
-    with atomic_directory(folder, force=True) as tmp:
+    with atomic_directory(folder, force=True) as tmp, torch_threads(threads):
         grams, fishers, tokens = gather(
             loaded, directory, chosen, settings, parts, encoder_key, str(model), tmp, gram_bytes, progress
         )
@@ -106,6 +114,19 @@ def expert_statistics(
         )
         (tmp / RECORD).write_text(record.model_dump_json(indent=1))
     return Statistics(folder)
+
+
+@contextmanager
+def torch_threads(count: int):
+    """Run the block on `count` torch threads, then restore the previous number."""
+    if count < 1:
+        raise SpeechmergeError(f"statistics: threads {count}; give at least 1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def gather(
@@ -213,7 +234,7 @@ class _Run:
                     hooks.start_batch(torch.arange(inputs.shape[1])[None, :] < lengths[:, None])
                     side = self.encoder_side(utterances[start : start + step])
                     if scope:
-                        model.zero_grad(set_to_none=True)
+                        model.zero_grad(set_to_none=False)  # in place: no fresh pages for each utterance's grads
                         token_loss_sum(model, side, inputs, labels).backward()  # −log p: the sign vanishes squared
                         for name, parameter in scope.items():
                             fisher[name].addcmul_(parameter.grad, parameter.grad)
