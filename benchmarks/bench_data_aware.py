@@ -183,6 +183,11 @@ def main() -> None:
     parser.add_argument("--fusionbench-python", help="python of a virtual env with fusion-bench 0.2.33")
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.1, 1.0], help="RegMean alphas compared")
     parser.add_argument("--no-merge-timing", action="store_true", help="skip the merge timings")
+    parser.add_argument(
+        "--reuse-encoder-outputs",
+        metavar="CACHE",
+        help="a speechmerge cache whose encoder outputs of the base are reused (their time is then not measured)",
+    )
     args = parser.parse_args()
 
     from speechmerge.checkpoints.converted import models_dir
@@ -193,6 +198,10 @@ def main() -> None:
     )
     root = Path(tempfile.mkdtemp(prefix="bench-data-aware-"))
     os.environ["SPEECHMERGE_CACHE"] = str(root / "cache")  # fresh: nothing cached before the run
+    if args.reuse_encoder_outputs:
+        (root / "cache").mkdir()
+        for name in ("encoder-outputs", "encoder-keys"):
+            (root / "cache" / name).symlink_to(Path(args.reuse_encoder_outputs).resolve() / name)
 
     from speechmerge.checkpoints.builtin import builtin_model_dir
     from speechmerge.datastats import StatisticsSettings, expert_statistics

@@ -41,6 +41,10 @@ def test_all_methods_adds_every_method_at_its_defaults_data_aware_ones_included(
     assert set(grid) == {m.name for m in all_methods()} and {"regmean", "fisher"} <= set(grid)
     assert all(points == [m.defaults()] for m in all_methods() if m.name != "ties" for points in [grid[m.name]])
     assert [p["density"] for p in grid["ties"]] == [0.1, 0.3]
+    left = method_grid(
+        load_study(write_recipe(tmp_path / "l.yaml", _recipe(tmp_path, all_methods=True, leave_out=["fisher"])))
+    )
+    assert set(left) == set(grid) - {"fisher"}
 
 
 @pytest.mark.parametrize(
@@ -93,6 +97,7 @@ def test_all_methods_adds_every_method_at_its_defaults_data_aware_ones_included(
             "search.ties.validation: the study sets it",
         ),
         ({"adamerging": {"steps": 0}}, "adamerging.steps: Input should be greater than or equal to 1"),
+        ({"all_methods": True, "leave_out": ["fishr"]}, "leave_out: unknown merge method 'fishr'; did you mean fisher"),
         ({"methods": {"ties": {}}, "adamerging": {}}, "adamerging: its test comparison is with task arithmetic"),
     ],
 )

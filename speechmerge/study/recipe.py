@@ -14,6 +14,7 @@ experts:
     - {name: it-asr, path: models/it, languages: [it], tasks: [transcribe]}
 baselines: {joint: true, sequential: false}
 all_methods: true                   # every registered method at its defaults, plus the grids below
+leave_out: [fisher]                 # methods all_methods does not add
 methods:
   task_arithmetic: {scale: [0.3, 0.5, 1.0]}   # a list is a grid axis
   ties: {density: [0.1, 0.2], scale: 1.0}
@@ -197,6 +198,7 @@ class StudyRecipe(Strict):
         description="add every registered method at its defaults (the data-aware ones only when every expert "
         "has training data to gather statistics on)",
     )
+    leave_out: list[str] = Field(default_factory=list, description="methods that `all_methods` does not add")
     methods: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="method -> parameters; a list is a grid axis"
     )
@@ -270,7 +272,10 @@ def method_grid(recipe: StudyRecipe) -> dict[str, list[GridPoint]]:
     declared parameters: a typo or an out-of-range value fails here, before any work starts."""
     from speechmerge.merging.registry import all_methods, get_method
 
-    chosen = {m.name: {} for m in all_methods()} if recipe.all_methods else {}
+    for name in recipe.leave_out:
+        get_method(name, where=f"{recipe.source}: leave_out")
+    left_out = set(recipe.leave_out)
+    chosen = {m.name: {} for m in all_methods() if m.name not in left_out} if recipe.all_methods else {}
     chosen = {**chosen, **recipe.methods}
     grid: dict[str, list[GridPoint]] = {}
     for name, params in chosen.items():
