@@ -95,3 +95,25 @@ def test_trained_experts_get_statistics_of_their_own_training_data_and_data_awar
     for method in ("regmean", "fisher", "soup"):
         assert f"| {method}" in printed or f"| **{method}" in printed
         assert method in report
+
+
+def test_a_data_aware_method_is_refused_naming_the_expert_without_training_data(base, experts, tmp_path, capsys):
+    """A given expert whose labels select no training utterance: naming regmean stops the study in
+    one line; with all_methods the data-aware methods are left out and the rest is planned."""
+    from conftest import run_cli
+
+    from speechmerge.study.plan import plan_study
+    from speechmerge.study.recipe import parse_study
+
+    given = [*experts, {"name": "it-asr", "path": experts[0]["path"], "languages": ["it"], "tasks": ["transcribe"]}]
+    recipe = study_recipe(tmp_path, base, experts={"train": False, "given": given}, methods={"regmean": {}, "soup": {}})
+    path = write_recipe(tmp_path / "tiny.yaml", recipe)
+    code, _, err = run_cli(["study", path], capsys)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]  # (the corpus build reports progress)
+    assert code == 2 and len(errors) == 1, err
+    assert f"{path}: methods.regmean: regmean needs each expert's data statistics, but expert it-asr" in errors[0]
+    assert not (tmp_path / "study" / "statistics").exists()  # nothing gathered, no job run
+
+    plan = plan_study(parse_study({**recipe, "all_methods": True, "methods": {}}, str(path)), progress=False)
+    assert "soup" in plan.grid and not {"regmean", "fisher"} & set(plan.grid)
+    assert not plan.statistics

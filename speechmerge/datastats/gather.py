@@ -70,6 +70,8 @@ def expert_statistics(
     from speechmerge.checkpoints.resolve import resolve_model_dir
     from speechmerge.features.encoder_cache import directory_encoder_key, tensors_digest
 
+    if threads < 1:
+        raise SpeechmergeError(f"statistics: threads {threads}; give at least 1")
     if isinstance(model, torch.nn.Module):
         if processor is None:
             raise SpeechmergeError("statistics: a loaded model needs processor= (a directory with its tokenizer)")
@@ -119,8 +121,6 @@ def expert_statistics(
 @contextmanager
 def torch_threads(count: int):
     """Run the block on `count` torch threads, then restore the previous number."""
-    if count < 1:
-        raise SpeechmergeError(f"statistics: threads {count}; give at least 1")
     before = torch.get_num_threads()
     torch.set_num_threads(count)
     try:
