@@ -19,7 +19,11 @@ With `--fusionbench-python` (a virtual environment with fusion-bench 0.2.33), ev
 weight is also merged by FusionBench's own `merging_with_regmean_weights` (fusion_bench.method.regmean)
 in that environment, given the same weights and the same mean Gram matrices X_tᵀX_t/N_t, once in
 float32 and once in float64, and compared with ours: the largest relative difference
-‖ours − theirs‖_F / ‖theirs‖_F over the tensors, at each `--alphas` value.
+‖ours − theirs‖_F / ‖theirs‖_F over the tensors, at each `--alphas` value. With `--compare EXPERT
+STATISTICS ...` (pairs of an expert directory and its statistics folder, e.g. a study's experts and
+the folders its statistics jobs name) only that comparison runs, on those experts:
+
+    python benchmarks/bench_data_aware.py --fusionbench-python FB_PYTHON --compare E1 S1 E2 S2 ...
 """
 
 from __future__ import annotations
@@ -128,6 +132,7 @@ def fusionbench_differences(experts: list[Path], stats, python: str, alphas: lis
     from safetensors.torch import load_file, save_file
 
     from speechmerge.checkpoints.hf import HFCheckpoint
+    from speechmerge.errors import SpeechmergeError
     from speechmerge.merging.data_aware import mean_gram, regmean
 
     checkpoints = [HFCheckpoint(e) for e in experts]
@@ -162,15 +167,34 @@ def fusionbench_differences(experts: list[Path], stats, python: str, alphas: lis
             }
             subprocess.run([python, "-c", FUSIONBENCH_CHILD, json.dumps(job)], check=True)
             theirs = load_file(job["output"])
-            worst = 0.0
+            worst, singular = 0.0, []
             for name in names:
                 stack = torch.stack([weights[f"{t}/{name}"] for t in range(len(experts))])
                 gram = torch.stack([grams[f"{t}/{owners[name]}"] for t in range(len(experts))])
-                ours = regmean(stack, gram, alpha=alpha, name=name).double()
+                try:
+                    ours = regmean(stack, gram, alpha=alpha, name=name).double()
+                except SpeechmergeError:  # ours refuses a singular system (no ridge); FusionBench inverts it anyway
+                    singular.append(name)
+                    continue
                 reference = theirs[name].double()
                 worst = max(worst, float((ours - reference).norm() / reference.norm()))
-            differences[f"{dtype} alpha={alpha}"] = float(f"{worst:.3g}")
+            differences[f"{dtype} alpha={alpha}"] = {"max": float(f"{worst:.3g}"), "singular_skipped": len(singular)}
     return {"tensors": len(names), "max_relative_difference": differences}
+
+
+def compare_only(args) -> None:
+    """The FusionBench comparison on given experts and their statistics folders."""
+    from speechmerge.datastats import Statistics
+    from speechmerge.sysinfo import hardware
+
+    if not args.fusionbench_python or len(args.compare) % 2:
+        raise SystemExit("--compare needs --fusionbench-python and pairs of (expert, statistics folder)")
+    experts = [Path(p) for p in args.compare[0::2]]
+    stats = [Statistics(Path(p)) for p in args.compare[1::2]]
+    with tempfile.TemporaryDirectory(prefix="bench-data-aware-") as scratch:
+        found = fusionbench_differences(experts, stats, args.fusionbench_python, args.alphas, Path(scratch))
+    rows = [s.record.utterances for s in stats]
+    print(json.dumps({"hardware": hardware(), "utterances": [len(r) for r in rows], "fusionbench_regmean": found}))
 
 
 def main() -> None:
@@ -183,12 +207,20 @@ def main() -> None:
     parser.add_argument("--fusionbench-python", help="python of a virtual env with fusion-bench 0.2.33")
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.1, 1.0], help="RegMean alphas compared")
     parser.add_argument("--no-merge-timing", action="store_true", help="skip the merge timings")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the statistics passes")
+    parser.add_argument(
+        "--statistics", nargs="+", choices=("gram", "fisher"), default=["gram", "fisher"], help="what to gather"
+    )
     parser.add_argument(
         "--reuse-encoder-outputs",
         metavar="CACHE",
         help="a speechmerge cache whose encoder outputs of the base are reused (their time is then not measured)",
     )
+    parser.add_argument("--compare", nargs="+", metavar="PATH", help="expert, statistics folder, ... (see above)")
     args = parser.parse_args()
+    if args.compare:
+        compare_only(args)
+        return
 
     from speechmerge.checkpoints.converted import models_dir
 
@@ -212,7 +244,11 @@ def main() -> None:
     pool = train_utterances(corpus)
     timed = args.experts if args.timed is None else args.timed
     settings = [
-        StatisticsSettings(utterances=args.utterances if index < timed else args.rest_utterances, seed=index)
+        StatisticsSettings(
+            statistics=tuple(args.statistics),
+            utterances=args.utterances if index < timed else args.rest_utterances,
+            seed=index,
+        )
         for index in range(args.experts)
     ]
     from speechmerge.datastats.selection import sample_utterances
@@ -224,7 +260,7 @@ def main() -> None:
     stats, seconds, disk = [], [], []
     for expert, setting in zip(experts, settings):
         started = time.perf_counter()
-        stats.append(expert_statistics(expert, pool, setting, base=base))
+        stats.append(expert_statistics(expert, pool, setting, base=base, threads=args.threads))
         seconds.append(time.perf_counter() - started)
         disk.append(sum(f.stat().st_size for f in stats[-1].folder.iterdir()))
     merges = (
@@ -232,7 +268,8 @@ def main() -> None:
         if args.no_merge_timing
         else {
             method: statistics.median(merge_decoder(experts, stats, method) for _ in range(args.repeats))
-            for method in ("regmean", "fisher")
+            for method, need in (("regmean", "gram"), ("fisher", "fisher"))
+            if need in args.statistics
         }
     )
     fusionbench = (
@@ -250,6 +287,8 @@ def main() -> None:
                 "encoder_seconds_all_clips": round(encoder_seconds, 1),
                 "clips_encoded": clips,
                 "utterances_per_expert": [s.utterances for s in settings],
+                "statistics": args.statistics,
+                "threads": args.threads,
                 "statistics_seconds_per_expert": [round(s, 1) for s in seconds],
                 "statistics_tokens_per_expert": [s.record.tokens for s in stats],
                 "statistics_mib_per_expert": [round(d / 2**20, 1) for d in disk],
