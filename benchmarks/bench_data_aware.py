@@ -33,8 +33,10 @@ import json
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -182,6 +184,20 @@ def fusionbench_differences(experts: list[Path], stats, python: str, alphas: lis
     return {"tensors": len(names), "max_relative_difference": differences}
 
 
+@contextmanager
+def profiled(enabled: bool):
+    """Print the top operations by self CPU time (grouped by input shape) of the block, when enabled."""
+    if not enabled:
+        yield
+        return
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as run:
+        yield
+    table = run.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=20)
+    print(table, file=sys.stderr)
+
+
 def compare_only(args) -> None:
     """The FusionBench comparison on given experts and their statistics folders."""
     from speechmerge.datastats import Statistics
@@ -208,6 +224,9 @@ def main() -> None:
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.1, 1.0], help="RegMean alphas compared")
     parser.add_argument("--no-merge-timing", action="store_true", help="skip the merge timings")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the statistics passes")
+    parser.add_argument(
+        "--profile", action="store_true", help="print torch.profiler's top operations of the first expert's statistics"
+    )
     parser.add_argument(
         "--statistics", nargs="+", choices=("gram", "fisher"), default=["gram", "fisher"], help="what to gather"
     )
@@ -258,9 +277,10 @@ def main() -> None:
     clips = len({u.audio for c in chosen for u in c})
     load_before = open("/proc/loadavg").read().split()[:3]
     stats, seconds, disk = [], [], []
-    for expert, setting in zip(experts, settings):
+    for index, (expert, setting) in enumerate(zip(experts, settings)):
         started = time.perf_counter()
-        stats.append(expert_statistics(expert, pool, setting, base=base, threads=args.threads))
+        with profiled(args.profile and index == 0):
+            stats.append(expert_statistics(expert, pool, setting, base=base, threads=args.threads))
         seconds.append(time.perf_counter() - started)
         disk.append(sum(f.stat().st_size for f in stats[-1].folder.iterdir()))
     merges = (

@@ -97,6 +97,13 @@ def test_all_methods_adds_every_method_at_its_defaults_data_aware_ones_included(
             "search.ties.validation: the study sets it",
         ),
         ({"adamerging": {"steps": 0}}, "adamerging.steps: Input should be greater than or equal to 1"),
+        (
+            {
+                "methods": {"regmean": {}},
+                "search": {"regmean": {"space": {"params": {"alpha": {"low": 0, "high": 1}}}}},
+            },
+            "search.regmean: regmean reads data statistics",
+        ),
         ({"all_methods": True, "leave_out": ["fishr"]}, "leave_out: unknown merge method 'fishr'; did you mean fisher"),
         ({"methods": {"ties": {}}, "adamerging": {}}, "adamerging: its test comparison is with task arithmetic"),
     ],

@@ -234,7 +234,7 @@ class _Run:
                     hooks.start_batch(torch.arange(inputs.shape[1])[None, :] < lengths[:, None])
                     side = self.encoder_side(utterances[start : start + step])
                     if scope:
-                        model.zero_grad(set_to_none=False)  # in place: no fresh pages for each utterance's grads
+                        model.zero_grad(set_to_none=True)
                         token_loss_sum(model, side, inputs, labels).backward()  # −log p: the sign vanishes squared
                         for name, parameter in scope.items():
                             fisher[name].addcmul_(parameter.grad, parameter.grad)

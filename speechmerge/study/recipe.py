@@ -297,6 +297,7 @@ def learned_searches(recipe: StudyRecipe, grid: dict[str, list[GridPoint]]) -> d
     """The recipe's `search:` entries, each checked as `speechmerge search` checks its recipe (space
     against the method's parameters, ranges, budgets); its method must be in the grid, whose chosen
     setting the search starts from and is compared with. AdaMerging needs task arithmetic in the grid."""
+    from speechmerge.merging.registry import get_method
     from speechmerge.recipe import parse_recipe
     from speechmerge.search.space import check_space
     from speechmerge.search.spec import SearchRecipe
@@ -313,6 +314,11 @@ def learned_searches(recipe: StudyRecipe, grid: dict[str, list[GridPoint]]) -> d
             raise SpeechmergeError(
                 f"{where}: {name} is not in the study's grid; add it to methods (the search starts from its chosen "
                 "setting and is compared with it)"
+            )
+        if get_method(name).needs:
+            raise SpeechmergeError(
+                f"{where}: {name} reads data statistics, which the search's in-memory merges do not gather; "
+                "search a weight-only method"
             )
         given = sorted(set(entry or {}) & set(LEARNED_KEYS))
         if given:
