@@ -264,3 +264,24 @@ def test_a_loaded_model_gives_the_statistics_of_its_directory(setup):
     torch.testing.assert_close(loaded.gram(name)[0], on_disk.gram(name)[0])
     with pytest.raises(SpeechmergeError, match="processor="):
         expert_statistics(model, utterances, settings)
+
+
+def test_statistics_run_on_the_threads_asked_for_and_restore_torch_s_setting(setup, tmp_path, monkeypatch):
+    from speechmerge.datastats import gather
+
+    monkeypatch.setenv("SPEECHMERGE_CACHE", str(tmp_path))
+    base, expert, utterances = setup
+    seen = []
+    real = gather.gather
+
+    def recording(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gather, "gather", recording)
+    before = torch.get_num_threads()
+    expert_statistics(expert, utterances, StatisticsSettings(statistics=("gram",)), base=base, threads=1)
+    assert seen == [1] and torch.get_num_threads() == before
+    with pytest.raises(SpeechmergeError, match="statistics: threads 0; give at least 1"):
+        expert_statistics(expert, utterances, StatisticsSettings(statistics=("fisher",)), base=base, threads=0)
+    assert torch.get_num_threads() == before

@@ -130,15 +130,16 @@ def test_a_singular_system_without_ridge_is_one_line_naming_the_tensor(family, c
     assert not out.exists()
 
 
-def test_a_study_refuses_a_data_aware_method_and_all_methods_leaves_them_out():
-    from speechmerge.errors import SpeechmergeError
+def test_a_study_grid_holds_the_data_aware_methods_with_all_methods_or_by_name():
     from speechmerge.study.recipe import method_grid, parse_study
 
     base = {"name": "s", "base": "builtin:whisper-base", "corpus": {"builtin": "multilingual", "size": "demo"}}
     grid = method_grid(parse_study({**base, "all_methods": True}, "s.yaml"))
-    assert "regmean" not in grid and "fisher" not in grid and "ties" in grid
-    with pytest.raises(SpeechmergeError, match=r"s.yaml: methods.regmean: .*data statistics"):
-        method_grid(parse_study({**base, "methods": {"regmean": {}}}, "s.yaml"))
+    assert {"regmean", "fisher", "ties"} <= set(grid)
+    left = method_grid(parse_study({**base, "all_methods": True, "leave_out": ["regmean", "fisher"]}, "s.yaml"))
+    assert "regmean" not in left and "fisher" not in left and "ties" in left
+    named = method_grid(parse_study({**base, "methods": {"regmean": {"alpha": [0.1, 1.0]}}}, "s.yaml"))
+    assert [p["alpha"] for p in named["regmean"]] == [0.1, 1.0]
 
 
 @pytest.mark.parametrize("method", ["regmean", "fisher"])

@@ -27,7 +27,7 @@ def test_lists_are_grid_axes_and_every_point_is_resolved_with_defaults(tmp_path)
     assert grid["task_arithmetic"] == [{"scale": 0.5}]  # repeated points collapse
 
 
-def test_all_methods_adds_every_weight_only_method_at_its_defaults(tmp_path):
+def test_all_methods_adds_every_method_at_its_defaults_data_aware_ones_included(tmp_path):
     from speechmerge.merging.registry import all_methods
     from speechmerge.study.recipe import load_study, method_grid
 
@@ -38,10 +38,13 @@ def test_all_methods_adds_every_weight_only_method_at_its_defaults(tmp_path):
             )
         )
     )
-    weight_only = [m for m in all_methods() if not m.needs]  # data-aware methods: studies cannot feed them yet
-    assert set(grid) == {m.name for m in weight_only} and len(weight_only) < len(all_methods())
-    assert all(points == [m.defaults()] for m in weight_only if m.name != "ties" for points in [grid[m.name]])
+    assert set(grid) == {m.name for m in all_methods()} and {"regmean", "fisher"} <= set(grid)
+    assert all(points == [m.defaults()] for m in all_methods() if m.name != "ties" for points in [grid[m.name]])
     assert [p["density"] for p in grid["ties"]] == [0.1, 0.3]
+    left = method_grid(
+        load_study(write_recipe(tmp_path / "l.yaml", _recipe(tmp_path, all_methods=True, leave_out=["fisher"])))
+    )
+    assert set(left) == set(grid) - {"fisher"}
 
 
 @pytest.mark.parametrize(
@@ -66,6 +69,43 @@ def test_all_methods_adds_every_weight_only_method_at_its_defaults(tmp_path):
         ({"evaluation": {"batch_size": 0}}, "evaluation.batch_size: Input should be greater than or equal to 1"),
         ({"name": "my study"}, "name: String should match pattern"),
         ({"keep_models": "some"}, "keep_models: Input should be 'selected', 'all' or 'none'"),
+        ({"data_statistics": {"utterances": 0}}, "data_statistics.utterances: Input should be greater than 0"),
+        ({"data_statistics": {"utterance": 8}}, "data_statistics.utterance: unknown key"),
+        ({"methods": {"regmean": {"alpha": 1.5}}}, "methods.regmean.alpha: Input should be less than or equal to 1"),
+        (
+            {"search": {"dare": {"space": {"weights": {"low": 0, "high": 1}}}}},
+            "search.dare: dare is not in the study's grid",
+        ),
+        (
+            {"search": {"ties": {"space": {"weights": {"low": 1.0, "high": 0.5}}}}},
+            "search.ties: space.weights: Value error, empty or inverted range [1.0, 0.5]",
+        ),
+        (
+            {"search": {"ties": {"space": {"params": {"drop": {"low": 0.1, "high": 0.5}}}}}},
+            "search.ties: space.params.drop: method ties has no parameter 'drop'",
+        ),
+        (
+            {"search": {"ties": {"space": {"weights": {"low": 0, "high": 1}}, "trials": 0}}},
+            "search.ties: trials: Input should be greater than or equal to 1",
+        ),
+        (
+            {"search": {"ties": {"space": {"weights": {"low": 0, "high": 1}}, "timeout": 0}}},
+            "search.ties: timeout: Input should be greater than 0",
+        ),
+        (
+            {"search": {"ties": {"space": {"weights": {"low": 0, "high": 1}}, "validation": ["v.jsonl"]}}},
+            "search.ties.validation: the study sets it",
+        ),
+        ({"adamerging": {"steps": 0}}, "adamerging.steps: Input should be greater than or equal to 1"),
+        (
+            {
+                "methods": {"regmean": {}},
+                "search": {"regmean": {"space": {"params": {"alpha": {"low": 0, "high": 1}}}}},
+            },
+            "search.regmean: regmean reads data statistics",
+        ),
+        ({"all_methods": True, "leave_out": ["fishr"]}, "leave_out: unknown merge method 'fishr'; did you mean fisher"),
+        ({"methods": {"ties": {}}, "adamerging": {}}, "adamerging: its test comparison is with task arithmetic"),
     ],
 )
 def test_a_bad_recipe_fails_in_one_line_naming_the_file_and_key_before_any_work(tmp_path, capsys, changes, expected):

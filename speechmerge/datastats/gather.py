@@ -11,11 +11,17 @@ Fisher: the empirical Fisher (Matena & Raffel 2022, §2, with the observed refer
 labels sampled from the model): F = mean over utterances of g ⊙ g, g = ∇_θ log p(reference | audio)
 of one utterance, so each utterance runs alone (batch 1) with a backward pass. Gram matrices alone
 run `batch_size` utterances per forward under no_grad.
+
+Threads: the passes run on `threads` torch threads (default 1, restored afterwards). A decoder pass
+over ~20 token positions is hundreds of small operations; on a CPU shared with other work, each
+parallel region of a 2-thread pass waits for a descheduled thread, and one thread was 2× (Gram
+matrices) to 5× (with the Fisher) faster at load 8 on 2 cores (docs/data-aware.md, "Cost").
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional, Union
 
@@ -50,18 +56,22 @@ def expert_statistics(
     processor: Optional[Path] = None,
     gram_bytes: Optional[int] = None,
     progress: bool = False,
+    threads: int = 1,
 ) -> Statistics:
     """The statistics of `model` (a Whisper directory or spec, or a loaded
     `WhisperForConditionalGeneration` with `processor` naming a directory with its tokenizer and
     feature extractor) on `utterances`, from the cache or gathered and cached.
 
     With `base`, a model whose encoder equals the base's gets decoder statistics only. `gram_bytes`
-    caps the Gram accumulators held at once (more passes over the data; the same statistics)."""
+    caps the Gram accumulators held at once (more passes over the data; the same statistics).
+    `threads`: torch threads while gathering (module docstring)."""
     from speechmerge.cache import cache_dir
     from speechmerge.checkpoints.hf import HFCheckpoint
     from speechmerge.checkpoints.resolve import resolve_model_dir
     from speechmerge.features.encoder_cache import directory_encoder_key, tensors_digest
 
+    if threads < 1:
+        raise SpeechmergeError(f"statistics: threads {threads}; give at least 1")
     if isinstance(model, torch.nn.Module):
         if processor is None:
             raise SpeechmergeError("statistics: a loaded model needs processor= (a directory with its tokenizer)")
@@ -87,7 +97,7 @@ def expert_statistics(
         with library_messages():
             loaded = WhisperForConditionalGeneration.from_pretrained(directory, dtype=torch.float32)
     started = time.perf_counter()
-    with atomic_directory(folder, force=True) as tmp:
+    with atomic_directory(folder, force=True) as tmp, torch_threads(threads):
         grams, fishers, tokens = gather(
             loaded, directory, chosen, settings, parts, encoder_key, str(model), tmp, gram_bytes, progress
         )
@@ -106,6 +116,17 @@ def expert_statistics(
         )
         (tmp / RECORD).write_text(record.model_dump_json(indent=1))
     return Statistics(folder)
+
+
+@contextmanager
+def torch_threads(count: int):
+    """Run the block on `count` torch threads, then restore the previous number."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def gather(

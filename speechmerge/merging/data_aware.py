@@ -19,9 +19,11 @@ from the stored sum and row count.
 Fisher merging (Matena & Raffel, "Merging Models with Fisher-Weighted Averaging", NeurIPS 2022):
 θ = Σ_t λ_t F_t θ_t / Σ_t λ_t F_t per parameter entry, F_t the diagonal Fisher of expert t.
 
-RegMean++ (FusionBench's `regmean_plusplus`) is not here: it merges layer by layer and computes
-the Gram matrices of layer l on the outputs of the already *merged* layers 0..l−1, so its
-statistics depend on the merge itself and cannot be gathered once per expert and streamed.
+RegMean++ (Nguyen et al., arXiv 2508.03121; FusionBench's `regmean_plusplus`) is not here: it
+merges layer by layer and computes the Gram matrices of layer l on the outputs of the already
+*merged* layers 0..l−1, so its statistics depend on the merge itself and cannot be gathered once
+per expert and streamed; and FusionBench defines it for one stack of layers (CLIP's vision tower),
+leaving open what a Whisper decoder's cross-attention should read (docs/data-aware.md).
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+LEARNED_KINDS = ("search", "adamerging")  # jobs that learn a model's coefficients (a study's search:, adamerging:)
+
 
 @lru_cache(maxsize=1)
 def versions() -> dict[str, str]:
@@ -40,7 +42,7 @@ class Job:
     """One unit of work: a task name and its JSON-able spec, with the labels the store keeps."""
 
     key: str
-    kind: str  # expert | baseline | evaluate | validate | test
+    kind: str  # expert | baseline | statistics | evaluate | validate | test | search | adamerging
     name: str
     task: str
     spec: dict

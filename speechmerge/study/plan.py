@@ -3,15 +3,17 @@ validation, and the test job of a selected point.
 
 Every job is content-addressed (speechmerge/study/jobs.py): its key is built from the identities
 of its input models, the digests of the data it reads and its settings. A merge's identity is
-its method, parameters, base, experts and merge options; an evaluation's is the decoding options
-and the sets it scores (`set_identity`).
+its method, parameters, base, experts and merge options (and, for a data-aware method, the
+statistics settings); an evaluation's is the decoding options and the sets it scores
+(`set_identity`). Data-aware methods' merges wait for one statistics job per expert
+(speechmerge/study/statistics.py).
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from speechmerge.errors import SpeechmergeError
@@ -45,11 +47,13 @@ class StudyPlan:
     references: list[Job]
     validation: list[Job]
     grid: dict[str, list[dict]]
+    statistics: list[Job] = field(default_factory=list)
+    statistics_data: dict[str, Path] = field(default_factory=dict)  # expert -> manifest of its statistics data
 
     @property
     def jobs(self) -> list[Job]:
         """Every job up to validation, in queue order."""
-        return self.training + self.references + self.validation
+        return self.training + self.statistics + self.references + self.validation
 
     def eval_options(self) -> dict:
         spec = self.recipe.evaluation
@@ -70,12 +74,19 @@ class StudyPlan:
 
 def plan_study(recipe: StudyRecipe, progress: bool = True) -> StudyPlan:
     """Validate the grid, build the data, and lay out every job up to validation."""
+    from speechmerge.study.statistics import data_aware_grid, write_statistics_manifest
+
     grid = method_grid(recipe)
     data = prepare_data(recipe, progress=progress)
+    statistics_data = data_aware_grid(grid, recipe, data.experts)
     base = ModelRef("base", _content_hash(recipe.base, recipe, "base"), recipe.base)
     plan = StudyPlan(recipe, recipe.folder(), data, base, [], [], [], [], grid)
     expert_jobs = _expert_jobs(plan)
     plan.training = interleaved_by_audio(expert_jobs)
+    plan.statistics_data = {
+        name: write_statistics_manifest(plan.folder, name, utterances) for name, utterances in statistics_data.items()
+    }
+    plan.statistics = _statistics_jobs(plan)
     baselines = _baseline_jobs(plan)
     plan.training += baselines
     references = [
@@ -127,6 +138,62 @@ def _expert_jobs(plan: StudyPlan) -> list[Job]:
     return jobs
 
 
+def statistics_settings(plan: StudyPlan, needs: tuple[str, ...]) -> dict:
+    """The `StatisticsSettings` (as JSON) of the statistics a method with `needs` reads: those the
+    merge API builds from the merge recipe's `data_statistics`, so both meet in the cache."""
+    from speechmerge.datastats import StatisticsSettings
+
+    spec = plan.recipe.data_statistics
+    settings = StatisticsSettings(
+        statistics=tuple(sorted(needs)), utterances=spec.utterances, seed=spec.seed, batch_size=spec.batch_size
+    )
+    return settings.model_dump(mode="json")
+
+
+def _needs(method: str) -> tuple[str, ...]:
+    from speechmerge.merging.registry import get_method
+
+    return tuple(sorted(get_method(method).needs))
+
+
+def _statistics_key(plan: StudyPlan, expert: ModelRef, needs: tuple[str, ...]) -> str:
+    group = next(g for g in plan.data.experts if g.name == expert.name)
+    return job_key(
+        "statistics",
+        model=expert.identity,
+        base=plan.base.identity,
+        data=plan.data.training_digest[expert.name],
+        selection=_labels(group.selection.model_dump(mode="json")),
+        settings=statistics_settings(plan, needs),
+    )
+
+
+def _statistics_jobs(plan: StudyPlan) -> list[Job]:
+    """One job per expert and statistic kind the grid's data-aware methods read."""
+    kinds = sorted({_needs(method) for method in plan.grid if _needs(method)})
+    jobs = []
+    for needs in kinds:
+        for expert in plan.experts:
+            spec = {
+                "model": expert.path,
+                "base": plan.recipe.base,
+                "manifest": str(plan.statistics_data[expert.name]),
+                "settings": statistics_settings(plan, needs),
+            }
+            jobs.append(
+                Job(
+                    _statistics_key(plan, expert, needs),
+                    "statistics",
+                    f"statistics {'+'.join(needs)} {expert.name}",
+                    "gather_statistics",
+                    spec,
+                    model=expert.name,
+                    depends=(expert.job,) if expert.job else (),
+                )
+            )
+    return jobs
+
+
 def _reference_job(plan: StudyPlan, ref: ModelRef, kind: str) -> Job:
     """Score a reference model (base, expert, baseline) on every set of the study."""
     sets = plan.data.sets
@@ -168,15 +235,74 @@ def test_job(plan: StudyPlan, method: str, point: dict) -> Job:
     return _merge_job(plan, "test", key, method, point, method, test_sets, keep)
 
 
+LEARNED = {"search": "search_and_test", "adamerging": "adamerge_and_test"}  # job kind -> task
+
+
+def learned_jobs(plan: StudyPlan, chosen: list[dict]) -> list[Job]:
+    """The recipe's `search:` and `adamerging:` entries, each starting from (and compared with) the
+    setting its method chose on validation: learn on the validation sets, merge, score on test.
+    An entry whose method chose no setting (its grid failed) has no job."""
+    from speechmerge.study.recipe import learned_searches
+
+    settings = {c["method"]: c["setting"] for c in chosen}
+    entries = [("search", method, spec) for method, spec in learned_searches(plan.recipe, plan.grid).items()]
+    if plan.recipe.adamerging is not None:
+        entries.append(("adamerging", "task_arithmetic", plan.recipe.adamerging.model_dump(mode="json")))
+    validation, test = plan.data.stage("validation"), plan.data.stage("test")
+    jobs = []
+    for kind, method, spec in entries:
+        if method not in settings:
+            continue
+        point = settings[method]
+        key = job_key(
+            kind,
+            merge=_merge_identity(plan, method, point),
+            learn=spec,
+            validation=set_identity(validation),
+            **set_identity(test),
+            evaluation=plan.eval_identity(),
+        )
+        label = f"{kind}:{method}"
+        job = _merge_job(plan, "test", key, method, point, label, test, plan.recipe.keep_models != "none")
+        output = plan.folder / "learned" / f"{kind}-{method}-{key[:8]}"
+        job_spec = {
+            **job.spec,
+            "learn": spec,
+            "validation": [s.spec() for s in validation],
+            "work": str(output),
+            "output": str(output / "model"),
+        }
+        jobs.append(
+            Job(
+                key,
+                kind,
+                f"{kind} {method}",
+                LEARNED[kind],
+                job_spec,
+                stage="test",
+                model_kind="merge",
+                model=label,
+                method=label,
+                setting={},
+                depends=job.depends,
+            )
+        )
+    return jobs
+
+
 def _merge_job(
     plan: StudyPlan, kind: str, key: str, method: str, point: dict, label: str, sets: list[EvalSet], keep: bool
 ) -> Job:
     merge_key = job_key("merge", merge=_merge_identity(plan, method, point))
     output = plan.folder / MODEL_FOLDERS["merge"] / f"{method}-{merge_key[:8]}"
     merge_options = plan.recipe.merge
+    needs = _needs(method)
     recipe = {
         "base": plan.base.path,
-        "experts": [{"path": e.path, "name": e.name} for e in plan.experts],
+        "experts": [
+            {"path": e.path, "name": e.name, **({"data": [str(plan.statistics_data[e.name])]} if needs else {})}
+            for e in plan.experts
+        ],
         "method": method,
         "params": point,
         "output_dtype": merge_options.output_dtype,
@@ -184,6 +310,9 @@ def _merge_job(
         "memory_budget": merge_options.memory_budget,
         "seed": merge_options.seed,
     }
+    statistics = [_statistics_key(plan, e, needs) for e in plan.experts] if needs else []
+    if needs:
+        recipe["data_statistics"] = plan.recipe.data_statistics.model_dump(mode="json")
     spec = {
         "recipe": recipe,
         "output": str(output),
@@ -203,18 +332,22 @@ def _merge_job(
         model=label,
         method=method,
         setting=point,
-        depends=tuple(e.job for e in plan.experts if e.job),
+        depends=(*(e.job for e in plan.experts if e.job), *statistics),
     )
 
 
 def _merge_identity(plan: StudyPlan, method: str, point: dict) -> dict:
-    return {
+    identity = {
         "method": method,
         "params": point,
         "base": plan.base.identity,
         "experts": [e.identity for e in plan.experts],
         "options": plan.recipe.merge.model_dump(mode="json"),
     }
+    needs = _needs(method)
+    if needs:
+        identity["statistics"] = [_statistics_key(plan, e, needs) for e in plan.experts]
+    return identity
 
 
 def interleaved_by_audio(jobs: list[Job]) -> list[Job]:

@@ -13,10 +13,16 @@ experts:
   given:                            # experts that exist already: path + what they were trained on
     - {name: it-asr, path: models/it, languages: [it], tasks: [transcribe]}
 baselines: {joint: true, sequential: false}
-all_methods: true                   # every weight-only method at its defaults, plus the grids below
+all_methods: true                   # every registered method at its defaults, plus the grids below
+leave_out: [fisher]                 # methods all_methods does not add
 methods:
   task_arithmetic: {scale: [0.3, 0.5, 1.0]}   # a list is a grid axis
   ties: {density: [0.1, 0.2], scale: 1.0}
+  regmean: {alpha: [0.1, 0.6]}                # data-aware: statistics from each expert's training data
+data_statistics: {utterances: 128, seed: 0}  # per expert, for regmean / fisher (docs/data-aware.md)
+search:                             # after the grid, from the method's chosen setting (speechmerge search)
+  task_arithmetic: {space: {weights: {low: 0.0, high: 1.5}}, trials: 20, timeout: 900}
+adamerging: {variant: first, steps: 50}   # task vectors' λ per expert and decoder block, unlabelled validation audio
 evaluation: {batch_size: 8, validation_utterances: 8, test_utterances: 16}   # select: best | significant
 merge: {output_dtype: float16}
 keep_models: selected               # selected | all | none: which merged models stay on disk after scoring
@@ -37,6 +43,7 @@ from typing import Any, Literal
 from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 
 from speechmerge.errors import SpeechmergeError
+from speechmerge.recipe import DataStatisticsSpec
 from speechmerge.training.config import TrainingConfig
 from speechmerge.validation import Strict, describe_validation_error, read_yaml_file
 
@@ -152,6 +159,27 @@ class EvaluationSpec(Strict):
     )
 
 
+class AdaMergingSpec(Strict):
+    """A study's `adamerging:` entry: AdaMerging (speechmerge.search.adamerging) on the audio of the
+    study's validation sets (never their text), compared on test with task arithmetic's chosen setting.
+    Unset values are AdaMerging's own defaults."""
+
+    variant: Literal["first", "greedy"] = Field(
+        "first", description="entropy at the first position or on greedy transcripts"
+    )
+    steps: int = Field(50, ge=1, description="Adam steps on λ")
+    init: float | None = Field(None, allow_inf_nan=False, description="initial λ (AdaMerging's default: 0.3)")
+    lr: float | None = Field(None, gt=0, description="Adam's learning rate (AdaMerging's default)")
+    batch_size: int | None = Field(None, ge=1, description="clips per step (AdaMerging's default)")
+    refresh: int | None = Field(None, ge=1, description="greedy: steps between new transcripts (AdaMerging's default)")
+    seed: int = 0
+
+    def options(self) -> dict:
+        """The keyword arguments given to `AdaMerging` (those set)."""
+        chosen = {"init": self.init, "lr": self.lr, "batch_size": self.batch_size, "refresh": self.refresh}
+        return {"variant": self.variant, **{k: v for k, v in chosen.items() if v is not None}}
+
+
 class MergeOptions(Strict):
     output_dtype: Literal["base", "float32", "float16", "bfloat16"] = "float16"
     device: Literal["cpu", "cuda", "auto"] = "auto"
@@ -166,10 +194,26 @@ class StudyRecipe(Strict):
     experts: ExpertsSpec = Field(default_factory=ExpertsSpec)
     baselines: BaselinesSpec = Field(default_factory=BaselinesSpec)
     all_methods: bool = Field(
-        False, description="add every weight-only registered method (not the data-aware ones) at its defaults"
+        False,
+        description="add every registered method at its defaults (the data-aware ones only when every expert "
+        "has training data to gather statistics on)",
     )
+    leave_out: list[str] = Field(default_factory=list, description="methods that `all_methods` does not add")
     methods: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="method -> parameters; a list is a grid axis"
+    )
+    data_statistics: DataStatisticsSpec = Field(
+        default_factory=lambda: DataStatisticsSpec(utterances=128),
+        description="how data-aware methods' statistics are gathered on each expert's training data "
+        "(default: 128 utterances per expert, seed 0)",
+    )
+    search: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="method -> a search of its coefficients on validation (keys of `speechmerge search` but merge, "
+        "validation, test and output), run after the grid from the method's chosen setting",
+    )
+    adamerging: AdaMergingSpec | None = Field(
+        None, description="AdaMerging after the grid, compared with task arithmetic's chosen setting"
     )
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     merge: MergeOptions = Field(default_factory=MergeOptions)
@@ -228,18 +272,14 @@ def method_grid(recipe: StudyRecipe) -> dict[str, list[GridPoint]]:
     declared parameters: a typo or an out-of-range value fails here, before any work starts."""
     from speechmerge.merging.registry import all_methods, get_method
 
-    # Data-aware methods need each expert's data statistics, which studies do not gather yet.
-    chosen = dict.fromkeys(m.name for m in all_methods() if not m.needs) if recipe.all_methods else {}
-    chosen = {**{name: {} for name in chosen}, **recipe.methods}
+    for name in recipe.leave_out:
+        get_method(name, where=f"{recipe.source}: leave_out")
+    left_out = set(recipe.leave_out)
+    chosen = {m.name: {} for m in all_methods() if m.name not in left_out} if recipe.all_methods else {}
+    chosen = {**chosen, **recipe.methods}
     grid: dict[str, list[GridPoint]] = {}
     for name, params in chosen.items():
         method = get_method(name, where=f"{recipe.source}: methods.{name}")
-        if method.needs:
-            raise SpeechmergeError(
-                f"{recipe.source}: methods.{name}: {name} needs each expert's data statistics "
-                f"({', '.join(method.needs)}), which studies do not gather yet; merge with it through "
-                "`speechmerge merge` and a recipe whose experts name their data:"
-            )
         axes = {key: value if isinstance(value, list) else [value] for key, value in params.items()}
         for key, values in axes.items():
             if not values:
@@ -248,6 +288,52 @@ def method_grid(recipe: StudyRecipe) -> dict[str, list[GridPoint]]:
         resolved = [method.validate(point, recipe.source, prefix=f"methods.{name}.") for point in points]
         grid[name] = list({_canonical(p): p for p in resolved}.values())
     return grid
+
+
+LEARNED_KEYS = ("merge", "validation", "test", "output")  # a study gives these to each search itself
+
+
+def learned_searches(recipe: StudyRecipe, grid: dict[str, list[GridPoint]]) -> dict[str, dict]:
+    """The recipe's `search:` entries, each checked as `speechmerge search` checks its recipe (space
+    against the method's parameters, ranges, budgets); its method must be in the grid, whose chosen
+    setting the search starts from and is compared with. AdaMerging needs task arithmetic in the grid."""
+    from speechmerge.merging.registry import get_method
+    from speechmerge.recipe import parse_recipe
+    from speechmerge.search.space import check_space
+    from speechmerge.search.spec import SearchRecipe
+
+    if recipe.adamerging is not None and "task_arithmetic" not in grid:
+        raise SpeechmergeError(
+            f"{recipe.source}: adamerging: its test comparison is with task arithmetic's chosen setting; "
+            "add task_arithmetic to methods"
+        )
+    checked = {}
+    for name, entry in recipe.search.items():
+        where = f"{recipe.source}: search.{name}"
+        if name not in grid:
+            raise SpeechmergeError(
+                f"{where}: {name} is not in the study's grid; add it to methods (the search starts from its chosen "
+                "setting and is compared with it)"
+            )
+        if get_method(name).needs:
+            raise SpeechmergeError(
+                f"{where}: {name} reads data statistics, which the search's in-memory merges do not gather; "
+                "search a weight-only method"
+            )
+        given = sorted(set(entry or {}) & set(LEARNED_KEYS))
+        if given:
+            raise SpeechmergeError(
+                f"{where}.{given[0]}: the study sets it (its experts, validation and test sets); remove it"
+            )
+        placeholders = {"merge": {}, "validation": ["-"], "output": "-"}
+        try:
+            spec = SearchRecipe.model_validate({**(entry or {}), **placeholders})
+        except ValidationError as error:
+            raise SpeechmergeError(describe_validation_error(error, where)) from None
+        stand_in = parse_recipe({"base": recipe.base, "experts": [{"path": recipe.base}], "method": name}, where)
+        check_space(spec.space, stand_in, where)
+        checked[name] = spec.model_dump(mode="json", exclude=set(LEARNED_KEYS))
+    return checked
 
 
 def _canonical(point: GridPoint) -> str:
@@ -269,5 +355,5 @@ def parse_study(data: Any, where: str) -> StudyRecipe:
 def load_study(path: Path) -> StudyRecipe:
     """Read and validate a study YAML file, and validate its whole method grid."""
     recipe = parse_study(read_yaml_file(path, "study recipe"), str(path))
-    method_grid(recipe)
+    learned_searches(recipe, method_grid(recipe))
     return recipe

@@ -4,7 +4,7 @@
 
 What it holds: how the numbers were made (command, hardware, executor, times, versions), the main
 table (test stage, each method at the setting it chose on validation, with the references), the
-scores per language/task/domain group in every scope, in-domain against out-of-domain, retention,
+learned models (`search:`, `adamerging:`) against their methods' chosen settings, the scores per language/task/domain group in every scope, in-domain against out-of-domain, retention,
 the validation search, the plots, and the recipe. Sections whose data is absent say so: a study
 stopped half-way still renders. The maths of averages and normalised performance is in
 `speechmerge.study.summary`.
@@ -35,6 +35,7 @@ from speechmerge.study.document import (
     to_latex,
     to_markdown,
 )
+from speechmerge.study.jobs import LEARNED_KINDS
 from speechmerge.study.rows import ScoreRow, StudyFacts
 from speechmerge.study.significance import (
     MARKERS,
@@ -142,6 +143,8 @@ def report_blocks(facts: StudyFacts, rows: list[ScoreRow]) -> list[Block]:
         Heading("Main table (test sets)"),
         *main_blocks(lines, resampler, reference),
         *detectable_blocks(lines, resampler, reference),
+        Heading("Learned coefficients against the grid (test sets)"),
+        *learned_blocks(lines, resampler),
         Heading("Scores per group (test sets)"),
         *group_blocks(lines, ("in_domain", "out_of_domain"), resampler),
         Heading("In-domain against out-of-domain (test sets)"),
@@ -321,7 +324,7 @@ def main_blocks(lines: TestLines, resampler: Resampler | None = None, reference:
     for line in lines.all:
         values = [compute(line) for _, compute, _, _ in columns]
         partial |= any(value is not None and value.partial for value in values)
-        cells = [Cell(_line_name(line)), Cell(setting_text(line.setting) if line.kind == "merge" else MISSING)]
+        cells = [Cell(_line_name(line)), Cell(_setting_cell(line))]
         numbers = []
         for index, (value, (_, _, percent, samples)) in enumerate(zip(values, columns)):
             cell = _average_cell(value, percent)
@@ -336,6 +339,84 @@ def main_blocks(lines: TestLines, resampler: Resampler | None = None, reference:
     table.notes = _main_notes(lines) + ([PARTIAL_NOTE] if partial else [])
     table.notes += _significance_notes(resampler, reference, verdicts, [columns[i][0].label for i in tested])
     return [table, *top_group_blocks(lines, columns, resampler)]
+
+
+def _setting_cell(line: Line) -> str:
+    if line.kind != "merge":
+        return MISSING
+    return "learned (see below)" if learned_start(line.name) else setting_text(line.setting)
+
+
+def learned_start(name: str) -> str | None:
+    """The grid method a learned line (`search:<method>`, `adamerging:<method>`) started from; None for others."""
+    kind, _, method = name.partition(":")
+    return method if kind in LEARNED_KINDS and method else None
+
+
+def learned_blocks(lines: TestLines, resampler: Resampler) -> list[Block]:
+    """Each `search:` / `adamerging:` model against its method's chosen grid setting, on the in-domain
+    columns and vs experts: both scores with intervals, the paired bootstrap difference (learned −
+    grid) with its interval, and p Holm-adjusted over every comparison of this table."""
+    from speechmerge.evaluation.bootstrap import paired_bootstrap
+    from speechmerge.evaluation.significance import holm
+
+    learned = [line for line in lines.merges if learned_start(line.name)]
+    if not learned:
+        return [Text("No `search:` or `adamerging:` entry in this study has test scores.")]
+    grid = {line.name: line for line in lines.merges if not learned_start(line.name)}
+    columns = [
+        c for c in main_columns(lines, resampler) if c[0].label.startswith(("ID ", f"{NORMALISED.label} vs experts"))
+    ]
+    tests = []
+    for line in learned:
+        start = grid.get(learned_start(line.name))
+        for column, compute, percent, samples in columns if start else []:
+            mine, theirs, s_mine, s_theirs = compute(line), compute(start), samples(line), samples(start)
+            if None in (mine, theirs) or s_mine is None or s_theirs is None:
+                continue
+            test = paired_bootstrap(
+                theirs.value, mine.value, s_theirs, s_mine, column.higher_is_better, resampler.confidence
+            )
+            tests.append((line, start, column, percent, mine, theirs, s_mine, s_theirs, test))
+    if not tests:
+        return [
+            Text("The learned models and their methods' grid settings have no per-utterance statistics to compare.")
+        ]
+    alpha = 1 - resampler.confidence
+    headings = ("learned model", "grid setting", "quantity", "learned", "grid", "learned − grid", "p (Holm)", "")
+    table = Table(
+        "Learned coefficients (search on validation, AdaMerging on unlabelled validation audio) against the "
+        "setting their method chose on the grid",
+        [Column(heading) for heading in headings],
+    )
+    for (line, start, column, percent, mine, theirs, s_mine, s_theirs, test), adjusted in zip(
+        tests, holm([t[-1].p_value for t in tests])
+    ):
+        scale = 100 if percent else 1
+        better = (test.difference > 0) == column.higher_is_better
+        verdict = MARKERS["better" if better else "worse"] if adjusted < alpha else MARKERS["same"]
+        table.rows.append(
+            Row(
+                [
+                    Cell(line.name),
+                    Cell(f"{start.name}: {setting_text(start.setting)}"),
+                    Cell(column.label),
+                    Cell(f"{scale * mine.value:.1f}" + interval_text(resampler.interval(s_mine), percent)),
+                    Cell(f"{scale * theirs.value:.1f}" + interval_text(resampler.interval(s_theirs), percent)),
+                    Cell(f"{scale * test.difference:+.1f}" + interval_text(test.interval, percent)),
+                    Cell(f"{adjusted:.3g}"),
+                    Cell(verdict),
+                ],
+                competes=False,
+            )
+        )
+    table.notes = [
+        f"[low, high]: {100 * resampler.confidence:g} % bootstrap intervals on the report's shared resamples; "
+        f"learned − grid: the paired bootstrap difference; {MARKERS['better']} / {MARKERS['worse']} / "
+        f"{MARKERS['same']}: the learned model significantly better / worse / not significantly different "
+        f"(α = {alpha:.2g}, Holm over the {len(tests)} comparisons of this table)."
+    ]
+    return [table]
 
 
 def reference_line(lines: TestLines, recipe: dict) -> Line | None:

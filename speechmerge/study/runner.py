@@ -1,8 +1,10 @@
 """`speechmerge study`: the pipeline from a study recipe to a report.
 
-    data -> experts + baselines -> score base/experts/baselines (validation and test)
+    data -> experts + baselines (+ experts' data statistics for data-aware methods)
+         -> score base/experts/baselines (validation and test)
          -> merge + score every grid point on validation -> per method the best point
-         -> merge + score that point on test (in-domain, out-of-domain, retention) -> report
+         -> merge + score that point on test (in-domain, out-of-domain, retention),
+            and the `search:` / `adamerging:` entries from their methods' points -> report
 
 The jobs are laid out by speechmerge/study/plan.py and run by the scheduler
 (speechmerge/study/scheduler.py) on the chosen executor; the driver records each outcome in the
@@ -20,7 +22,7 @@ from pathlib import Path
 
 from speechmerge.errors import SpeechmergeError
 from speechmerge.study.jobs import Job, versions
-from speechmerge.study.plan import plan_study, searched_parameters, test_job
+from speechmerge.study.plan import learned_jobs, plan_study, searched_parameters, test_job
 from speechmerge.study.recipe import StudyRecipe, load_study, method_grid
 from speechmerge.study.rows import ScoreRow
 from speechmerge.study.scheduler import JobScheduler
@@ -127,7 +129,8 @@ def _run_jobs(
         store.set_plan([j.key for j in plan.jobs])
         # one batch: a model is scored and merged as soon as the experts it needs exist
         scheduler.run("training, scoring, merging the grid on validation", plan.jobs)
-        tests = [test_job(plan, c["method"], c["setting"]) for c in select_settings(plan, store)]
+        chosen = select_settings(plan, store)
+        tests = [test_job(plan, c["method"], c["setting"]) for c in chosen] + learned_jobs(plan, chosen)
         store.add_jobs([j.record() for j in tests])
         store.set_plan([j.key for j in plan.jobs + tests])
         scheduler.run("merging the selected settings and scoring them on test", tests)

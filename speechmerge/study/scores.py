@@ -1,13 +1,15 @@
 """From the store to what a report is made of: `ScoreRow`s and the study's `StudyFacts`.
 
 A merge's row is `selected` when its setting is the one its method chose on validation (the
-store's `selections`); rows of base, experts and baselines are always selected.
+store's `selections`); rows of base, experts, baselines and learned models (a study's `search:`
+and `adamerging:` entries) are always selected.
 """
 
 from __future__ import annotations
 
 import json
 
+from speechmerge.study.jobs import LEARNED_KINDS
 from speechmerge.study.rows import ScoreRow, StudyFacts
 from speechmerge.study.store import Store
 
@@ -18,7 +20,7 @@ def score_rows(store: Store, planned_only: bool = True) -> list[ScoreRow]:
     rows = []
     for r in store.scores(planned_only):
         selected = True
-        if r["model_kind"] == "merge":
+        if r["model_kind"] == "merge" and r["kind"] not in LEARNED_KINDS:  # a learned model is its entry's one result
             pick = chosen.get(r["method"])
             selected = pick is not None and json.dumps(pick["setting"], sort_keys=True) == json.dumps(
                 r["setting"], sort_keys=True

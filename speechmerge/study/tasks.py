@@ -119,6 +119,112 @@ def merge_and_evaluate(spec: dict) -> dict:
     }
 
 
+def search_and_test(spec: dict) -> dict:
+    """`search:`: search the method's coefficients on the validation sets from its chosen setting
+    (speechmerge.search; resumable from its Optuna store in `spec['work']`), merge the best trial's
+    recipe and score it on the test sets."""
+    from speechmerge.checkpoints.resolve import resolve_model_dir
+    from speechmerge.recipe import parse_recipe
+    from speechmerge.search.objective import WhisperObjective
+    from speechmerge.search.run import search
+    from speechmerge.search.spec import SearchRecipe
+    from speechmerge.study.data import load_set
+
+    recipe = parse_recipe(spec["recipe"], where=f"study job {spec['label']}")
+    searched = SearchRecipe.model_validate(
+        {**spec["learn"], "merge": spec["recipe"], "validation": [s["path"] for s in spec["validation"]]}
+        | {"output": spec["work"]}
+    )
+    clips = [(item["name"], u) for item in spec["validation"] for u in load_set(item)]
+    encoder_shared = searched.include is not None and "encoder" not in searched.include
+    objective = WhisperObjective(
+        resolve_model_dir(recipe.base), clips, objective=searched.objective, encoder_shared=encoder_shared
+    )
+    started = time.perf_counter()
+    result = search(searched, recipe, objective)
+    details = {
+        "validation_objective": result.best_value,
+        "trials": len(result.trials),
+        "recipe": str(result.recipe_path),
+    }
+    return _merged_and_scored(result.best_recipe, spec, time.perf_counter() - started, details)
+
+
+def adamerge_and_test(spec: dict) -> dict:
+    """`adamerging:`: learn λ per expert and decoder block on the validation sets' audio (no text
+    read; speechmerge.search.adamerging), merge the learned recipe and score it on the test sets."""
+    import yaml
+
+    from speechmerge.checkpoints.resolve import resolve_model_dir
+    from speechmerge.recipe import parse_recipe
+    from speechmerge.search.adamerging import AdaMerging
+    from speechmerge.study.data import load_set
+    from speechmerge.study.recipe import AdaMergingSpec
+
+    recipe = parse_recipe(spec["recipe"], where=f"study job {spec['label']}")
+    learn = AdaMergingSpec.model_validate(spec["learn"])
+    unlabelled = {"text": "", "translation": None}  # AdaMerging learns from audio alone
+    clips = [u.model_copy(update=unlabelled) for item in spec["validation"] for u in load_set(item)]
+    started = time.perf_counter()
+    adamerging = AdaMerging(recipe, resolve_model_dir(recipe.base), clips, **learn.options())
+    fitted = adamerging.fit(learn.steps, seed=learn.seed)
+    learned = adamerging.as_recipe()
+    work = Path(spec["work"])
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "learned.yaml").write_text(
+        yaml.safe_dump(learned.model_dump(mode="json", exclude_none=True), sort_keys=False)
+    )
+    details = {
+        "entropy_first": fitted.entropies[0] if fitted.entropies else None,
+        "entropy_last": fitted.entropies[-1] if fitted.entropies else None,
+        "steps": len(fitted.entropies),
+        "coefficients": fitted.coefficients,
+        "recipe": str(work / "learned.yaml"),
+    }
+    return _merged_and_scored(learned, spec, time.perf_counter() - started, details)
+
+
+def _merged_and_scored(learned, spec: dict, learn_seconds: float, details: dict) -> dict:
+    """Merge a learned recipe into `spec['output']`, score it on the spec's sets, drop it unless kept."""
+    from speechmerge.merging.api import merge
+
+    output = Path(spec["output"])
+    started = time.perf_counter()
+    if not (output / "speechmerge_merge.json").is_file():
+        merge(learned, output, force=output.exists(), show_progress=False)
+    merge_seconds = time.perf_counter() - started
+    model_hash = _model_hash(output)
+    rows, timing = _score(output, spec)
+    if not spec["keep"]:
+        shutil.rmtree(output, ignore_errors=True)
+    return {
+        "model_path": str(output) if spec["keep"] else None,
+        "model_hash": model_hash,
+        "rows": rows,
+        "learned": details,
+        "timing": {**timing, "learn_seconds": round(learn_seconds, 3), "merge_seconds": round(merge_seconds, 3)},
+    }
+
+
+def gather_statistics(spec: dict) -> dict:
+    """An expert's data statistics on the utterances of `spec['manifest']`, into the statistics
+    cache (a hit when an earlier attempt or another study gathered them)."""
+    from speechmerge.data.manifest import read_manifest
+    from speechmerge.datastats import StatisticsSettings, expert_statistics
+
+    settings = StatisticsSettings.model_validate(spec["settings"])
+    statistics = expert_statistics(spec["model"], read_manifest(Path(spec["manifest"])), settings, base=spec["base"])
+    record = statistics.record
+    return {
+        "statistics": str(statistics.folder),
+        "utterances": len(record.utterances),
+        "tokens": record.tokens,
+        "parts": record.parts,
+        "gather_seconds": round(record.seconds, 3),  # when they were gathered (maybe by an earlier job)
+        "disk_bytes": sum(f.stat().st_size for f in statistics.folder.iterdir()),
+    }
+
+
 def _score(model, spec: dict) -> tuple[list[dict], dict]:
     """Evaluate on the spec's sets in one decoding pass, then score each set apart, under its own
     name: one row per (set, group, metric), labelled with the set's stage and scope."""
@@ -181,4 +287,7 @@ TASKS = {
     "train_baseline": train_baseline,
     "evaluate_model": evaluate_model,
     "merge_and_evaluate": merge_and_evaluate,
+    "gather_statistics": gather_statistics,
+    "search_and_test": search_and_test,
+    "adamerge_and_test": adamerge_and_test,
 }
