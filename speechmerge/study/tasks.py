@@ -123,9 +123,9 @@ def search_and_test(spec: dict) -> dict:
     """`search:`: search the method's coefficients on the validation sets from its chosen setting
     (speechmerge.search; resumable from its Optuna store in `spec['work']`), merge the best trial's
     recipe and score it on the test sets."""
-    from speechmerge.checkpoints.resolve import resolve_model_dir
+    from speechmerge.merging.memory import MemoryMerger
     from speechmerge.recipe import parse_recipe
-    from speechmerge.search.objective import WhisperObjective
+    from speechmerge.search.api import scored_objective
     from speechmerge.search.run import search
     from speechmerge.search.spec import SearchRecipe
     from speechmerge.study.data import load_set
@@ -136,12 +136,12 @@ def search_and_test(spec: dict) -> dict:
         | {"output": spec["work"]}
     )
     clips = [(item["name"], u) for item in spec["validation"] for u in load_set(item)]
-    encoder_shared = searched.include is not None and "encoder" not in searched.include
-    objective = WhisperObjective(
-        resolve_model_dir(recipe.base), clips, objective=searched.objective, encoder_shared=encoder_shared
-    )
     started = time.perf_counter()
-    result = search(searched, recipe, objective)
+    merger = MemoryMerger(recipe, include=searched.include)
+    objective = scored_objective(
+        recipe, clips, merger, searched.objective, searched.select_by, searched.include, searched.encoder_window
+    )
+    result = search(searched, recipe, objective, merger=merger)
     details = {
         "validation_objective": result.best_value,
         "trials": len(result.trials),
