@@ -22,13 +22,14 @@ cache off:
    their differences; the audio window's agreement is with the full window of the same backend;
 5. fully fine-tuned experts (encoder perturbed too, `FULL_PATHS`): every path runs the model's
    own encoder (transformers and torch in float32, CTranslate2 in each weight type), measured
-   as in 4.
+   as in 4;
+6. the audio window's margin: the base (torch float32) from the full window and from the audio
+   window at each of `WINDOW_MARGINS`, on the same encoder outputs: identical texts, s/clip.
 
     python benchmarks/bench_backends.py --clips 6 --repeats 3 --write-docs
 
 `--parts` measures only some of these (default: all). `--write-docs` rewrites this script's
-sections of docs/performance.md (the first three parts' together, the fourth's and fifth's each on
-its own).
+sections of docs/performance.md (the first three parts' together, each later part's on its own).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import ROOT, machine_description, write_section  # noqa: E402
 
 LANGUAGES = ("en", "es", "de", "fr")
-PARTS = ("backends", "batch", "cache", "cached", "full")
+PARTS = ("backends", "batch", "cache", "cached", "full", "window")
 
 
 def clips(corpus_dir: Path, per_language: int, translate: bool):
@@ -258,6 +259,69 @@ def full_decoding(model_dir: Path, data, experts: int, repeats: int, threads: in
     return {"paths": compare_paths(models, data, FULL_PATHS, {}, repeats, threads), "conversion_seconds": conversions}
 
 
+WINDOW_MARGINS = (1.0, 3.0, 6.0, 10.0)
+
+
+def window_margins(model_dir: Path, data, margins: tuple[float, ...], threads: int, work: Path) -> dict:
+    """The base decoded by the torch backend (float32) from the full 1500 encoder positions and from
+    the audio window at each margin (seconds after the batch's longest clip), batch by batch on the
+    same encoder outputs: identical texts against the full window, and decoding seconds."""
+    from speechmerge.evaluation.backend import DecodeSettings, make_backend, max_new_tokens
+    from speechmerge.evaluation.decoding import audio_window, plan_batches
+    from speechmerge.evaluation.model import open_eval_model
+
+    os.environ["SPEECHMERGE_CACHE"] = str(work / "cache-window")
+    model = open_eval_model(model_dir)
+    backend = make_backend(model, "torch", "float32", threads, True)
+    settings = DecodeSettings(beam_size=1, max_new_tokens=max_new_tokens(model, None))
+    utterances = [u for group in data for u in group]
+    texts = {margin: [] for margin in (None, *margins)}
+    seconds = dict.fromkeys(texts, 0.0)
+    for batch in plan_batches(utterances, range(len(utterances)), 8):
+        members = [utterances[i] for i in batch]
+        encoded = backend.encode([u.audio for u in members])
+        for margin in texts:
+            window = encoded if margin is None else encoded[:, : audio_window([u.audio for u in members], 1500, margin)]
+            start = time.perf_counter()
+            texts[margin] += backend.decode(window, [u.language for u in members], members[0].task, settings)
+            seconds[margin] += time.perf_counter() - start
+    full = texts[None]
+    return {
+        "clips": len(full),
+        "full_seconds_per_clip": seconds[None] / len(full),
+        "margins": {
+            str(margin): {
+                "identical_texts": sum(a == b for a, b in zip(texts[margin], full)),
+                "seconds_per_clip": seconds[margin] / len(full),
+            }
+            for margin in margins
+        },
+    }
+
+
+def window_markdown(report: dict) -> str:
+    window = report["window"]
+    lines = [
+        "### The audio window's margin",
+        "",
+        f"The built-in base, torch float32, on the same {window['clips']} clips and encoder outputs, batch 8: the full "
+        "1500 positions against the audio window with each margin (seconds kept after the batch's longest clip) on "
+        f"{load_line(report, 'window')}.",
+        "",
+        f"    {report['command']}",
+        "",
+        "| margin (s) | identical texts (vs the full window) | s/clip |",
+        "|---:|---:|---:|",
+        f"| full window | {window['clips']}/{window['clips']} | {window['full_seconds_per_clip']:.3f} |",
+    ]
+    for margin, row in window["margins"].items():
+        lines.append(
+            f"| {float(margin):g} | {row['identical_texts']}/{window['clips']} "
+            f"({100 * row['identical_texts'] / window['clips']:.1f} %) | {row['seconds_per_clip']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
 def markdown(report: dict) -> str:
     backends, sweep, cache = report["backends"], report["batch_sizes"], report["encoder_cache"]
     lines = [
@@ -436,6 +500,10 @@ def main() -> None:
                 load = [os.getloadavg()[0]]
                 measured[part] = measure(model_dir, data, args.experts, args.repeats, args.threads, work)
                 measured[f"load_{part}"] = load + [os.getloadavg()[0]]
+        if "window" in args.parts:
+            load = [os.getloadavg()[0]]
+            measured["window"] = window_margins(model_dir, data, WINDOW_MARGINS, args.threads, work)
+            measured["load_window"] = load + [os.getloadavg()[0]]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report = {
@@ -461,6 +529,8 @@ def main() -> None:
         texts.append(("cached", cached_markdown(report)))
     if "full" in args.parts:
         texts.append(("full", full_markdown(report)))
+    if "window" in args.parts:
+        texts.append(("window", window_markdown(report)))
     for name, text in texts:
         print(text)
         if args.write_docs:
