@@ -187,7 +187,7 @@ def eval_command(
     encoder_cache: bool = typer.Option(
         True,
         "--encoder-cache/--no-encoder-cache",
-        help="Reuse encoder outputs across models that share the encoder (transformers backend; 3 MB per clip for whisper-base).",
+        help="Reuse the float32 encoder outputs across models that share the encoder (3 MB per clip for whisper-base); off: ctranslate2 runs its own encoder in its weight type.",
     ),
     threads: Optional[int] = typer.Option(None, help="CPU threads (default: torch's default)."),
     confidence: float = typer.Option(0.95, help="Level of each score's bootstrap interval (0-1)."),

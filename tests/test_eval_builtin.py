@@ -65,3 +65,18 @@ def test_torch_backend_gives_the_builtin_base_the_reference_text_from_cached_enc
     assert [p.hypothesis for p in fast.predictions] == texts
     same = sum(p.hypothesis == text for p, text in zip(quantised.predictions, texts))
     assert same >= 3 and all(p.hypothesis for p in quantised.predictions)  # of 4 clips
+
+
+def test_ctranslate2_float32_gives_the_builtin_base_the_reference_text_from_cached_encoder_outputs(corpus, base_model):
+    pytest.importorskip("ctranslate2")
+    labels = LabelFilter(language=("en", "es"), task=("transcribe",), domain=("general",), split=("validation",))
+
+    def run(**decode):
+        return evaluate(
+            base_model, [corpus], EvalOptions(decode=DecodeOptions(**decode), prediction_cache=False), labels=labels
+        )
+
+    reference = run()
+    exported = run(backend="ctranslate2", quantization="float32")
+    assert exported.timing.encoder_batches == 0  # the reference filled the encoder cache
+    assert [p.hypothesis for p in exported.predictions] == [p.hypothesis for p in reference.predictions]

@@ -123,6 +123,35 @@ def test_ctranslate2_float32_agrees_with_transformers(models, data):
     assert len(quantised.predictions) == 5 and all(isinstance(p.hypothesis, str) for p in quantised.predictions)
 
 
+def test_ctranslate2_decodes_a_frozen_encoder_expert_from_cached_encoder_outputs(models, tmp_path, monkeypatch):
+    """The expert is converted once, runs no encoder (the base filled the cache) and in float32 gives the
+    reference's text; with the cache off CTranslate2 encodes itself."""
+    pytest.importorskip("ctranslate2")
+    from speechmerge.evaluation.ct2_backend import Ct2Backend
+
+    encoders = []
+    original = Ct2Backend._encode_float32
+    monkeypatch.setattr(Ct2Backend, "_encode_float32", lambda self, x: encoders.append(len(x)) or original(self, x))
+    manifest = write_clips(tmp_path, 4, "es", "transcribe", seed=23)  # clips no other test encoded
+    evaluate(models["base"], [manifest], options(batch_size=2))  # transformers fills the encoder cache
+    fast = evaluate(models["expert"], [manifest], options(backend="ctranslate2", quantization="float32", batch_size=2))
+    assert fast.timing.encoder_batches == 0 and encoders == []
+    reference = evaluate(models["expert"], [manifest], options(encoder_cache=False))
+    assert hypotheses(fast) == hypotheses(reference)
+    quantised = evaluate(models["expert"], [manifest], options(backend="ctranslate2", quantization="int8"))
+    assert quantised.timing.encoder_batches == 0
+    assert sum(a == b for a, b in zip(hypotheses(quantised), hypotheses(reference))) >= 2  # random weights: loose
+
+    other = write_clips(tmp_path / "other", 2, "es", "transcribe", seed=24)  # not in the cache: the torch encoder
+    cold = evaluate(models["expert"], [other], options(backend="ctranslate2", quantization="float32"))
+    assert encoders == [2] and cold.timing.encoder_batches == 1
+    assert hypotheses(cold) == hypotheses(evaluate(models["expert"], [other], options(encoder_cache=False)))
+    own = evaluate(
+        models["expert"], [other], options(backend="ctranslate2", quantization="float32", encoder_cache=False)
+    )
+    assert encoders == [2] and own.timing.encoder_batches == 1  # CTranslate2's encoder, not the torch one
+
+
 def test_detect_language_mode_decodes_in_the_detected_language(models, data):
     result = evaluate(models["other"], [data["transcribe"]], options(language="detect"))
     assert all(p.decoded_language == p.detected_language for p in result.predictions)
@@ -372,9 +401,14 @@ def test_prediction_keys_separate_backends_weights_and_windows_and_keep_the_old_
 
     common = {"beam_size": 1, "language": "manifest", "max_new_tokens": None}
     assert DecodeOptions().prediction_key() == key({"backend": "transformers", **common})
-    assert DecodeOptions(backend="ctranslate2").prediction_key() == key(
+    # ctranslate2 with its own encoder is what it always was; from the float32 encoder outputs it is another entry.
+    assert DecodeOptions(backend="ctranslate2", encoder_cache=False).prediction_key() == key(
         {"backend": "ctranslate2", "quantization": "int8", **common}
     )
+    assert DecodeOptions(backend="ctranslate2").prediction_key() == key(
+        {"backend": "ctranslate2", "quantization": "int8", "encoder": "torch float32", **common}
+    )
+    assert DecodeOptions(encoder_cache=False).prediction_key() == DecodeOptions().prediction_key()
     keys = {
         DecodeOptions(**choice).prediction_key()
         for choice in (

@@ -170,3 +170,21 @@ def test_a_recipe_moved_to_another_output_still_names_its_file_in_errors(tmp_pat
     assert recipe.source == "my.yaml" and recipe.folder() == tmp_path / "elsewhere"
     with pytest.raises(SpeechmergeError, match=r"^my\.yaml: methods\.ties\.densty: unknown key"):
         method_grid(recipe)
+
+
+def test_a_study_decodes_greedily_with_the_torch_backend_unless_it_chooses_another():
+    from types import SimpleNamespace
+
+    from speechmerge.evaluation.options import DecodeOptions
+    from speechmerge.study.plan import StudyPlan
+    from speechmerge.study.recipe import EvaluationSpec
+
+    def decode(**spec) -> DecodeOptions:
+        plan = SimpleNamespace(recipe=SimpleNamespace(evaluation=EvaluationSpec(**spec)))
+        return DecodeOptions(**StudyPlan.eval_options(plan)["decode"])
+
+    assert (decode().backend, decode().weights) == ("torch", "float32")
+    assert decode(beam_size=5).backend == "transformers"  # torch decodes greedily only
+    chosen = decode(backend="ctranslate2", quantization="float32")
+    assert (chosen.backend, chosen.weights) == ("ctranslate2", "float32")
+    assert decode(backend="transformers").backend == "transformers"

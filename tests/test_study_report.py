@@ -169,6 +169,7 @@ def facts(**changes) -> StudyFacts:
         "finished": "2026-11-23T11:02:05+00:00",
         "wall_seconds": 3725.0,
         "job_seconds": {"evaluate": 3000.0, "merge": 600.0, "train_expert": 125.0},
+        "evaluation_time": {"evaluate": {"models": 6, "decoded": 768, "decode_seconds": 600.0}},
         "versions": {"speechmerge": "0.1.0", "torch": "2.13.0"},
         "hyperparameters": {"task_arithmetic": ["scale"], "ties": ["scale"]},
     }
@@ -349,6 +350,31 @@ def test_header_states_how_the_numbers_were_made(full):
     assert study["version: torch"]["value"] == "2.13.0"
     jobs = markdown_table(markdown, "Job time per kind (sum over jobs; may exceed wall time with parallel workers)")
     assert jobs["evaluate"]["share %"] == f"{100 * 3000 / 3725:.1f}"
+    evaluation = markdown_table(markdown, "Evaluation time per model (decoding only; cached predictions cost nothing)")
+    assert evaluation["evaluate"]["models"] == "6"
+    assert evaluation["evaluate"]["clips decoded per model"] == "128.0"  # 768 clips over 6 models
+    assert evaluation["evaluate"]["time per model"] == "100 s (01 min 40 s)"  # 600 s over 6 models
+    assert evaluation["evaluate"]["s per clip"] == f"{600 / 768:.3f}"
+
+
+def test_evaluation_time_sums_each_kinds_finished_jobs_decoding():
+    from speechmerge.study.scores import evaluation_times
+
+    def job(kind, status, decoded, seconds):
+        timing = {"utterances": 8, "decoded": decoded, "from_cache": 8 - decoded, "decode_seconds": seconds}
+        return {"kind": kind, "status": status, "result": {"timing": timing}}
+
+    jobs = [
+        job("evaluate", "done", 8, 4.0),
+        job("evaluate", "done", 6, 2.0),
+        job("validate", "done", 8, 1.5),
+        job("validate", "failed", 8, 9.0),  # no result counts from a failed job
+        {"kind": "expert", "status": "done", "result": {"model_path": "x"}},  # training: no decoding
+    ]
+    times = evaluation_times(jobs)
+    assert set(times) == {"evaluate", "validate"}
+    assert (times["evaluate"].models, times["evaluate"].decoded, times["evaluate"].decode_seconds) == (2, 14, 6.0)
+    assert (times["validate"].models, times["validate"].decoded, times["validate"].decode_seconds) == (1, 8, 1.5)
 
 
 def test_pngs_are_valid_and_the_html_embeds_every_one_and_nothing_external(full):

@@ -11,7 +11,8 @@ prompt
 greedily (beam 1) or by beam search, with the model's suppressed tokens, at most
 `max_new_tokens` tokens. `transformers` is the reference; `torch` decodes greedily with the
 decoder written out step by step (`greedy.py`) from the same encoder outputs; `ctranslate2`
-decodes the same model exported to CTranslate2. All read audio the same way (`features.log_mel.LogMel`: the
+decodes the same model exported to CTranslate2, from the same encoder outputs too when the
+encoder-output cache is on (otherwise with CTranslate2's own encoder). All read audio the same way (`features.log_mel.LogMel`: the
 model's own `WhisperFeatureExtractor`) and turn tokens into text with the model's own
 tokenizer.
 """
@@ -90,4 +91,4 @@ def make_backend(model: EvalModel, name: str, quantization: str, threads: int, e
         return TorchBackend(model, threads=threads, weights=quantization, encoder_cache=encoder_cache)
     from speechmerge.evaluation.ct2_backend import Ct2Backend
 
-    return Ct2Backend(model, quantization=quantization, threads=threads)
+    return Ct2Backend(model, quantization=quantization, threads=threads, encoder_cache=encoder_cache)

@@ -57,11 +57,11 @@ def plan_batches(utterances: Sequence[Utterance], indices: Sequence[int], batch_
     return batches
 
 
-def audio_window(audio: Sequence[Path], positions: int) -> int:
-    """Encoder positions covering the longest clip's audio plus the margin, at most `positions`."""
+def audio_window(audio: Sequence[Path], positions: int, margin: float = AUDIO_WINDOW_MARGIN_SECONDS) -> int:
+    """Encoder positions covering the longest clip's audio plus `margin` seconds, at most `positions`."""
     from speechmerge.data.audio import audio_duration
 
-    seconds = max(audio_duration(path) for path in audio) + AUDIO_WINDOW_MARGIN_SECONDS
+    seconds = max(audio_duration(path) for path in audio) + margin
     return min(positions, math.ceil(seconds * ENCODER_POSITIONS_PER_SECOND))
 
 

@@ -11,8 +11,9 @@ greedy search on CPU:
   budget, written in place (no concatenation, no re-allocation);
 - a step is the layers on the last token, then the argmax of the logits with the suppressed
   tokens at -inf (`begin_suppress` too at the first step), nothing else in Python;
-- a clip that emitted end-of-text leaves the batch (its rows are dropped from both caches), so
-  the remaining steps cost only the clips still decoding.
+- a clip that emitted end-of-text leaves the batch: the last clip still decoding takes its row
+  in both caches (one row copied, not the batch re-indexed) and the steps run on the prefix of
+  rows still decoding, so they cost only those clips.
 
 With `int8` the output projection and the cross-attention key/value projections are
 dynamically quantised (per-channel int8 weights, activations quantised per call: Jacob et al.
@@ -135,39 +136,50 @@ class GreedyDecoder:
         return mask
 
     def generate(self, cross, prompts: Sequence[Sequence[int]], rules: GreedyRules) -> list[list[int]]:
-        """Generated token ids per clip (end-of-text excluded), greedy from `prompts` (one length)."""
+        """Generated token ids per clip (end-of-text excluded), greedy from `prompts` (one length).
+
+        The rows of `cross` are reordered in place as clips finish (see `_leave`)."""
         device = cross[0][0].device
         ids = torch.tensor([list(p) for p in prompts], dtype=torch.long, device=device)
         batch, length = ids.shape
         suppress = self._mask(rules.suppress_tokens, device)
         at_begin = suppress | self._mask(rules.begin_suppress_tokens, device)
         outputs: list[list[int]] = [[] for _ in range(batch)]
-        rows = list(range(batch))  # clip index of each row still decoding
+        rows = list(range(batch))  # clip index of each row still decoding (rows 0 .. live-1)
         with torch.no_grad():
             cache = self._empty_cache(batch, length + rules.max_new_tokens, cross[0][0])
+            live_cross, live_cache = cross, cache
             logits = self._forward(ids, 0, cross, cache)
             for step in range(rules.max_new_tokens):
                 tokens = logits.masked_fill(at_begin if step == 0 else suppress, float("-inf")).argmax(-1).tolist()
-                keep = []
+                finished = [row for row, token in enumerate(tokens) if token == rules.eos_token_id]
                 for row, token in enumerate(tokens):
-                    if token == rules.eos_token_id:
-                        continue
-                    outputs[rows[row]].append(token)
-                    keep.append(row)
-                if not keep or step + 1 == rules.max_new_tokens:
+                    if token != rules.eos_token_id:
+                        outputs[rows[row]].append(token)
+                if len(finished) == len(rows) or step + 1 == rules.max_new_tokens:
                     break
-                if len(keep) < len(rows):
-                    cross, cache = _select_rows(cross, keep), _select_rows(cache, keep)
-                    rows = [rows[row] for row in keep]
-                    tokens = [tokens[row] for row in keep]
+                if finished:
+                    _leave(finished, rows, tokens, [*cross, *cache])
+                    live_cross = [(k[: len(rows)], v[: len(rows)]) for k, v in cross]
+                    live_cache = [(k[: len(rows)], v[: len(rows)]) for k, v in cache]
                 step_ids = torch.tensor(tokens, dtype=torch.long, device=device)[:, None]
-                logits = self._forward(step_ids, length + step, cross, cache)
+                logits = self._forward(step_ids, length + step, live_cross, live_cache)
         return outputs
 
 
-def _select_rows(pairs, rows: list[int]):
-    index = torch.tensor(rows, device=pairs[0][0].device)
-    return [(k.index_select(0, index), v.index_select(0, index)) for k, v in pairs]
+def _leave(finished: list[int], rows: list[int], tokens: list[int], pairs) -> None:
+    """Take the finished rows out of the first len(rows) rows of every tensor in `pairs`: each is
+    overwritten by the last row still decoding (one row copied, not the batch), and `rows` and
+    `tokens` shrink to the rows left, so the live rows stay a prefix (a contiguous view)."""
+    for row in sorted(finished, reverse=True):
+        last = len(rows) - 1
+        if row != last:
+            for keys, values in pairs:
+                keys[row].copy_(keys[last])
+                values[row].copy_(values[last])
+            rows[row], tokens[row] = rows[last], tokens[last]
+        rows.pop()
+        tokens.pop()
 
 
 def language_ids(logits: torch.Tensor, language_tokens: Sequence[int]) -> list[int]:

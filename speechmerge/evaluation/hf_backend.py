@@ -26,6 +26,31 @@ from speechmerge.features.log_mel import LogMel
 from speechmerge.library_messages import library_messages
 
 
+def load_whisper(directory: Path, device: str = "cpu"):
+    """`WhisperForConditionalGeneration` of a directory in float32, in eval mode on `device`."""
+    import torch
+    from transformers import WhisperForConditionalGeneration
+
+    try:
+        with library_messages():
+            model = WhisperForConditionalGeneration.from_pretrained(directory, dtype=torch.float32)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise SpeechmergeError(
+            f"{directory}: transformers cannot load this Whisper model ({error}); re-save it"
+        ) from None
+    return model.to(device).eval()
+
+
+def encoder_function(model, device: str = "cpu"):
+    """log-mel features (numpy) -> the encoder's last hidden state, as `encode_clips` wants it."""
+    import torch
+
+    def encode(features):
+        return model.model.encoder(torch.from_numpy(features).to(device)).last_hidden_state
+
+    return encode
+
+
 class SuppressedTokens:
     """A logits processor setting the scores of `tokens` to -inf (only at `at_length` if given)."""
 
@@ -47,24 +72,14 @@ class TransformersBackend:
 
     def __init__(self, model: EvalModel, threads: int, encoder_cache: bool = True, device: str = "cpu"):
         import torch
-        from transformers import GenerationConfig, WhisperForConditionalGeneration
+        from transformers import GenerationConfig
 
         from speechmerge.features.encoder_cache import EncoderOutputCache, directory_encoder_key
 
         torch.set_num_threads(threads)
         self.model_info = model
         self.device = device
-        try:
-            with library_messages():
-                self.model = (
-                    WhisperForConditionalGeneration.from_pretrained(model.directory, dtype=torch.float32)
-                    .to(device)
-                    .eval()
-                )
-        except (OSError, ValueError, RuntimeError) as error:
-            raise SpeechmergeError(
-                f"{model.directory}: transformers cannot load this Whisper model ({error}); re-save it"
-            ) from None
+        self.model = load_whisper(model.directory, device)
         self.generation_config = GenerationConfig.from_pretrained(model.directory)
         # generate() falls back to the model's own config for None values: clear suppression there too,
         # and the total `max_length` (the token budget is `max_new_tokens`; both set makes a warning).
@@ -80,11 +95,8 @@ class TransformersBackend:
         self.encoder_calls = 0
 
     def _encode_features(self, features):
-        import torch
-
         self.encoder_calls += 1
-        inputs = torch.from_numpy(features).to(self.device)
-        return self.model.model.encoder(inputs).last_hidden_state
+        return encoder_function(self.model, self.device)(features)
 
     def encode(self, audio: Sequence[Path]):
         from speechmerge.features.encoder_cache import encode_clips

@@ -42,7 +42,9 @@ class DecodeOptions(BaseModel):
     )
     batch_size: int = Field(DEFAULT_BATCH_SIZE, ge=1, le=256, description="clips decoded together")
     encoder_cache: bool = Field(
-        True, description="reuse encoder outputs across models sharing an encoder (transformers)"
+        True,
+        description="reuse the float32 encoder outputs across models sharing an encoder "
+        "(off: ctranslate2 runs its own encoder in its weight type)",
     )
     threads: Optional[int] = Field(None, ge=1, description="CPU threads (default: torch's default)")
     encoder_window: Literal["full", "audio"] = Field(
@@ -85,7 +87,9 @@ class DecodeOptions(BaseModel):
 
     def prediction_key(self) -> str:
         """SHA-256 of the choices that change predictions (not batch size, threads, caching or
-        whether languages are identified: an entry with a detected language serves both)."""
+        whether languages are identified: an entry with a detected language serves both). The
+        encoder cache changes predictions only for ctranslate2 (float32 torch encoder outputs, or
+        CTranslate2's own encoder)."""
         fields = {
             "backend": self.backend,
             "beam_size": self.beam_size,
@@ -96,6 +100,8 @@ class DecodeOptions(BaseModel):
             fields["quantization"] = self.weights
         if self.encoder_window != "full":
             fields["encoder_window"] = self.encoder_window
+        if self.backend == "ctranslate2" and self.encoder_cache:  # its own encoder otherwise
+            fields["encoder"] = "torch float32"
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
     def describe(self) -> str:

@@ -58,7 +58,9 @@ class StudyPlan:
     def eval_options(self) -> dict:
         spec = self.recipe.evaluation
         decode = {
-            "backend": spec.backend,
+            # torch: greedy from the cached encoder outputs, the reference's text (docs/evaluation.md, "Backends")
+            "backend": spec.backend or ("torch" if spec.beam_size == 1 else "transformers"),
+            "quantization": spec.quantization,
             "beam_size": spec.beam_size,
             "batch_size": spec.batch_size,
             "max_new_tokens": spec.max_new_tokens,

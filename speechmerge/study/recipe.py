@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 
@@ -138,7 +138,12 @@ class BaselinesSpec(Strict):
 
 
 class EvaluationSpec(Strict):
-    backend: Literal["transformers", "torch", "ctranslate2"] = "transformers"
+    backend: Optional[Literal["transformers", "torch", "ctranslate2"]] = Field(
+        None, description="decoding backend (default: torch for greedy search, transformers for beam search)"
+    )
+    quantization: Optional[Literal["float32", "int8", "int8_float32", "int16"]] = Field(
+        None, description="weight type (default: the backend's; ctranslate2 float32 gives the reference's text)"
+    )
     beam_size: int = Field(1, ge=1, le=16)
     batch_size: int = Field(8, ge=1, le=256)
     max_new_tokens: int | None = Field(None, ge=4)

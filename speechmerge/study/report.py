@@ -218,7 +218,38 @@ def provenance_blocks(facts: StudyFacts, rows: list[ScoreRow]) -> list[Block]:
                 job_rows,
             )
         )
+    if facts.evaluation_time:
+        blocks.append(evaluation_time_table(facts))
     return blocks
+
+
+def evaluation_time_table(facts: StudyFacts) -> Table:
+    """Decoding time per scored model, per job kind (predictions found in the cache cost none)."""
+    rows = []
+    for kind, time in facts.evaluation_time.items():
+        per_clip = f"{time.decode_seconds / time.decoded:.3f}" if time.decoded else MISSING
+        rows.append(
+            Row(
+                [
+                    Cell(kind),
+                    Cell(str(time.models)),
+                    Cell(f"{time.decoded / time.models:.1f}"),
+                    Cell(duration_text(time.decode_seconds / time.models)),
+                    Cell(per_clip),
+                ]
+            )
+        )
+    return Table(
+        "Evaluation time per model (decoding only; cached predictions cost nothing)",
+        [
+            Column("job kind"),
+            Column("models"),
+            Column("clips decoded per model"),
+            Column("time per model"),
+            Column("s per clip"),
+        ],
+        rows,
+    )
 
 
 def _line_name(line: Line) -> str:

@@ -42,6 +42,14 @@ class ScoreRow(BaseModel):
     statistics: Optional[dict[str, Any]] = None  # per-utterance: speechmerge.evaluation.statistics.UtteranceStatistics
 
 
+class EvaluationTime(BaseModel):
+    """Decoding done by the evaluation jobs of one kind: models scored, clips decoded, seconds."""
+
+    models: int
+    decoded: int
+    decode_seconds: float
+
+
 class StudyFacts(BaseModel):
     """What a report states about how its numbers were made."""
 
@@ -55,6 +63,7 @@ class StudyFacts(BaseModel):
     finished: Optional[str] = None
     wall_seconds: float
     job_seconds: dict[str, float] = Field(default_factory=dict)
+    evaluation_time: dict[str, EvaluationTime] = Field(default_factory=dict)  # job kind -> its decoding
     versions: dict[str, str] = Field(default_factory=dict)
     hyperparameters: dict[str, list[str]] = Field(default_factory=dict)
     selection_rules: dict[str, str] = Field(default_factory=dict)  # method -> the rule that chose its setting

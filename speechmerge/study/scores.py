@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 from speechmerge.study.jobs import LEARNED_KINDS
-from speechmerge.study.rows import ScoreRow, StudyFacts
+from speechmerge.study.rows import EvaluationTime, ScoreRow, StudyFacts
 from speechmerge.study.store import Store
 
 
@@ -48,11 +48,27 @@ def score_rows(store: Store, planned_only: bool = True) -> list[ScoreRow]:
     return rows
 
 
+def evaluation_times(jobs: list[dict]) -> dict[str, EvaluationTime]:
+    """Per job kind, the models its jobs scored and their decoding (clips, seconds: each result's timing)."""
+    times: dict[str, EvaluationTime] = {}
+    for job in jobs:
+        timing = (job.get("result") or {}).get("timing")
+        if job["status"] == "done" and timing:
+            seen = times.get(job["kind"], EvaluationTime(models=0, decoded=0, decode_seconds=0.0))
+            times[job["kind"]] = EvaluationTime(
+                models=seen.models + 1,
+                decoded=seen.decoded + timing["decoded"],
+                decode_seconds=seen.decode_seconds + timing["decode_seconds"],
+            )
+    return times
+
+
 def study_facts(store: Store) -> StudyFacts:
     """How the study's numbers were made, from the store's meta and its jobs' times (summed per kind)."""
     meta = store.meta()
     job_seconds: dict[str, float] = {}
-    for job in store.jobs():
+    jobs = store.jobs()
+    for job in jobs:
         job_seconds[job["kind"]] = round(job_seconds.get(job["kind"], 0.0) + (job["seconds"] or 0.0), 1)
     return StudyFacts(
         name=meta["name"],
@@ -65,6 +81,7 @@ def study_facts(store: Store) -> StudyFacts:
         finished=meta.get("finished"),
         wall_seconds=meta.get("wall_seconds") or 0.0,
         job_seconds=job_seconds,
+        evaluation_time=evaluation_times(jobs),
         versions=meta.get("versions", {}),
         hyperparameters=meta.get("hyperparameters", {}),
         selection_rules={method: s["criterion"] or "" for method, s in store.selections().items()},
