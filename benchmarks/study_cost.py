@@ -8,7 +8,7 @@ gives the counts; measured unit costs turn them into CPU seconds:
                  top-encoder experts: their encoder differs per model, so every scored model encodes
                  its clips once: models × distinct clips of its sets)
     decoding     Σ over scoring jobs of their decodes (one clip × task) × s/decode
-    merging      merge jobs × experts × s per expert and merge
+    merging      merges (every grid point; a selected point again at test unless kept) × experts × s per expert
 
 Wall time = CPU seconds / cores (the study's pool of workers, one thread each).
 
@@ -79,7 +79,9 @@ def study_counts(recipe_path: Path) -> dict:
         eval_audio.update(itertools.chain.from_iterable(a for _, a in per_job))
     counts["training clips"] = len(_training_audio(plan))
     counts["evaluation clips"] = len(eval_audio)
-    counts["merges"] = len(plan.validation) + (len(tests) if recipe.keep_models == "none" else 0)
+    # a test job merges again unless its validation job kept the model (keep_models: all, or a one-point grid)
+    remerged = [m for m, points in plan.grid.items() if recipe.keep_models != "all" and len(points) > 1]
+    counts["merges"] = len(plan.validation) + len(remerged)
     counts["top_encoder"] = config.mode in ("top_encoder", "full", "lora")
     return counts
 
