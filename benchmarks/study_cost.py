@@ -12,7 +12,7 @@ gives the counts; measured unit costs turn them into CPU seconds:
 
 Wall time = CPU seconds / cores (the study's pool of workers, one thread each).
 
-    python benchmarks/study_cost.py recipes/multilingual.yaml --step 4.5 --encode 1.0 --decode 0.45 --merge 3
+    python benchmarks/study_cost.py recipes/multilingual.yaml --costs quiet=1.5,0.46,0.24,2.3 --costs loaded=...
 """
 
 from __future__ import annotations
@@ -99,31 +99,45 @@ def cpu_seconds(counts: dict, step: float, encode: float, decode: float, merge: 
     }
 
 
+def parse_profile(text: str) -> tuple[str, tuple[float, ...]]:
+    name, _, values = text.partition("=")
+    numbers = values.split(",")
+    if len(numbers) != 4:
+        raise argparse.ArgumentTypeError(f"--costs {text!r}: expected NAME=STEP,ENCODE,DECODE,MERGE (CPU seconds)")
+    return name, tuple(float(x) for x in numbers)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("recipe", type=Path)
-    parser.add_argument("--step", type=float, required=True, help="CPU s per training step of the recipe's mode")
-    parser.add_argument("--encode", type=float, required=True, help="CPU s per clip through the encoder")
-    parser.add_argument("--decode", type=float, required=True, help="CPU s per decode (clip x task)")
-    parser.add_argument("--merge", type=float, required=True, help="CPU s per expert per merge")
+    parser.add_argument(
+        "--costs",
+        type=parse_profile,
+        action="append",
+        required=True,
+        help="NAME=STEP,ENCODE,DECODE,MERGE: CPU s per training step of the recipe's mode, per clip through the "
+        "encoder, per decode (clip x task), per expert per merge; repeat for several sets of unit costs",
+    )
     parser.add_argument("--cores", type=int, default=2)
     args = parser.parse_args()
     counts = study_counts(args.recipe)
-    parts = cpu_seconds(counts, args.step, args.encode, args.decode, args.merge)
     print(f"{args.recipe}: {counts['experts']} experts ({counts['mode']}), baselines {counts['baselines'] or 'none'}")
     print(
         f"  training steps {counts['steps']}; clips encoded: training {counts['training clips']}, "
         f"evaluation {counts['evaluation clips']}"
+        + (f" (x models: {sum(counts['clips encoded per model'].values())})" if counts["top_encoder"] else "")
     )
     for kind, decodes in counts["decodes"].items():
         print(f"  {kind}: {counts['models scored'][kind]} models, {decodes} decodes")
     print(f"  merges {counts['merges']}")
-    print("| part | CPU s | share % |\n|---|---:|---:|")
-    total = sum(parts.values())
-    for name, value in parts.items():
-        print(f"| {name} | {value:,.0f} | {100 * value / total:.0f} |")
-    print(f"| total | {total:,.0f} | 100 |")
-    print(f"wall on {args.cores} cores: {total / args.cores / 3600:.2f} h")
+    profiles = [(name, cpu_seconds(counts, *costs)) for name, costs in args.costs]
+    print("| part | " + " | ".join(f"CPU s ({name})" for name, _ in profiles) + " |")
+    print("|---|" + "---:|" * len(profiles))
+    for part in profiles[0][1]:
+        print(f"| {part} | " + " | ".join(f"{parts[part]:,.0f}" for _, parts in profiles) + " |")
+    totals = [sum(parts.values()) for _, parts in profiles]
+    print("| total | " + " | ".join(f"{t:,.0f}" for t in totals) + " |")
+    print(f"| wall on {args.cores} cores | " + " | ".join(f"{t / args.cores / 3600:.2f} h" for t in totals) + " |")
 
 
 if __name__ == "__main__":
