@@ -101,7 +101,7 @@ def _builtin(recipe: StudyRecipe, progress: bool) -> StudyData:
                 "in_domain"
                 if covered
                 else "out_of_domain"
-                if _same_languages_tasks(groups, info.language, info.task)
+                if same_languages_tasks(groups, info.language, info.task)
                 else "retention"
             )
         else:
@@ -120,7 +120,7 @@ def _builtin(recipe: StudyRecipe, progress: bool) -> StudyData:
     return StudyData(groups, sets, (corpus.directory,), digests)
 
 
-def _same_languages_tasks(groups: list[ExpertGroup], language: str, task: str) -> bool:
+def same_languages_tasks(groups: list[ExpertGroup], language: str, task: str) -> bool:
     """Whether some expert trains on this language and task (in whatever domain)."""
     return any(
         (not g.selection.languages or language in g.selection.languages)

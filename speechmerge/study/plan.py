@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from speechmerge.errors import SpeechmergeError
-from speechmerge.study.data import EvalSet, StudyData, prepare_data
+from speechmerge.study.data import EvalSet, StudyData, prepare_data, same_languages_tasks
 from speechmerge.study.jobs import Job, job_key
 from speechmerge.study.recipe import StudyRecipe, method_grid
 
@@ -197,8 +197,9 @@ def _statistics_jobs(plan: StudyPlan) -> list[Job]:
 
 
 def _reference_job(plan: StudyPlan, ref: ModelRef, kind: str) -> Job:
-    """Score a reference model (base, expert, baseline) on every set of the study."""
-    sets = plan.data.sets
+    """Score a reference model (base, expert, baseline) on every set of the study (`expert_sets: own`:
+    an expert on its own sets, `expert_sets`)."""
+    sets = plan.data.sets if kind != "expert" else expert_sets(plan, ref.name)
     key = job_key("evaluate", model=ref.identity, **set_identity(sets), evaluation=plan.eval_identity())
     spec = {"model": ref.path, "sets": [s.spec() for s in sets], "options": plan.eval_options()}
     return Job(
@@ -211,6 +212,27 @@ def _reference_job(plan: StudyPlan, ref: ModelRef, kind: str) -> Job:
         model=ref.name,
         depends=(ref.job,) if ref.job else (),
     )
+
+
+def expert_sets(plan: StudyPlan, name: str) -> list[EvalSet]:
+    """The sets an expert is scored on: all, or with `evaluation.expert_sets: own` the in-domain sets
+    its group covers, the out-of-domain sets of its languages and tasks, and the retention sets (an
+    expert's scores elsewhere are never read: the report scores a group by the expert named for it,
+    else by the best expert scored there)."""
+    if plan.recipe.evaluation.expert_sets == "all":
+        return plan.data.sets
+    group = next(g for g in plan.data.experts if g.name == name)
+    return [
+        s
+        for s in plan.data.sets
+        if s.scope == "retention"
+        or any(
+            group.covers(language, task, None if domain == "-" else domain)
+            if s.scope == "in_domain"
+            else same_languages_tasks([group], language, task)
+            for language, task, domain, _ in s.labels
+        )
+    ]
 
 
 def set_identity(sets: list[EvalSet]) -> dict:

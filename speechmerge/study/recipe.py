@@ -157,6 +157,11 @@ class EvaluationSpec(Strict):
     select_by: Literal["vs_expert", "gain_kept"] = Field(
         "vs_expert", description="validation score that picks each method's setting (mean over in-domain groups)"
     )
+    expert_sets: Literal["all", "own"] = Field(
+        "all",
+        description="all: each expert scored on every set; own: on the in-domain sets it trained for, the "
+        "out-of-domain sets of its languages and tasks and every retention set (all that the report reads of it)",
+    )
     select: Literal["best", "significant"] = Field(
         "best",
         description="best: the setting with the best validation score; significant: the method's default setting "
