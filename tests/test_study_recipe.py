@@ -143,7 +143,20 @@ def test_missing_manifests_and_bad_executor_options_fail_in_one_line(tmp_path, c
     assert code == 2 and "--workers 0: give at least 1" in err
 
 
-@pytest.mark.parametrize("name", ["demo", "multilingual", "multilingual-small", "multidomain", "multidomain-small"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "demo",
+        "multilingual",
+        "multilingual-small",
+        "multilingual-group1",
+        "multilingual-group2",
+        "multidomain",
+        "multidomain-small",
+        "multidomain-encoder",
+        "regmean-fisher-small",
+    ],
+)
 def test_every_bundled_study_recipe_validates_and_names_what_the_study_asks_for(name):
     from pathlib import Path
 
