@@ -187,6 +187,25 @@ def test_the_minimum_detectable_difference_of_each_group(report):
         assert row["utterances"] == str(N) and float(row["detectable difference (points)"]) > 0
 
 
+def test_each_expert_is_tested_against_the_base_on_its_own_group(report):
+    """Experts err on 10 % of words, the base on 50 %: every expert is significantly better, and
+    the difference is the expert's score minus the base's from the per-group table."""
+    gains = table(report, "Each expert against the base")
+    assert set(gains) == {"es/transcribe", "de/transcribe", "es/translate"}
+    wer = table(report, "in-domain WER")
+    for group, row in gains.items():
+        expert, base = (float(row[c].split()[0]) for c in ("expert", "base"))
+        difference = float(row["expert − base"].split()[0])
+        assert difference == pytest.approx(expert - base, abs=0.11)
+        assert (difference < 0) if group.endswith("transcribe") else (difference > 0)
+        assert float(row["p (Holm)"]) < 0.05 and row[""] == "▲"
+        if group.endswith("transcribe"):  # the rates drawn: 10 % against 50 % of words
+            language = group.split("/")[0]
+            assert row["base"] == wer["base (whisper-base)"][language]
+            assert row["expert"] == wer["experts (own sets)"][language]
+            assert -48 < difference < -32
+
+
 def test_group_tables_and_ranking_show_intervals(report, tmp_path):
     wer = table(report, "in-domain WER")
     assert all(CELL.match(wer["good"][g]) for g in ("es", "de", "mean"))

@@ -143,6 +143,7 @@ def report_blocks(facts: StudyFacts, rows: list[ScoreRow]) -> list[Block]:
         Heading("Main table (test sets)"),
         *main_blocks(lines, resampler, reference),
         *detectable_blocks(lines, resampler, reference),
+        *expert_gain_blocks(lines, resampler),
         Heading("Learned coefficients against the grid (test sets)"),
         *learned_blocks(lines, resampler),
         Heading("Scores per group (test sets)"),
@@ -571,6 +572,61 @@ def detectable_blocks(lines: TestLines, resampler: Resampler, reference: Line | 
         f"(z(1 - α/2) + z(0.8)) × sd: a true difference this large is found with probability 0.8 by a paired test at "
         f"α = {1 - resampler.confidence:.2g}; sd is the median over merges of the bootstrap standard deviation of "
         f"(merge - {_line_name(reference)}) on the group. Smaller differences need more clips."
+    ]
+    return [table]
+
+
+def expert_gain_blocks(lines: TestLines, resampler: Resampler) -> list[Block]:
+    """Each in-domain test group: its expert against the base, both with intervals, the paired
+    bootstrap difference (expert − base) with its interval and p Holm-adjusted over the groups —
+    whether the experts are worth merging."""
+    from speechmerge.evaluation.bootstrap import paired_bootstrap
+    from speechmerge.evaluation.significance import holm
+
+    experts, base = lines.first("experts"), lines.first("base")
+    if experts is None or base is None:
+        return []
+    tests = []
+    for group, metric in primary_groups([experts, base], "in_domain"):
+        mine, theirs = experts.get(group, metric), base.get(group, metric)
+        s_mine, s_theirs = resampler.samples(experts, group, metric), resampler.samples(base, group, metric)
+        if None in (mine, theirs) or s_mine is None or s_theirs is None:
+            continue
+        style = METRICS[metric]
+        test = paired_bootstrap(theirs, mine, s_theirs, s_mine, style.higher_is_better, resampler.confidence)
+        tests.append((group, metric, mine, theirs, s_mine, s_theirs, test))
+    if not tests:
+        return []
+    alpha = 1 - resampler.confidence
+    labels = dict(zip([t[0] for t in tests], group_labels([t[0] for t in tests])))
+    headings = ("group", "metric", "expert", "base", "expert − base", "p (Holm)", "")
+    table = Table("Each expert against the base on its own test group", [Column(h) for h in headings])
+    for (group, metric, mine, theirs, s_mine, s_theirs, test), adjusted in zip(
+        tests, holm([t[-1].p_value for t in tests])
+    ):
+        style = METRICS[metric]
+        scale = 100 if style.percent else 1
+        better = (test.difference > 0) == style.higher_is_better
+        verdict = MARKERS["better" if better else "worse"] if adjusted < alpha else MARKERS["same"]
+        table.rows.append(
+            Row(
+                [
+                    Cell(labels[group]),
+                    Cell(style.label),
+                    Cell(f"{scale * mine:.1f}" + interval_text(resampler.interval(s_mine), style.percent)),
+                    Cell(f"{scale * theirs:.1f}" + interval_text(resampler.interval(s_theirs), style.percent)),
+                    Cell(f"{scale * test.difference:+.1f}" + interval_text(test.interval, style.percent)),
+                    Cell(f"{adjusted:.3g}"),
+                    Cell(verdict),
+                ],
+                competes=False,
+            )
+        )
+    table.notes = [
+        f"expert: the expert trained for the group; expert − base: the paired bootstrap difference with its "
+        f"{100 * resampler.confidence:g} % interval; {MARKERS['better']} / {MARKERS['worse']} / {MARKERS['same']}: "
+        f"the expert significantly better / worse / not significantly different (α = {alpha:.2g}, Holm over the "
+        f"{len(tests)} groups). An expert that does not beat the base gives a merge little to keep."
     ]
     return [table]
 
