@@ -424,24 +424,9 @@ def learned_blocks(lines: TestLines, resampler: Resampler) -> list[Block]:
     for (line, start, column, percent, mine, theirs, s_mine, s_theirs, test), adjusted in zip(
         tests, holm([t[-1].p_value for t in tests])
     ):
-        scale = 100 if percent else 1
-        better = (test.difference > 0) == column.higher_is_better
-        verdict = MARKERS["better" if better else "worse"] if adjusted < alpha else MARKERS["same"]
-        table.rows.append(
-            Row(
-                [
-                    Cell(line.name),
-                    Cell(f"{start.name}: {setting_text(start.setting)}"),
-                    Cell(column.label),
-                    Cell(f"{scale * mine.value:.1f}" + interval_text(resampler.interval(s_mine), percent)),
-                    Cell(f"{scale * theirs.value:.1f}" + interval_text(resampler.interval(s_theirs), percent)),
-                    Cell(f"{scale * test.difference:+.1f}" + interval_text(test.interval, percent)),
-                    Cell(f"{adjusted:.3g}"),
-                    Cell(verdict),
-                ],
-                competes=False,
-            )
-        )
+        labels = [Cell(line.name), Cell(f"{start.name}: {setting_text(start.setting)}"), Cell(column.label)]
+        scores = (mine.value, theirs.value, s_mine, s_theirs)
+        table.rows.append(_paired_row(labels, scores, test, adjusted, percent, column.higher_is_better, resampler))
     table.notes = [
         f"[low, high]: {100 * resampler.confidence:g} % bootstrap intervals on the report's shared resamples; "
         f"learned − grid: the paired bootstrap difference; {MARKERS['better']} / {MARKERS['worse']} / "
@@ -576,6 +561,34 @@ def detectable_blocks(lines: TestLines, resampler: Resampler, reference: Line | 
     return [table]
 
 
+def _paired_row(
+    labels: list[Cell],
+    scores: tuple,
+    test,
+    adjusted: float,
+    percent: bool,
+    higher_is_better: bool,
+    resampler: Resampler,
+) -> Row:
+    """`labels`, then B and A (observed, with intervals from their samples), B − A with its paired
+    bootstrap interval, the Holm-adjusted p and the verdict marker."""
+    mine, theirs, s_mine, s_theirs = scores
+    scale = 100 if percent else 1
+    better = (test.difference > 0) == higher_is_better
+    verdict = MARKERS["better" if better else "worse"] if adjusted < 1 - resampler.confidence else MARKERS["same"]
+    return Row(
+        [
+            *labels,
+            Cell(f"{scale * mine:.1f}" + interval_text(resampler.interval(s_mine), percent)),
+            Cell(f"{scale * theirs:.1f}" + interval_text(resampler.interval(s_theirs), percent)),
+            Cell(f"{scale * test.difference:+.1f}" + interval_text(test.interval, percent)),
+            Cell(f"{adjusted:.3g}"),
+            Cell(verdict),
+        ],
+        competes=False,
+    )
+
+
 def expert_gain_blocks(lines: TestLines, resampler: Resampler) -> list[Block]:
     """Each in-domain test group: its expert against the base, both with intervals, the paired
     bootstrap difference (expert − base) with its interval and p Holm-adjusted over the groups —
@@ -605,23 +618,16 @@ def expert_gain_blocks(lines: TestLines, resampler: Resampler) -> list[Block]:
         tests, holm([t[-1].p_value for t in tests])
     ):
         style = METRICS[metric]
-        scale = 100 if style.percent else 1
-        better = (test.difference > 0) == style.higher_is_better
-        verdict = MARKERS["better" if better else "worse"] if adjusted < alpha else MARKERS["same"]
-        table.rows.append(
-            Row(
-                [
-                    Cell(labels[group]),
-                    Cell(style.label),
-                    Cell(f"{scale * mine:.1f}" + interval_text(resampler.interval(s_mine), style.percent)),
-                    Cell(f"{scale * theirs:.1f}" + interval_text(resampler.interval(s_theirs), style.percent)),
-                    Cell(f"{scale * test.difference:+.1f}" + interval_text(test.interval, style.percent)),
-                    Cell(f"{adjusted:.3g}"),
-                    Cell(verdict),
-                ],
-                competes=False,
-            )
+        row = _paired_row(
+            [Cell(labels[group]), Cell(style.label)],
+            (mine, theirs, s_mine, s_theirs),
+            test,
+            adjusted,
+            style.percent,
+            style.higher_is_better,
+            resampler,
         )
+        table.rows.append(row)
     table.notes = [
         f"expert: the expert trained for the group; expert − base: the paired bootstrap difference with its "
         f"{100 * resampler.confidence:g} % interval; {MARKERS['better']} / {MARKERS['worse']} / {MARKERS['same']}: "

@@ -93,30 +93,9 @@ def evaluate_model(spec: dict) -> dict:
 
 def merge_and_evaluate(spec: dict) -> dict:
     """Merge one grid point into `spec['output']`, score it, and delete it unless it is kept."""
-    from speechmerge.merging.api import merge
     from speechmerge.recipe import parse_recipe
 
-    output = Path(spec["output"])
-    merge_seconds = 0.0
-    if not (output / "speechmerge_merge.json").is_file():
-        started = time.perf_counter()
-        merge(
-            parse_recipe(spec["recipe"], where=f"study job {spec['label']}"),
-            output,
-            force=output.exists(),
-            show_progress=False,
-        )
-        merge_seconds = time.perf_counter() - started
-    model_hash = _model_hash(output)
-    rows, timing = _score(output, spec)
-    if not spec["keep"]:
-        shutil.rmtree(output, ignore_errors=True)
-    return {
-        "model_path": str(output) if spec["keep"] else None,
-        "model_hash": model_hash,
-        "rows": rows,
-        "timing": {**timing, "merge_seconds": round(merge_seconds, 3)},
-    }
+    return _merged_and_scored(parse_recipe(spec["recipe"], where=f"study job {spec['label']}"), spec)
 
 
 def search_and_test(spec: dict) -> dict:
@@ -184,26 +163,27 @@ def adamerge_and_test(spec: dict) -> dict:
     return _merged_and_scored(learned, spec, time.perf_counter() - started, details)
 
 
-def _merged_and_scored(learned, spec: dict, learn_seconds: float, details: dict) -> dict:
-    """Merge a learned recipe into `spec['output']`, score it on the spec's sets, drop it unless kept."""
+def _merged_and_scored(recipe, spec: dict, learn_seconds: float | None = None, details: dict | None = None) -> dict:
+    """Merge `recipe` into `spec['output']` (unless a finished merge is there), score it on the
+    spec's sets, drop it unless kept; a learned recipe also records how it was learned."""
     from speechmerge.merging.api import merge
 
     output = Path(spec["output"])
-    started = time.perf_counter()
+    merge_seconds = 0.0
     if not (output / "speechmerge_merge.json").is_file():
-        merge(learned, output, force=output.exists(), show_progress=False)
-    merge_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        merge(recipe, output, force=output.exists(), show_progress=False)
+        merge_seconds = time.perf_counter() - started
     model_hash = _model_hash(output)
     rows, timing = _score(output, spec)
     if not spec["keep"]:
         shutil.rmtree(output, ignore_errors=True)
-    return {
-        "model_path": str(output) if spec["keep"] else None,
-        "model_hash": model_hash,
-        "rows": rows,
-        "learned": details,
-        "timing": {**timing, "learn_seconds": round(learn_seconds, 3), "merge_seconds": round(merge_seconds, 3)},
-    }
+    timing = {**timing, "merge_seconds": round(merge_seconds, 3)}
+    result = {"model_path": str(output) if spec["keep"] else None, "model_hash": model_hash, "rows": rows}
+    if details is not None:
+        result["learned"] = details
+        timing["learn_seconds"] = round(learn_seconds, 3)
+    return {**result, "timing": timing}
 
 
 def gather_statistics(spec: dict) -> dict:
