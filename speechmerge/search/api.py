@@ -69,29 +69,36 @@ def expert_states(merger, recipe: MergeRecipe):
     return state
 
 
+def checked_data(spec, recipe: MergeRecipe, space) -> tuple[list, list]:
+    """Refuse a bad space or grid and validation data that overlaps the test data (one line naming
+    the recipe); return the loaded validation clips and the test manifests (first N of each)."""
+    from speechmerge.evaluation.api import load_data
+    from speechmerge.search.comparison import check_disjoint, first_utterances
+    from speechmerge.search.space import check_space
+
+    where = recipe.source.removesuffix(": merge")
+    check_space(space, recipe, where=where, grid=spec.grid)
+    validation = load_data(first_utterances(spec.validation, spec.validation_utterances)) if spec.validation else []
+    test_data = first_utterances(spec.test, spec.test_utterances)
+    if validation and spec.test:
+        check_disjoint(validation, load_data(test_data), where)
+    return validation, test_data
+
+
 def run_search(spec: SearchRecipe, recipe: MergeRecipe, progress: bool = True) -> Outcome:
     """`speechmerge search`: refuse overlapping data, score the references and the grid, search,
     merge the best recipe, compare it with the best grid point on test; see `speechmerge.search`."""
-    from speechmerge.evaluation.api import load_data
     from speechmerge.merging.api import merge
     from speechmerge.merging.memory import MemoryMerger
     from speechmerge.search.comparison import (
         best_grid_point,
-        check_disjoint,
         compare_on_test,
-        first_utterances,
         write_grid,
     )
     from speechmerge.search.run import search
-    from speechmerge.search.space import check_space
 
     started = time.monotonic()
-    where = recipe.source.removesuffix(": merge")
-    check_space(spec.space, recipe, where=where, grid=spec.grid)
-    validation = load_data(first_utterances(spec.validation, spec.validation_utterances))
-    test_data = first_utterances(spec.test, spec.test_utterances)
-    if spec.test:
-        check_disjoint(validation, load_data(test_data), where)
+    validation, test_data = checked_data(spec, recipe, spec.space)
     merger = MemoryMerger(recipe, include=spec.include)
     arguments = (recipe, validation, spec.objective, spec.select_by, spec.include, spec.encoder_window)
     objective = scored_objective(*arguments[:2], merger, *arguments[2:])
@@ -159,20 +166,13 @@ def run_adamerging(spec: AdaMergingRecipe, recipe: MergeRecipe, progress: bool =
     from speechmerge.search.adamerging import DECODER, AdaMerging
     from speechmerge.search.comparison import (
         best_grid_point,
-        check_disjoint,
         compare_on_test,
         first_utterances,
         write_grid,
     )
-    from speechmerge.search.space import check_space
 
     started = time.monotonic()
-    where = recipe.source.removesuffix(": merge")
-    check_space(None, recipe, where, grid=spec.grid)
-    validation = load_data(first_utterances(spec.validation, spec.validation_utterances)) if spec.validation else []
-    test_data = first_utterances(spec.test, spec.test_utterances)
-    if validation and spec.test:
-        check_disjoint(validation, load_data(test_data), where)
+    validation, test_data = checked_data(spec, recipe, None)
     clips = [u for _, u in load_data(first_utterances(spec.data, spec.data_utterances))]
     ada = AdaMerging(
         recipe,

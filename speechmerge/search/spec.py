@@ -87,6 +87,13 @@ class Pruning(Strict):
     first_clips: int = Field(ge=1, description="clips scored before a trial may be pruned")
 
 
+def check_grid(grid: dict) -> None:
+    """Every grid parameter lists at least one value."""
+    for name, values in grid.items():
+        if not values:
+            raise ValueError(f"grid.{name} is empty; give at least one value")
+
+
 class SearchRecipe(Strict):
     merge: dict
     include: Optional[str] = r"model\.decoder\..*"
@@ -125,9 +132,7 @@ class SearchRecipe(Strict):
     def _objective(self) -> SearchRecipe:
         if self.objective != "primary" and self.objective not in METRICS:
             raise ValueError(f"objective {self.objective!r} is not primary or one of {', '.join(METRICS)}")
-        for name, values in self.grid.items():
-            if not values:
-                raise ValueError(f"grid.{name} is empty; give at least one value")
+        check_grid(self.grid)
         return self
 
 
@@ -201,9 +206,7 @@ class AdaMergingRecipe(Strict):
 
     @model_validator(mode="after")
     def _grid(self) -> AdaMergingRecipe:
-        for name, values in self.grid.items():
-            if not values:
-                raise ValueError(f"grid.{name} is empty; give at least one value")
+        check_grid(self.grid)
         return self
 
 
