@@ -148,6 +148,8 @@ CACHED_PATHS = {
     "torch int8": dict(backend="torch", quantization="int8"),
     "ctranslate2 float32": dict(backend="ctranslate2", quantization="float32"),
     "ctranslate2 int8": dict(backend="ctranslate2", quantization="int8"),
+    "torch float32, batch 32": dict(backend="torch", batch_size=32),
+    "ctranslate2 float32, batch 32": dict(backend="ctranslate2", quantization="float32", batch_size=32),
     "torch float32, audio window": dict(backend="torch", encoder_window="audio"),
 }
 WINDOW_REFERENCE = {"torch float32, audio window": "torch float32"}

@@ -145,7 +145,7 @@ class EvaluationSpec(Strict):
         None, description="weight type (default: the backend's; ctranslate2 float32 gives the reference's text)"
     )
     beam_size: int = Field(1, ge=1, le=16)
-    batch_size: int = Field(8, ge=1, le=256)
+    batch_size: int | None = Field(None, ge=1, le=256, description="clips decoded together (default: the backend's)")
     max_new_tokens: int | None = Field(None, ge=4)
     cer: bool = False
     validation_utterances: int | None = Field(
