@@ -411,7 +411,8 @@ def cached_markdown(report: dict) -> str:
         "",
         f"The base fills the encoder-output cache, then {report['experts']} frozen-encoder experts (the base's decoder "
         f"with small Gaussian noise) are decoded on the same {report['clips']} clips ({report['clip_description']}) "
-        f"by each path (batch 8, greedy, interleaved; s/clip: median over experts × {report['repeats']} repeats, "
+        f"by each path (batch 8 unless the path names another; batches never mix languages or tasks, so a "
+        f"batch holds at most one group's clips; greedy, interleaved; s/clip: median over experts × {report['repeats']} repeats, "
         f"decoding only, model loading excluded) on {load_line(report, 'cached')}. Identical texts: clips over every "
         "expert whose text is the reference's (for the audio window: the full window's of the same backend and "
         "weights); Δ: the difference of the mean macro WER (points) and BLEU from that path's.",

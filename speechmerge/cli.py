@@ -155,7 +155,7 @@ def eval_command(
     beam_size: int = typer.Option(1, help="1 = greedy search; more = beam search with that many beams."),
     batch_size: Optional[int] = typer.Option(
         None,
-        help="Clips decoded together (default: the fastest measured on CPU: transformers and ctranslate2 8, torch 32).",
+        help="Clips decoded together (default: the fastest measured on CPU, 8).",
     ),
     detect_language: bool = typer.Option(
         False, "--detect-language", help="Decode in the language Whisper detects instead of the manifest's."

@@ -312,3 +312,75 @@ def test_the_ranking_plot_draws_error_bars():
     with_bars = ranking_bars(names, values, references, "x", [(80.0, 95.0), None])
     # the error bar is drawn in near-black: more dark pixels than the same bars without it
     assert dark_pixels(with_bars) > dark_pixels(plain)
+
+
+# --- claims: ------------------------------------------------------------------------------------
+
+CLAIMS = [
+    {"text": "good beats joint", "better": "good", "than": "joint", "column": "ID WER"},
+    {"text": "bad beats joint", "better": "bad", "than": "joint", "column": "ID WER"},
+    {"text": "same beats joint", "better": "same", "than": "joint", "column": "ID WER"},
+    {"text": "good beats joint by 60 points", "better": "good", "than": "joint", "column": "ID WER", "margin": 60},
+    {"text": "the best of bad and good beats joint", "better": ["bad", "good"], "than": "joint", "column": "ID WER"},
+    {"text": "good keeps the experts' BLEU", "better": "good", "than": "experts", "column": "ID BLEU"},
+    {"text": "on a column this study lacks", "better": "good", "than": "joint", "column": "OOD WER"},
+]
+
+
+@pytest.fixture(scope="module")
+def claims(tmp_path_factory):
+    page = parsed(write_report(facts(claims=CLAIMS), study_rows(), tmp_path_factory.mktemp("claims") / "report"))
+    found = next(t for t in page.tables if t["caption"].startswith("Paper claims"))
+    header, *rows = found["rows"]
+    return {row[0]: dict(zip(header, row)) for row in rows}, table(page, "Test sets")
+
+
+def test_each_claim_gets_the_verdict_its_data_implies(claims):
+    """good errs on 5 % of words, joint on 30 %, bad on 60 %; same is joint's outputs."""
+    rows, _ = claims
+    assert rows["good beats joint"]["verdict"] == "supported"
+    assert rows["bad beats joint"]["verdict"] == "contradicted"
+    assert rows["same beats joint"]["verdict"] == "not decided"
+    assert rows["same beats joint"]["A − B (better > 0)"].startswith("+0.0 [0.0, 0.0]")
+    assert rows["good beats joint by 60 points"]["verdict"] == "better, margin not shown"
+    assert rows["the best of bad and good beats joint"]["A"] == "good"
+    assert rows["on a column this study lacks"]["verdict"] == ""
+    assert "OOD WER is not in this study's main table" in rows["on a column this study lacks"]["p (Holm)"]
+
+
+def test_a_claims_effect_is_the_difference_of_the_main_tables_scores_and_its_p_is_holm_adjusted(claims):
+    from speechmerge.study.significance import Resampler
+
+    rows, main = claims
+    good, joint = (float(main[name]["ID WER % ↓"].split()[0]) for name in ("good", "baseline: joint"))
+    effect = float(rows["good beats joint"]["A − B (better > 0)"].split()[0])
+    assert effect == pytest.approx(joint - good, abs=0.11) and effect > 20  # positive: good has fewer errors
+    # the three claims with every resample on one side share the bootstrap's smallest p, 2 / (R + 1);
+    # Holm over the 6 decided claims multiplies the smallest by 6, and ties keep that value
+    floor = 2 / (Resampler().resamples + 1)
+    for text in ("good beats joint", "bad beats joint", "the best of bad and good beats joint"):
+        assert float(rows[text]["p (Holm)"]) == pytest.approx(min(1.0, 6 * floor), rel=1e-2)
+
+
+def test_a_claim_naming_an_unknown_model_or_column_is_refused_in_one_line():
+    from speechmerge.errors import SpeechmergeError
+    from speechmerge.study.claims import ClaimSpec, check_claims
+
+    def check(**claim):
+        spec = ClaimSpec(**{"text": "t", "better": "tsv_m", "than": "joint", "column": "ID WER", **claim})
+        check_claims([spec], ["tsv_m", "ties"], ["joint"], "r.yaml")
+
+    check()
+    check(better=["tsv_m", "ties"], than="experts", column="norm. vs joint", margin=20)
+    for claim, message in (
+        (
+            {"better": "lors"},
+            r"r.yaml: claims\[0\] \('t'\): 'lors' is not a model of this study; name one of tsv_m, ties, joint, base, experts",
+        ),
+        ({"than": ["ties", "tsv_m"]}, "tsv_m on both sides"),
+        ({"column": "ID WERR"}, "column 'ID WERR' is not a main-table column; name one of ID WER, "),
+        ({"column": "norm. vs sequential"}, "column 'norm. vs sequential' is not a main-table column"),
+    ):
+        with pytest.raises(SpeechmergeError, match=message) as excinfo:
+            check(**claim)
+        assert "\n" not in str(excinfo.value)

@@ -2,7 +2,7 @@
 
 Clips are grouped by (task, language) — one prompt per batch, as Whisper decodes best —
 sorted by duration within a group (similar lengths finish together, so fewer padded steps),
-and decoded `batch` at a time (the backend's default unless chosen). Only clips missing from the prediction cache are decoded;
+and decoded `batch_size` at a time. Only clips missing from the prediction cache are decoded;
 the backend (model loading) is created only if there is one.
 
 With `encoder_window="audio"` the decoder cross-attends only to the first encoder positions of
@@ -101,7 +101,7 @@ def decode_utterances(
     start = time.perf_counter()
     with progress_bar(progress, transient=True) as bar:
         task = bar.add_task(f"decoding {model.label} ({options.describe()})", total=len(todo))
-        for batch in plan_batches(utterances, todo, options.batch):
+        for batch in plan_batches(utterances, todo, options.batch_size):
             members = [utterances[i] for i in batch]
             encoded = backend.encode([u.audio for u in members])
             if options.encoder_window == "audio":

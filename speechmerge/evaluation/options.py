@@ -10,11 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 # Each backend's weight type when none is chosen.
 DEFAULT_WEIGHTS = {"transformers": "float32", "torch": "float32", "ctranslate2": "int8"}
-# Each backend's decoder batch when none is chosen, the fastest measured on the 2-core CPU
-# (docs/performance.md, "Decoding backends" and "Frozen-encoder models from cached encoder outputs"):
-# transformers gains nothing past 8; the torch decoder's per-step weight reads are shared by
-# the whole batch, so it gains up to 32.
-DEFAULT_BATCH_SIZE = {"transformers": 8, "torch": 32, "ctranslate2": 8}
+# Fastest decoder batch measured on the 2-core CPU (docs/performance.md, "Decoding backends"; for
+# the torch and ctranslate2 paths batch 32 was not reliably faster: "Frozen-encoder models ...").
+DEFAULT_BATCH_SIZE = 8
 # Encoder positions per second of audio (Whisper: 1500 for 30 s) and the margin kept after the
 # audio with `encoder_window="audio"`.
 ENCODER_POSITIONS_PER_SECOND = 50
@@ -43,9 +41,7 @@ class DecodeOptions(BaseModel):
     max_new_tokens: Optional[int] = Field(
         None, ge=4, description="token budget per clip (default: half the decoder's context, as openai-whisper)"
     )
-    batch_size: Optional[int] = Field(
-        None, ge=1, le=256, description="clips decoded together (default: the backend's fastest, DEFAULT_BATCH_SIZE)"
-    )
+    batch_size: int = Field(DEFAULT_BATCH_SIZE, ge=1, le=256, description="clips decoded together")
     encoder_cache: bool = Field(
         True,
         description="reuse the float32 encoder outputs across models sharing an encoder "
@@ -85,11 +81,6 @@ class DecodeOptions(BaseModel):
     def weights(self) -> str:
         """The weight type decoding uses (`quantization`, else the backend's default)."""
         return self.quantization or DEFAULT_WEIGHTS[self.backend]
-
-    @property
-    def batch(self) -> int:
-        """Clips decoded together (`batch_size`, else the backend's default)."""
-        return self.batch_size or DEFAULT_BATCH_SIZE[self.backend]
 
     @property
     def detects_language(self) -> bool:

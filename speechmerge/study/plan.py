@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from speechmerge.errors import SpeechmergeError
+from speechmerge.study.claims import check_claims
 from speechmerge.study.data import EvalSet, StudyData, prepare_data, same_languages_tasks
 from speechmerge.study.jobs import Job, job_key
 from speechmerge.study.recipe import StudyRecipe, method_grid
@@ -79,6 +80,7 @@ def plan_study(recipe: StudyRecipe, progress: bool = True) -> StudyPlan:
     from speechmerge.study.statistics import data_aware_grid, write_statistics_manifest
 
     grid = method_grid(recipe)
+    check_claims(recipe.claims, list(grid), recipe.baselines.enabled, recipe.source)
     data = prepare_data(recipe, progress=progress)
     statistics_data = data_aware_grid(grid, recipe, data.experts)
     base = ModelRef("base", _content_hash(recipe.base, recipe, "base"), recipe.base)
@@ -390,7 +392,7 @@ def interleaved_by_audio(jobs: list[Job]) -> list[Job]:
 def _baseline_jobs(plan: StudyPlan) -> list[Job]:
     spec = plan.recipe.baselines
     trained = [g for g in plan.data.experts if g.path is None]
-    kinds = [kind for kind in ("joint", "sequential") if getattr(spec, kind)]
+    kinds = spec.enabled
     if kinds and len(trained) < 2:
         raise SpeechmergeError(
             f"{plan.recipe.source}: baselines: need at least two trained experts' data; "

@@ -44,6 +44,7 @@ from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_
 
 from speechmerge.errors import SpeechmergeError
 from speechmerge.recipe import DataStatisticsSpec
+from speechmerge.study.claims import ClaimSpec
 from speechmerge.training.config import TrainingConfig
 from speechmerge.validation import Strict, describe_validation_error, read_yaml_file
 
@@ -136,6 +137,11 @@ class BaselinesSpec(Strict):
     def _training_settings(cls, value: dict | None) -> dict | None:
         return None if value is None else _checked_training(value)
 
+    @property
+    def enabled(self) -> list[str]:
+        """The baselines this study trains, by name."""
+        return [kind for kind in ("joint", "sequential") if getattr(self, kind)]
+
 
 class EvaluationSpec(Strict):
     backend: Optional[Literal["transformers", "torch", "ctranslate2"]] = Field(
@@ -145,7 +151,7 @@ class EvaluationSpec(Strict):
         None, description="weight type (default: the backend's; ctranslate2 float32 gives the reference's text)"
     )
     beam_size: int = Field(1, ge=1, le=16)
-    batch_size: int | None = Field(None, ge=1, le=256, description="clips decoded together (default: the backend's)")
+    batch_size: int = Field(8, ge=1, le=256)
     max_new_tokens: int | None = Field(None, ge=4)
     cer: bool = False
     validation_utterances: int | None = Field(
@@ -236,6 +242,10 @@ class StudyRecipe(Strict):
         None,
         description="model every method is tested against in the report: a method, a baseline, base or experts "
         "(default: the joint baseline, else task_arithmetic)",
+    )
+    claims: list[ClaimSpec] = Field(
+        default_factory=list,
+        description="paper claims decided on the test sets by paired tests, Holm over the claims (study.claims)",
     )
     _source: str = PrivateAttr("recipe")
 

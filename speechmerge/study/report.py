@@ -4,7 +4,7 @@
 
 What it holds: how the numbers were made (command, hardware, executor, times, versions), the main
 table (test stage, each method at the setting it chose on validation, with the references), the
-learned models (`search:`, `adamerging:`) against their methods' chosen settings, the scores per language/task/domain group in every scope, in-domain against out-of-domain, retention,
+recipe's `claims:` decided by paired tests (speechmerge.study.claims), the learned models (`search:`, `adamerging:`) against their methods' chosen settings, the scores per language/task/domain group in every scope, in-domain against out-of-domain, retention,
 the validation search, the plots, and the recipe. Sections whose data is absent say so: a study
 stopped half-way still renders. The maths of averages and normalised performance is in
 `speechmerge.study.summary`.
@@ -144,6 +144,7 @@ def report_blocks(facts: StudyFacts, rows: list[ScoreRow]) -> list[Block]:
         *main_blocks(lines, resampler, reference),
         *detectable_blocks(lines, resampler, reference),
         *expert_gain_blocks(lines, resampler),
+        *claim_blocks(lines, facts.recipe, resampler),
         Heading("Learned coefficients against the grid (test sets)"),
         *learned_blocks(lines, resampler),
         Heading("Scores per group (test sets)"),
@@ -633,6 +634,86 @@ def expert_gain_blocks(lines: TestLines, resampler: Resampler) -> list[Block]:
         f"{100 * resampler.confidence:g} % interval; {MARKERS['better']} / {MARKERS['worse']} / {MARKERS['same']}: "
         f"the expert significantly better / worse / not significantly different (α = {alpha:.2g}, Holm over the "
         f"{len(tests)} groups). An expert that does not beat the base gives a merge little to keep."
+    ]
+    return [table]
+
+
+def _claim_column(label: str) -> str:
+    """A main-table column's name in `claims:` (its label without unit and arrow: 'ID WER')."""
+    return re.sub(r"( %)? [↑↓]$", "", label)
+
+
+def claim_blocks(lines: TestLines, recipe: dict, resampler: Resampler) -> list[Block]:
+    """The recipe's `claims:`, each decided by a paired test on the test sets (study.claims)."""
+    from speechmerge.study.claims import ClaimSpec, decide_claims, describe_missing
+
+    specs = [ClaimSpec(**claim) for claim in recipe.get("claims") or []]
+    if not specs:
+        return []
+    columns = {
+        _claim_column(column.label): (compute, samples, percent, column.higher_is_better)
+        for column, compute, percent, samples in main_columns(lines, resampler)
+    }
+
+    def find(name: str) -> Line | None:
+        return next((line for line in lines.all if line.name == name or line.kind == name), None)
+
+    results = decide_claims(specs, find, columns, resampler.confidence)
+    headings = (
+        "claim",
+        "column",
+        "A",
+        "B",
+        "A score",
+        "B score",
+        "A − B (better > 0)",
+        "margin",
+        "p (Holm)",
+        "verdict",
+    )
+    table = Table("Paper claims, decided on the test sets", [Column(h) for h in headings])
+    for spec, result in zip(specs, results):
+        if result is None:
+            table.rows.append(
+                Row(
+                    [
+                        Cell(spec.text),
+                        Cell(spec.column),
+                        *[Cell(MISSING)] * 6,
+                        Cell(describe_missing(spec, columns)),
+                        Cell(""),
+                    ],
+                    competes=False,
+                )
+            )
+            continue
+        percent = columns[spec.column][2]
+        mine, theirs, s_mine, s_theirs = result.scores
+        scale = 100 if percent else 1
+        table.rows.append(
+            Row(
+                [
+                    Cell(spec.text),
+                    Cell(spec.column),
+                    Cell(result.better),
+                    Cell(result.than),
+                    Cell(f"{scale * mine:.1f}" + interval_text(resampler.interval(s_mine), percent)),
+                    Cell(f"{scale * theirs:.1f}" + interval_text(resampler.interval(s_theirs), percent)),
+                    Cell(f"{result.effect:+.1f} [{result.low:.1f}, {result.high:.1f}]"),
+                    Cell(f"{spec.margin:g}"),
+                    Cell(f"{result.adjusted:.3g}"),
+                    Cell(result.verdict),
+                ],
+                competes=False,
+            )
+        )
+    alpha = 1 - resampler.confidence
+    table.notes = [
+        "A / B: the model of each side with the best observed score on the column (the side's only model when it "
+        f"names one). A − B: the paired bootstrap difference with its {100 * resampler.confidence:g} % interval, "
+        "signed so that positive means A is better (WER: B's points minus A's). p: two-sided, Holm-adjusted over "
+        f"the {sum(r is not None for r in results)} claims decided. Verdict: supported (A better, p < {alpha:.2g}, "
+        "interval above the margin), better, margin not shown, contradicted (B significantly better) or not decided."
     ]
     return [table]
 
