@@ -71,7 +71,9 @@ def main() -> None:
             cache = decoder._empty_cache(batch, 4 + args.repeats + 2, cross[0][0])
             decoder._forward(torch.full((batch, 4), 50258), 0, cross, cache)
             position = iter(range(4, 4 + args.repeats + 2))
-            step = timed(lambda: decoder._forward(torch.full((batch, 1), 220), next(position), cross, cache), args.repeats)
+            step = timed(
+                lambda: decoder._forward(torch.full((batch, 1), 220), next(position), cross, cache), args.repeats
+            )
             rows.append((f"one step, batch {batch}", f"{1000 * step:.1f} ms = {1000 * step / batch:.2f} ms/clip-step"))
         hidden = torch.randn(8, 512)
         weight = model.proj_out.weight

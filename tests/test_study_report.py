@@ -338,7 +338,25 @@ def test_validation_search_table_marks_the_chosen_settings(full):
     for method, points in SEARCH.items():
         for setting, values in points:
             key = (method, ", ".join(f"{k}={v}" for k, v in sorted(setting.items())))
-            assert chosen[key] == ("✓" if setting == CHOSEN[method] else "", pct(fmean(values[:2])))
+            # both chosen settings take the larger of the two scales searched: the grid's edge
+            assert chosen[key] == ("✓ (grid edge)" if setting == CHOSEN[method] else "", pct(fmean(values[:2])))
+    assert "Grid edge: the chosen value is the smallest or largest searched" in markdown
+    assert "task_arithmetic: scale = 0.4 (largest of 2)" in markdown
+
+
+def test_a_chosen_setting_is_flagged_only_at_the_edge_of_a_numeric_axis():
+    from speechmerge.study.report import grid_edges
+    from speechmerge.study.summary import Line
+
+    def lines(chosen, points):
+        return [Line("m", "merge", setting=p, chosen=p == chosen) for p in points]
+
+    grid = [{"scale": s, "density": 0.2, "orthogonaliser": o} for s in (0.5, 1.0, 2.0) for o in ("svd", "ns")]
+    assert grid_edges(lines(grid[2], grid)) == {}  # scale 1.0: inside; density searched once; strings ignored
+    assert grid_edges(lines(grid[5], grid)) == {"m": ["scale = 2 (largest of 3)"]}
+    assert grid_edges(lines(grid[0], grid)) == {"m": ["scale = 0.5 (smallest of 3)"]}
+    flags = [{"scale": 1.0, "rescale": b} for b in (True, False)]
+    assert grid_edges(lines(flags[0], flags)) == {}  # a boolean axis has no edge
 
 
 def test_header_states_how_the_numbers_were_made(full):

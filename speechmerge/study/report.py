@@ -867,6 +867,7 @@ def search_blocks(
     if experts:
         columns.append(Column(f"{NORMALISED.label} vs experts % ↑", True))
     table = Table("Validation: every setting searched (macro averages over the validation groups)", columns)
+    edges = grid_edges(validation)
     for line in references + validation:
         values = [average(line, metric_cells) for metric_cells in by_metric.values()]
         drawn = [resampler.average(line, metric_cells) for metric_cells in by_metric.values()]
@@ -880,7 +881,11 @@ def search_blocks(
             for value, samples, percent in zip(values, drawn, percents)
         ]
         is_merge = line.kind == "merge"
-        chosen = ("✓" if line.chosen else "") if is_merge else MISSING
+        chosen = (
+            ("✓" + (" (grid edge)" if line.chosen and line.name in edges else "") if line.chosen else "")
+            if is_merge
+            else MISSING
+        )
         table.rows.append(
             Row(
                 [Cell(_line_name(line)), Cell(setting_text(line.setting) if is_merge else MISSING), Cell(chosen)]
@@ -892,11 +897,36 @@ def search_blocks(
         "chosen: the setting the method took to the test sets. Bold: the best setting in each column over all methods.",
         f"[low, high]: {100 * resampler.confidence:g} % bootstrap interval over the validation utterances.",
     ]
+    if edges:
+        table.notes.append(
+            "Grid edge: the chosen value is the smallest or largest searched, so the grid does not bracket the "
+            "method's best setting and a value beyond it may be better: "
+            + "; ".join(f"{method}: {', '.join(found)}" for method, found in sorted(edges.items()))
+            + "."
+        )
     if rules:
         table.notes.append(
             "Chosen by: " + "; ".join(f"{method}: {rule}" for method, rule in sorted(rules.items()) if rule) + "."
         )
     return [table]
+
+
+def grid_edges(validation: list[Line]) -> dict[str, list[str]]:
+    """For each method whose chosen setting takes, on some numeric axis of its grid (at least two
+    values searched), the smallest or the largest value: 'scale = 3 (largest of 4)' per such axis."""
+    edges: dict[str, list[str]] = {}
+    for line in validation:
+        if line.kind != "merge" or not line.chosen:
+            continue
+        siblings = [other.setting for other in validation if other.kind == "merge" and other.name == line.name]
+        for axis, value in sorted(line.setting.items()):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            searched = sorted({s[axis] for s in siblings if isinstance(s.get(axis), (int, float))})
+            if len(searched) >= 2 and value in (searched[0], searched[-1]):
+                end = "largest" if value == searched[-1] else "smallest"
+                edges.setdefault(line.name, []).append(f"{axis} = {value:g} ({end} of {len(searched)})")
+    return edges
 
 
 def _interval_cell(cell: Cell, interval, percent: bool) -> Cell:
