@@ -70,10 +70,12 @@ def main() -> None:
             cross = decoder.cross_keys_values(encoded)
             cache = decoder._empty_cache(batch, 4 + args.repeats + 2, cross[0][0])
             decoder._forward(torch.full((batch, 4), 50258), 0, cross, cache)
-            position = iter(range(4, 4 + args.repeats + 2))
-            step = timed(
-                lambda: decoder._forward(torch.full((batch, 1), 220), next(position), cross, cache), args.repeats
-            )
+            positions = iter(range(4, 4 + args.repeats + 2))
+
+            def step_once(batch=batch, positions=positions, cross=cross, cache=cache):
+                decoder._forward(torch.full((batch, 1), 220), next(positions), cross, cache)
+
+            step = timed(step_once, args.repeats)
             rows.append((f"one step, batch {batch}", f"{1000 * step:.1f} ms = {1000 * step / batch:.2f} ms/clip-step"))
         hidden = torch.randn(8, 512)
         weight = model.proj_out.weight
