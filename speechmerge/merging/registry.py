@@ -91,6 +91,7 @@ class MergeMethod:
     check: Optional[Callable[[dict], None]] = None  # rules across parameters: raises ValueError(message)
     identical_experts: IdenticalExperts | None = None  # None: no setting makes copies merge to one model
     needs: tuple[str, ...] = ()  # data statistics per expert ("gram", "fisher"), from each expert's `data:`
+    revision: int = 1  # raised when a change of the implementation changes results (study job keys name it)
     doc: str = ""
     _model: Any = field(default=None, compare=False, repr=False)
 
@@ -173,6 +174,7 @@ def merge_method(
     check: Optional[Callable[[dict], None]] = None,
     identical_experts: IdenticalExperts | None = None,
     needs: tuple[str, ...] = (),
+    revision: int = 1,
 ):
     """Register `fn` as a merge method under `name` with its declared parameters.
 
@@ -184,6 +186,9 @@ def merge_method(
     is entry-wise given those statistics. `check(params)` raises ValueError on values that are
     each in range but wrong together. `needs` names the data statistics the method reads for
     every expert (speechmerge.datastats: "gram", "fisher"), handed to it as `ctx.data`.
+    `revision` is raised when a change of the implementation changes what the method computes:
+    from 2 on it is part of a study merge's job key, so a study recomputes that method's merges
+    (and only those) instead of reusing results of the earlier code.
     """
 
     def register(fn: Callable) -> Callable:
@@ -209,6 +214,7 @@ def merge_method(
             check=check,
             identical_experts=identical_experts,
             needs=tuple(needs),
+            revision=revision,
             doc=(fn.__doc__ or "").strip(),
             _model=_pydantic_model(name, params_tuple),
         )

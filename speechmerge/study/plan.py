@@ -373,6 +373,11 @@ def _merge_identity(plan: StudyPlan, method: str, point: dict) -> dict:
     needs = _needs(method)
     if needs:
         identity["statistics"] = [_statistics_key(plan, e, needs) for e in plan.experts]
+    from speechmerge.merging.registry import get_method
+
+    revision = get_method(method).revision
+    if revision > 1:  # the keys of revision 1 predate revisions: unchanged, so earlier stores still resume
+        identity["revision"] = revision
     return identity
 
 

@@ -142,6 +142,7 @@ def task_singular_vectors(tasks: torch.Tensor, weights: torch.Tensor, ctx: Tenso
 
 @merge_method(
     name="tsv_m",
+    revision=2,  # Procrustes guard at ε · σ_max instead of √n · ε · σ_max (polar_factor)
     title="TSV-M (Task Singular Vectors: Merge)",
     family="task-vector subspace",
     space="deltas",
@@ -171,6 +172,7 @@ def tsv_m(tasks, base, weights, ctx: TensorContext, *, scale, orthogonaliser, sv
 
 @merge_method(
     name="boosted_tsv_m",
+    revision=2,  # Procrustes guard at ε · σ_max instead of √n · ε · σ_max (polar_factor)
     title="BoostedTSV-M (TSV-M with per-task singular-value boosting)",
     family="task-vector subspace",
     space="deltas",
@@ -279,6 +281,7 @@ def common_dimension(rank: int, tasks: int, fraction: float) -> int:
 
 @merge_method(
     name="iso_cts",
+    revision=2,  # Procrustes guard at ε · σ_max instead of √n · ε · σ_max (polar_factor)
     title="Iso-CTS (isotropic merging in common and task-specific subspaces)",
     family="task-vector subspace",
     space="deltas",
