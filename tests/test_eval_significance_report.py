@@ -384,3 +384,28 @@ def test_a_claim_naming_an_unknown_model_or_column_is_refused_in_one_line():
         with pytest.raises(SpeechmergeError, match=message) as excinfo:
             check(**claim)
         assert "\n" not in str(excinfo.value)
+
+
+def test_report_only_adopts_the_recipes_claims_and_reference_and_refuses_a_bad_claim(tmp_path):
+    """`study --report-only` with an edited recipe: its claims and reference (which change no job)
+    replace the stored run's; the rest of the stored recipe stays; a bad claim changes nothing."""
+    from study_helpers import study_recipe
+
+    from speechmerge.errors import SpeechmergeError
+    from speechmerge.study.recipe import parse_study
+    from speechmerge.study.runner import adopt_report_keys
+    from speechmerge.study.store import Store
+
+    store = Store(tmp_path / "study.sqlite")
+    stored = {"name": "old", "methods": {"ties": {}}, "claims": [], "reference": None}
+    store.set_meta(recipe=stored)
+    recipe = study_recipe(tmp_path, tmp_path / "base", reference="ties")
+    recipe["claims"] = [{"text": "ties beats soup", "better": "ties", "than": "soup", "column": "ID WER"}]
+    adopt_report_keys(parse_study(recipe, "r.yaml"), store)
+    adopted = store.meta()["recipe"]
+    assert adopted["reference"] == "ties" and adopted["claims"][0]["better"] == ["ties"]
+    assert adopted["name"] == "old" and adopted["methods"] == {"ties": {}}
+    recipe["claims"] = [{"text": "x", "better": "lors", "than": "soup", "column": "ID WER"}]
+    with pytest.raises(SpeechmergeError, match="'lors' is not a model of this study"):
+        adopt_report_keys(parse_study(recipe, "r.yaml"), store)
+    assert store.meta()["recipe"] == adopted

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from speechmerge.errors import SpeechmergeError
+from speechmerge.study.claims import check_claims
 from speechmerge.study.jobs import Job, versions
 from speechmerge.study.plan import learned_jobs, plan_study, searched_parameters, test_job
 from speechmerge.study.recipe import StudyRecipe, load_study, method_grid
@@ -83,6 +84,8 @@ def run_study(
         scheduler = None
         if not report_only:
             scheduler = _run_jobs(recipe, Path(recipe_path), store, executor, workers, address, only_new, progress)
+        else:
+            adopt_report_keys(recipe, store)
         rows = render_report(store)
         _print_main_table(rows)
         if scheduler is not None and (scheduler.failed or scheduler.blocked):
@@ -90,6 +93,20 @@ def run_study(
         return folder
     finally:
         lock.release()
+
+
+REPORT_KEYS = ("claims", "reference")  # recipe keys that change the report and no job
+
+
+def adopt_report_keys(recipe: StudyRecipe, store: Store) -> None:
+    """For `--report-only`: the recipe's `claims` and `reference`, which change no job, replace the
+    stored run's (checked first against the recipe's grid, so a bad claim changes nothing)."""
+    meta = store.meta()
+    if "recipe" not in meta:
+        return
+    check_claims(recipe.claims, list(method_grid(recipe)), recipe.baselines.enabled, recipe.source)
+    chosen = recipe.model_dump(mode="json")
+    store.set_meta(recipe={**meta["recipe"], **{key: chosen[key] for key in REPORT_KEYS}})
 
 
 def _run_jobs(
