@@ -133,3 +133,20 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
         sys.argv = old_argv
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """The study tests' tiny base model (study_helpers.tiny_base), one per module; modules with
+    a base of their own define their own `base` fixture, which takes precedence."""
+    from study_helpers import tiny_base
+
+    return tiny_base(tmp_path_factory.mktemp("study") / "base")
+
+
+@pytest.fixture(scope="module")
+def experts(tmp_path_factory, base):
+    """Two given experts of `base` (study_helpers.given_experts), one set per module."""
+    from study_helpers import given_experts
+
+    return given_experts(tmp_path_factory.mktemp("experts"), base)

