@@ -206,6 +206,37 @@ def test_each_expert_is_tested_against_the_base_on_its_own_group(report):
             assert -48 < difference < -32
 
 
+def test_experts_are_also_tested_against_the_base_on_their_validation_groups(tmp_path):
+    """On validation each expert gives exactly the base's outputs (copied statistics): difference
+    0, not significant; on test the drawn rates (10 % against 50 %) stay significant."""
+    rows = study_rows()
+    base = {r.evaluation: r for r in rows if r.model_kind == "base"}
+    validation = [
+        r.model_copy(
+            update={
+                "stage": "validation",
+                "job": r.job + ":v",
+                "evaluation": r.evaluation.replace(".test", ".validation"),
+                **(
+                    {"value": base[r.evaluation].value, "statistics": base[r.evaluation].statistics}
+                    if r.model_kind == "expert"
+                    else {}
+                ),
+            }
+        )
+        for r in rows
+        if r.model_kind in ("base", "expert")
+    ]
+    page = parsed(write_report(facts(), rows + validation, tmp_path / "report"))
+    on_validation = table(page, "Each expert against the base on its own validation group")
+    assert set(on_validation) == {"es/transcribe", "de/transcribe", "es/translate"}
+    for row in on_validation.values():
+        assert row["expert"] == row["base"] and float(row["expert − base"].split()[0]) == 0
+        assert row[""] == "="
+    on_test = table(page, "Each expert against the base on its own test group")
+    assert all(row[""] == "▲" for row in on_test.values())
+
+
 def test_group_tables_and_ranking_show_intervals(report, tmp_path):
     wer = table(report, "in-domain WER")
     assert all(CELL.match(wer["good"][g]) for g in ("es", "de", "mean"))

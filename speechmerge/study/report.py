@@ -143,7 +143,8 @@ def report_blocks(facts: StudyFacts, rows: list[ScoreRow]) -> list[Block]:
         Heading("Main table (test sets)"),
         *main_blocks(lines, resampler, reference),
         *detectable_blocks(lines, resampler, reference),
-        *expert_gain_blocks(lines, resampler),
+        *expert_gain_blocks(lines, resampler, "test"),
+        *expert_gain_blocks(TestLines([], reference_lines(rows, "validation")), resampler, "validation"),
         *claim_blocks(lines, facts.recipe, resampler),
         Heading("Learned coefficients against the grid (test sets)"),
         *learned_blocks(lines, resampler),
@@ -590,10 +591,10 @@ def _paired_row(
     )
 
 
-def expert_gain_blocks(lines: TestLines, resampler: Resampler) -> list[Block]:
-    """Each in-domain test group: its expert against the base, both with intervals, the paired
-    bootstrap difference (expert − base) with its interval and p Holm-adjusted over the groups —
-    whether the experts are worth merging."""
+def expert_gain_blocks(lines: TestLines, resampler: Resampler, stage: str) -> list[Block]:
+    """Each in-domain group of `stage` (test or validation): its expert against the base, both with
+    intervals, the paired bootstrap difference (expert − base) with its interval and p
+    Holm-adjusted over the groups — whether the experts are worth merging."""
     from speechmerge.evaluation.bootstrap import paired_bootstrap
     from speechmerge.evaluation.significance import holm
 
@@ -614,7 +615,7 @@ def expert_gain_blocks(lines: TestLines, resampler: Resampler) -> list[Block]:
     alpha = 1 - resampler.confidence
     labels = dict(zip([t[0] for t in tests], group_labels([t[0] for t in tests])))
     headings = ("group", "metric", "expert", "base", "expert − base", "p (Holm)", "")
-    table = Table("Each expert against the base on its own test group", [Column(h) for h in headings])
+    table = Table(f"Each expert against the base on its own {stage} group", [Column(h) for h in headings])
     for (group, metric, mine, theirs, s_mine, s_theirs, test), adjusted in zip(
         tests, holm([t[-1].p_value for t in tests])
     ):
