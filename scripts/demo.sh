@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The demo: set up (idempotent; fast when done), then run the demo study on the built-in Whisper base
 # and the built-in espeak-ng corpus, and say where the report is.
-#   scripts/demo.sh                 first run within ~20 min on a 2-core CPU; a rerun comes from cache
+#   scripts/demo.sh                 first run about 24 min on a 2-core CPU (README: measured); a rerun comes from the store
 #   scripts/demo.sh --workers 2     extra options go to `speechmerge study`
 set -euo pipefail
 cd "$(dirname "$0")/.."
