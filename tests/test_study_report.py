@@ -359,6 +359,24 @@ def test_a_chosen_setting_is_flagged_only_at_the_edge_of_a_numeric_axis():
     assert grid_edges(lines(flags[0], flags)) == {}  # a boolean axis has no edge
 
 
+def test_a_chosen_value_at_the_parameters_declared_bound_is_not_a_grid_edge():
+    """SCE declares select_topk ≤ 1: a grid cannot go past 1, so choosing it is no edge; its λ
+    (declared > 0, no upper bound) at the top of the grid still is."""
+    from speechmerge.merging.registry import get_method
+    from speechmerge.study.report import grid_edges
+    from speechmerge.study.summary import Line
+
+    assert next(p for p in get_method("sce").params if p.name == "select_topk").le == 1
+    grid = [{"select_topk": k, "scale": s} for k in (0.1, 0.5, 1.0) for s in (0.5, 1.0, 1.5)]
+
+    def edges(chosen):
+        return grid_edges([Line("sce", "merge", setting=p, chosen=p == chosen) for p in grid])
+
+    assert edges({"select_topk": 1.0, "scale": 1.0}) == {}
+    assert edges({"select_topk": 1.0, "scale": 1.5}) == {"sce": ["scale = 1.5 (largest of 3)"]}
+    assert edges({"select_topk": 0.1, "scale": 1.0}) == {"sce": ["select_topk = 0.1 (smallest of 3)"]}
+
+
 def test_header_states_how_the_numbers_were_made(full):
     _, markdown = full
     study = markdown_table(markdown, "Study")

@@ -912,9 +912,21 @@ def search_blocks(
     return [table]
 
 
+def _at_declared_bound(method: str, axis: str, value: float, largest: bool) -> bool:
+    """Whether `value` is the bound the method declares for `axis` (e.g. a fraction's 1): a grid
+    cannot go beyond it, so the chosen value there is no sign of a grid that is too narrow."""
+    from speechmerge.merging.registry import REGISTRY
+
+    param = next((p for p in REGISTRY[method].params if p.name == axis), None) if method in REGISTRY else None
+    if param is None:
+        return False
+    return value == (param.le if largest else param.ge)
+
+
 def grid_edges(validation: list[Line]) -> dict[str, list[str]]:
     """For each method whose chosen setting takes, on some numeric axis of its grid (at least two
-    values searched), the smallest or the largest value: 'scale = 3 (largest of 4)' per such axis."""
+    values searched), the smallest or the largest value — unless that value is the parameter's
+    declared bound: 'scale = 3 (largest of 4)' per such axis."""
     edges: dict[str, list[str]] = {}
     for line in validation:
         if line.kind != "merge" or not line.chosen:
@@ -925,7 +937,10 @@ def grid_edges(validation: list[Line]) -> dict[str, list[str]]:
                 continue
             searched = sorted({s[axis] for s in siblings if isinstance(s.get(axis), (int, float))})
             if len(searched) >= 2 and value in (searched[0], searched[-1]):
-                end = "largest" if value == searched[-1] else "smallest"
+                largest = value == searched[-1]
+                if _at_declared_bound(line.name, axis, value, largest):
+                    continue
+                end = "largest" if largest else "smallest"
                 edges.setdefault(line.name, []).append(f"{axis} = {value:g} ({end} of {len(searched)})")
     return edges
 
