@@ -179,7 +179,9 @@ def make_checkpoints(workdir: Path, shape: str, experts: int, dtype: str) -> tup
     return base_dir, dirs
 
 
-def ours_command(method: str, params: dict, base: Path, experts: list[Path], out: Path, device: str) -> list[str]:
+def ours_command(
+    method: str, params: dict, base: Path, experts: list[Path], out: Path, device: str, overrides: list | None = None
+) -> list[str]:
     recipe = {
         "base": str(base),
         "experts": [str(e) for e in experts],
@@ -187,6 +189,7 @@ def ours_command(method: str, params: dict, base: Path, experts: list[Path], out
         "params": params,
         "output": str(out),
         "device": device,
+        "overrides": overrides or [],
     }
     return [sys.executable, "-c", OURS_CHILD, json.dumps(recipe)]
 

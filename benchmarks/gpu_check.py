@@ -30,8 +30,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_scale import OURS_CHILD, make_checkpoints, weight_files  # noqa: E402
-from harness import machine_description, median, run_child  # noqa: E402
+from bench_scale import make_checkpoints, ours_command, weight_files  # noqa: E402
+from harness import WHISPER_SHAPES, machine_description, median, run_child  # noqa: E402
 
 SAMPLE = r"model\.(encoder|decoder)\.layers\.{top}\..*"
 
@@ -43,24 +43,21 @@ def weight_only_methods() -> list[str]:
 
 
 def recipe_command(method: str, base: Path, experts: list[Path], out: Path, device: str, sample: str | None):
-    recipe = {
-        "base": str(base),
-        "experts": [str(e) for e in experts],
-        "method": method,
-        "output": str(out),
-        "device": device,
-    }
-    if sample is not None:
-        recipe["overrides"] = [{"match": f"(?!(?:{sample})$).*", "keep": "base"}]
-    return [sys.executable, "-c", OURS_CHILD, json.dumps(recipe)]
+    """The merge at the method's defaults; with `sample`, every other tensor kept as the base's."""
+    from speechmerge.merging.memory import keep_base_override
+
+    overrides = [keep_base_override(sample).model_dump(exclude_defaults=True)] if sample is not None else None
+    return ours_command(method, {}, base, experts, out, device, overrides)
 
 
 def sampled(directory: Path, pattern: str) -> dict:
-    from safetensors.torch import load_file
+    """The tensors of a checkpoint whose names match `pattern` (only those are read)."""
+    from safetensors import safe_open
 
     tensors = {}
     for path in weight_files(directory):
-        tensors.update({k: v for k, v in load_file(path).items() if re.fullmatch(pattern, k)})
+        with safe_open(path, framework="pt") as handle:
+            tensors.update({k: handle.get_tensor(k) for k in handle.keys() if re.fullmatch(pattern, k)})
     return tensors
 
 
@@ -86,9 +83,6 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "speechmerge-scale")
     parser.add_argument("--out", type=Path, help="write the Markdown table here (and its JSON beside it)")
     args = parser.parse_args()
-
-    from harness import WHISPER_SHAPES
-
     top = WHISPER_SHAPES[args.shape]["decoder_layers"] - 1
     pattern = args.sample or SAMPLE.format(top=top)
     methods = args.methods or weight_only_methods()

@@ -40,11 +40,16 @@ from speechmerge.merging.plan import MergePlan, PlanEntry, build_plan, replan
 from speechmerge.recipe import MergeRecipe, OverrideSpec
 
 
+def keep_base_override(include: str) -> OverrideSpec:
+    """A `keep: base` override for every tensor whose full name `include` does not match."""
+    return OverrideSpec(match=f"(?!(?:{include})$).*", keep="base")
+
+
 def keep_base_outside(recipe: MergeRecipe, include: str | None) -> MergeRecipe:
     """`recipe` with a `keep: base` override for every tensor `include` does not match."""
     if include is None:
         return recipe
-    keep = OverrideSpec(match=f"(?!(?:{include})$).*", keep="base")
+    keep = keep_base_override(include)
     if any(o.match == keep.match for o in recipe.overrides):
         return recipe
     return recipe.model_copy(update={"overrides": [keep, *recipe.overrides]})
