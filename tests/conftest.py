@@ -28,6 +28,13 @@ TINY = dict(
 )
 
 
+def pytest_configure(config):
+    """Under pytest-xdist, each worker's torch gets its share of the cores (no oversubscription)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache(tmp_path_factory):
     """Keep the tests' cache (hashes, corpora, predictions) out of the user's cache.

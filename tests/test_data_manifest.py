@@ -211,3 +211,14 @@ def test_data_check_lists_every_bad_line_and_exits_2(folder, capsys):
 def test_data_check_passes_a_clean_manifest(folder, capsys):
     code, out, _ = run_cli(["data", "check", write_jsonl(folder / "m.jsonl", good_rows())], capsys)
     assert code == 0 and "3 usable utterances" in out
+
+
+def test_data_check_prints_a_long_path_on_one_line(folder, capsys):
+    """A path longer than the terminal is printed whole, so that it can be copied or grepped."""
+    deep = folder / ("a-folder-name-that-is-long-" * 4) / ("and-another-one-" * 4)
+    deep.mkdir(parents=True)
+    rows = [{**row, "audio": str(folder / row["audio"])} for row in good_rows()]
+    path = write_jsonl(deep / "m.jsonl", rows)
+    assert len(str(path)) > 120
+    code, out, _ = run_cli(["data", "check", path], capsys)
+    assert code == 0 and f"{path}: 3 usable utterances" in out

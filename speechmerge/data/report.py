@@ -16,7 +16,8 @@ from speechmerge.errors import SpeechmergeError
 def print_corpus(corpus: Corpus, console: Console | None = None) -> None:
     """One row per manifest (labels, utterances, minutes), where the manifests are, what each domain is."""
     console = console or Console()
-    table = Table(title=f"{corpus.name} corpus: {corpus.directory}", title_justify="left")
+    console.print(f"{corpus.name} corpus: {corpus.directory}", highlight=False, soft_wrap=True)
+    table = Table()
     for column in ("language", "task", "domain", "split", "utterances", "minutes"):
         table.add_column(column, justify="right" if column in ("utterances", "minutes") else "left", no_wrap=True)
     for info in sorted(corpus.index.manifests, key=lambda i: (i.language, i.domain, i.split, i.task)):
@@ -41,7 +42,8 @@ def print_scan(scan: ManifestScan, console: Console | None = None) -> None:
     utterances = scan.utterances
     hours = sum(u.duration or 0.0 for u in utterances) / 3600
     counts = Counter((u.language, u.task, u.split or "-") for u in utterances)
-    table = Table(title=f"{scan.path}: {len(utterances)} usable utterances, {hours:.2f} h", title_justify="left")
+    console.print(f"{scan.path}: {len(utterances)} usable utterances, {hours:.2f} h", highlight=False, soft_wrap=True)
+    table = Table()
     for column in ("language", "task", "split", "utterances"):
         table.add_column(column, justify="right" if column == "utterances" else "left")
     for (language, task, split), count in sorted(counts.items()):
@@ -58,7 +60,8 @@ def print_overlaps(corpus: Corpus, console: Console | None = None) -> None:
     from speechmerge.data.stats import corpus_overlaps
 
     console = console or Console()
-    table = Table(title=f"vocabulary overlap with training text: {corpus.directory}", title_justify="left")
+    console.print(f"vocabulary overlap with training text: {corpus.directory}", highlight=False, soft_wrap=True)
+    table = Table()
     columns = (
         "language",
         "domain",
@@ -93,4 +96,4 @@ def print_imported(manifests: dict[str, Path], console: Console | None = None) -
     """Where each imported split's manifest was written."""
     console = console or Console()
     for split, path in manifests.items():
-        console.print(f"{split}: {path}", highlight=False)
+        console.print(f"{split}: {path}", highlight=False, soft_wrap=True)

@@ -55,7 +55,7 @@ def print_record(record, directory: Path) -> None:
     from rich.table import Table
 
     result, timing = record.result, record.timing
-    table = Table(title=f"{record.kind}: {directory}", show_header=False)
+    table = Table(show_header=False)
     table.add_row("base", record.base)
     table.add_row("mode", f"{record.config.mode} ({record.environment['device']}, {record.environment['precision']})")
     for summary in record.data_summary:
@@ -73,4 +73,6 @@ def print_record(record, directory: Path) -> None:
             f"{result['base_validation_loss']:.4f} (start) -> {result['best_validation_loss']:.4f} (best)",
         )
     table.add_row("seconds", ", ".join(f"{key} {value:.1f}" for key, value in timing.items() if value is not None))
-    Console(stderr=True).print(table)
+    console = Console(stderr=True)
+    console.print(f"{record.kind}: {directory}", highlight=False, soft_wrap=True)
+    console.print(table)
