@@ -168,12 +168,20 @@ def elect_sign(tasks: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 def disjoint_mean(tasks: torch.Tensor, sign: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """TIES disjoint merge: per entry, the weighted mean over the tasks whose non-zero value
-    agrees with the elected sign, Σ_agree w_t x_t / Σ_agree w_t (0 where none agrees)."""
-    w = weights.to(tasks.device, tasks.dtype).reshape(-1, *([1] * (tasks.dim() - 1)))
-    agree = (torch.sign(tasks) == sign.unsqueeze(0)).to(tasks.dtype) * w
-    count = agree.sum(dim=0)
-    total = (tasks * agree).sum(dim=0)
+    agrees with the elected sign, Σ_agree w_t x_t / Σ_agree w_t (0 where none agrees).
+
+    With γ = ±1 the sign, x_t agrees exactly when γ x_t > 0, so Σ_agree w_t x_t = γ Σ_t w_t
+    max(γ x_t, 0): one product, one clamp and two weighted sums over the task axis."""
+    agreeing = (tasks * sign.unsqueeze(0)).clamp_min_(0.0)  # |x_t| where x_t agrees, else 0
+    count = weighted_sum((agreeing > 0).to(tasks.dtype), weights)
+    total = weighted_sum(agreeing, weights).mul_(sign)
     return torch.where(count != 0, total / torch.where(count != 0, count, 1.0), 0.0)
+
+
+def below_to_zero(tasks: torch.Tensor, thresholds: list[float]) -> torch.Tensor:
+    """A copy of `tasks` [T, …] with each row's entries of |x| below that row's threshold set to 0."""
+    column = torch.tensor(thresholds, dtype=tasks.dtype, device=tasks.device).reshape(-1, *([1] * (tasks.dim() - 1)))
+    return torch.where(tasks.abs() >= column, tasks, 0.0)
 
 
 def map_entries(tasks: torch.Tensor, merge_entries) -> torch.Tensor:
