@@ -242,7 +242,7 @@ def random_drop_(x: torch.Tensor, keep: float, ctx: TensorContext, stream: int) 
     threshold = keep_threshold(keep)
     for index, chunk in enumerate(_chunks(x)):
         words = uniform_words(ctx, stream, offset + index * CHUNK, chunk.numel())
-        chunk.mul_(torch.from_numpy(words < threshold).to(x.device))
+        chunk.masked_fill_(torch.from_numpy(words >= threshold).to(x.device), 0.0)
     return x
 
 

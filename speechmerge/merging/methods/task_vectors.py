@@ -135,7 +135,9 @@ def dare(tasks: torch.Tensor, base, weights: torch.Tensor, ctx: TensorContext, *
     """τ̂_t = m_t ⊙ τ_t / (1 − p), m_t ~ Bernoulli(1 − p); then task arithmetic or TIES's sign election."""
     keep = 1.0 - drop
     for t in range(tasks.shape[0]):
-        random_drop_(tasks[t], keep, ctx, stream=t).div_(keep)
+        random_drop_(tasks[t], keep, ctx, stream=t)
+    # The rescale 1/(1 − p) is common to every task, so it is applied once, to the merge: the
+    # sign election and the disjoint mean commute with a positive scale as the weighted sum does.
     if combine == "ties":
-        return sign_elected_mean(tasks, weights).mul_(1.0 if scale is None else scale)
-    return weighted_sum(tasks, weights).mul_(scale_or_mean(scale, tasks.shape[0]))
+        return sign_elected_mean(tasks, weights).mul_((1.0 if scale is None else scale) / keep)
+    return weighted_sum(tasks, weights).mul_(scale_or_mean(scale, tasks.shape[0]) / keep)
