@@ -151,6 +151,8 @@ CACHED_PATHS = {
     "torch float32, batch 32": dict(backend="torch", batch_size=32),
     "ctranslate2 float32, batch 32": dict(backend="ctranslate2", quantization="float32", batch_size=32),
     "torch float32, audio window": dict(backend="torch", encoder_window="audio"),
+    "torch float32, attending over E": dict(backend="torch", cross_attention="encoder"),
+    "torch float32, attending over E, batch 16": dict(backend="torch", cross_attention="encoder", batch_size=16),
 }
 WINDOW_REFERENCE = {"torch float32, audio window": "torch float32"}
 # A fully fine-tuned model runs its own encoder: the transformers path without a shared cache against

@@ -152,6 +152,11 @@ def eval_command(
     encoder_window: str = typer.Option(
         "full", help="full (30 s) or audio (cross-attend only to the positions holding audio plus 1 s; changes texts)."
     ),
+    cross_attention: str = typer.Option(
+        "keys",
+        help="torch backend: keys (cross-attention keys and values formed once per clip, the reference's text) "
+        "or encoder (attend over the encoder output without them: faster, equal to rounding).",
+    ),
     beam_size: int = typer.Option(1, help="1 = greedy search; more = beam search with that many beams."),
     batch_size: Optional[int] = typer.Option(
         None,
@@ -212,6 +217,7 @@ def eval_command(
         encoder_cache=encoder_cache,
         threads=threads,
         encoder_window=encoder_window,
+        cross_attention=cross_attention,
     )
     labels = LabelFilter(*(tuple(_comma_list(value)) if value else None for value in (language, task, domain, split)))
     run_eval_command(model, data, output, options, labels, skip_bad=skip_bad, force=force)

@@ -280,6 +280,49 @@ def test_torch_backend_batch_of_clips_finishing_at_different_steps_matches_clip_
     assert hypotheses(reference) == hypotheses(alone)
 
 
+def test_attending_over_the_encoder_output_gives_the_logits_of_the_keys_and_values():
+    """(q W_k,h) Eᵀ and (p E) W_v,hᵀ + b_v,h are q K_hᵀ and p V_h in another order: the logits of the
+    prompt and of the next step agree to float32 rounding, with and without rows leaving the batch."""
+    from conftest import tiny_config
+    from transformers import WhisperForConditionalGeneration
+
+    from speechmerge.evaluation.greedy import GreedyDecoder
+
+    torch.manual_seed(3)
+    model = WhisperForConditionalGeneration(tiny_config(d_model=32, decoder_attention_heads=4)).eval()
+    encoded = torch.randn(3, 40, 32)
+    reference, fast = GreedyDecoder(model), GreedyDecoder(model, attend_encoder=True)
+    prompt = torch.tensor([[50258, 50262, 50359, 50363]] * 3)
+    with torch.no_grad():
+        logits = []
+        for decoder in (reference, fast):
+            cross = decoder.cross_keys_values(encoded)
+            cache = decoder._empty_cache(3, 6, encoded)
+            first = decoder._forward(prompt, 0, cross, cache)
+            step = decoder._forward(first.argmax(-1, keepdim=True), 4, cross, cache)
+            logits.append((first, step))
+    for ours, theirs in zip(logits[1], logits[0]):
+        assert torch.allclose(ours, theirs, rtol=0, atol=1e-5 * float(theirs.abs().max()))
+
+
+def test_torch_backend_attending_over_the_encoder_output_decodes_a_batch_like_clip_by_clip(models, data):
+    """The encoder output takes the keys' and values' place in the batch: finished clips leave it alike."""
+    sources = [data["transcribe"]]
+    fast = dict(backend="torch", cross_attention="encoder", max_new_tokens=6)
+    alone = evaluate(models["expert"], sources, options(batch_size=1, **fast))
+    together = evaluate(models["expert"], sources, options(batch_size=3, **fast))
+    assert hypotheses(together) == hypotheses(alone) and together.timing.encoder_batches == 0
+    keys = DecodeOptions(backend="torch")
+    assert DecodeOptions(backend="torch", cross_attention="encoder").prediction_key() != keys.prediction_key()
+    assert DecodeOptions(backend="torch", cross_attention="keys").prediction_key() == keys.prediction_key()
+
+
+@pytest.mark.parametrize("backend", ["transformers", "ctranslate2"])
+def test_attending_over_the_encoder_output_is_the_torch_backends(backend):
+    with pytest.raises(ValueError, match="torch backend"):
+        DecodeOptions(backend=backend, cross_attention="encoder")
+
+
 def test_greedy_decoder_stops_at_end_of_text_and_drops_finished_rows():
     """A two-row toy decoder whose logits are fixed per position: row 0 emits end-of-text at step 2."""
     from speechmerge.evaluation.greedy import GreedyDecoder, GreedyRules

@@ -79,8 +79,11 @@ def prompt_ids(tokenizer, multilingual: bool, language: str, task: str) -> list[
     return tokenizer.convert_tokens_to_ids(tokens)
 
 
-def make_backend(model: EvalModel, name: str, quantization: str, threads: int, encoder_cache: bool) -> Backend:
-    """The backend called `name` for `model` (`quantization`: its weight type)."""
+def make_backend(
+    model: EvalModel, name: str, quantization: str, threads: int, encoder_cache: bool, cross_attention: str = "keys"
+) -> Backend:
+    """The backend called `name` for `model` (`quantization`: its weight type; `cross_attention`:
+    the torch backend's, see DecodeOptions)."""
     if name == "transformers":
         from speechmerge.evaluation.hf_backend import TransformersBackend
 
@@ -88,7 +91,9 @@ def make_backend(model: EvalModel, name: str, quantization: str, threads: int, e
     if name == "torch":
         from speechmerge.evaluation.torch_backend import TorchBackend
 
-        return TorchBackend(model, threads=threads, weights=quantization, encoder_cache=encoder_cache)
+        return TorchBackend(
+            model, threads=threads, weights=quantization, encoder_cache=encoder_cache, cross_attention=cross_attention
+        )
     from speechmerge.evaluation.ct2_backend import Ct2Backend
 
     return Ct2Backend(model, quantization=quantization, threads=threads, encoder_cache=encoder_cache)

@@ -18,6 +18,12 @@ greedy search on CPU:
 With `int8` the output projection and the cross-attention key/value projections are
 dynamically quantised (per-channel int8 weights, activations quantised per call: Jacob et al.
 2018); the rest of the decoder and the encoder output stay float32.
+
+With `attend_encoder` the cross-attention never forms the keys and values: head h's scores are
+(q_h W_k,h) Eᵀ and its output (p_h E) W_v,hᵀ + b_v,h (p_h sums to 1; W_k's bias, were there one,
+adds a constant to every score and cancels in the softmax). That is the same product in another
+order: no 2 · layers · frames · d_model² multiply-adds per clip, while each step reads E (the
+size of one layer's K or V) twice per layer. Equal to rounding, not bit for bit.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ class GreedyRules:
     max_new_tokens: int
 
 
-def quantise_decoder(model) -> None:
+def quantise_decoder(model, cross_projections: bool = True) -> None:
     """Dynamically quantise (int8) the output projection and the cross-attention key/value projections.
 
     These are the per-token and per-clip bulk of the decoder's arithmetic (a 51,865 x d_model
@@ -57,7 +63,7 @@ def quantise_decoder(model) -> None:
     with warnings.catch_warnings():  # torch marks its quantised tensor types deprecated; the kernels are current
         warnings.simplefilter("ignore")
         model.proj_out = quantised(model.proj_out)
-        for layer in model.model.decoder.layers:
+        for layer in model.model.decoder.layers if cross_projections else ():
             layer.encoder_attn.k_proj = quantised(layer.encoder_attn.k_proj)
             layer.encoder_attn.v_proj = quantised(layer.encoder_attn.v_proj)
 
@@ -65,8 +71,9 @@ def quantise_decoder(model) -> None:
 class GreedyDecoder:
     """Greedy search over a loaded `WhisperForConditionalGeneration`'s decoder (no autograd)."""
 
-    def __init__(self, model):
+    def __init__(self, model, attend_encoder: bool = False):
         decoder = model.model.decoder
+        self.attend_encoder = attend_encoder
         self.layers = list(decoder.layers)
         self.embed_tokens = decoder.embed_tokens
         self.positions = decoder.embed_positions.weight
@@ -86,7 +93,10 @@ class GreedyDecoder:
         return x.transpose(1, 2).reshape(batch, time, heads * head_dim)
 
     def cross_keys_values(self, encoded: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Each layer's cross-attention (K, V) [batch, heads, frames, head_dim] of encoder outputs."""
+        """Each layer's cross-attention (K, V) [batch, heads, frames, head_dim] of encoder outputs
+        (with `attend_encoder`: the encoder output itself, [(E, Eᵀ)] for every layer)."""
+        if self.attend_encoder:
+            return [(encoded, encoded.transpose(1, 2).contiguous())]
         with torch.no_grad():
             return [
                 (
@@ -100,7 +110,8 @@ class GreedyDecoder:
         """Logits [batch, vocab] of the last of `ids` [batch, time] at positions start.. (caches updated)."""
         end = start + ids.shape[1]
         x = self.embed_tokens(ids) + self.positions[start:end]
-        for layer, (cross_k, cross_v), (keys, values) in zip(self.layers, cross, cache):
+        layer_cross = cross * len(self.layers) if self.attend_encoder else cross
+        for layer, (cross_k, cross_v), (keys, values) in zip(self.layers, layer_cross, cache):
             attention = layer.self_attn
             h = layer.self_attn_layer_norm(x)
             q = self._split(attention.q_proj(h) * attention.scaling)
@@ -113,11 +124,27 @@ class GreedyDecoder:
             attention = layer.encoder_attn
             h = layer.encoder_attn_layer_norm(x)
             q = self._split(attention.q_proj(h) * attention.scaling)
-            a = F.scaled_dot_product_attention(q, cross_k, cross_v, scale=1.0)
+            if self.attend_encoder:
+                a = self._attend_encoder(attention, q, cross_k, cross_v)
+            else:
+                a = F.scaled_dot_product_attention(q, cross_k, cross_v, scale=1.0)
             x = x + attention.out_proj(self._merge(a))
             h = layer.final_layer_norm(x)
             x = x + layer.fc2(layer.activation_fn(layer.fc1(h)))
         return self._logits(self.layer_norm(x[:, -1]))
+
+    def _attend_encoder(self, attention, q: torch.Tensor, encoded: torch.Tensor, encoded_t: torch.Tensor):
+        """Cross-attention [batch, heads, time, head_dim] of queries q over the encoder output
+        E [batch, frames, d_model] (Eᵀ given too), without forming K or V (module docstring)."""
+        heads, width = self.heads, encoded.shape[-1]
+        w_k = attention.k_proj.weight.view(heads, width // heads, width)
+        w_v = attention.v_proj.weight.view(heads, width // heads, width)
+        scores = torch.matmul(torch.einsum("bhtd,hde->bhte", q, w_k), encoded_t.unsqueeze(1))
+        mixed = torch.matmul(scores.softmax(-1), encoded.unsqueeze(1))  # p_h E [batch, heads, time, d_model]
+        a = torch.einsum("bhte,hde->bhtd", mixed, w_v)
+        if attention.v_proj.bias is not None:
+            a = a + attention.v_proj.bias.view(heads, 1, width // heads)
+        return a
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         """Logits [batch, vocab] of hidden states h [batch, d_model]: W hᵀ for a float32 output projection
@@ -128,7 +155,7 @@ class GreedyDecoder:
         return self.proj_out(h)
 
     def _empty_cache(self, batch: int, length: int, like: torch.Tensor):
-        shape = (batch, self.heads, length, like.shape[-1])
+        shape = (batch, self.heads, length, self.positions.shape[-1] // self.heads)
         return [(like.new_empty(shape), like.new_empty(shape)) for _ in self.layers]
 
     def first_logits(self, cross, token: int) -> torch.Tensor:

@@ -53,6 +53,12 @@ class DecodeOptions(BaseModel):
         description="cross-attend to all 30 s of encoder positions, or only to those holding audio plus a margin",
     )
 
+    cross_attention: Literal["keys", "encoder"] = Field(
+        "keys",
+        description="torch backend: form the cross-attention keys and values once per clip (the reference's "
+        "arithmetic, same text), or attend over the encoder output without them (faster, equal to rounding)",
+    )
+
     @field_validator("beam_size")
     @classmethod
     def _greedy_backend(cls, value: int, info: ValidationInfo) -> int:
@@ -75,6 +81,13 @@ class DecodeOptions(BaseModel):
     def _window_backend(cls, value: str, info: ValidationInfo) -> str:
         if value != "full" and info.data.get("backend") == "ctranslate2":
             raise ValueError("the audio window needs the transformers or torch backend (ctranslate2 keeps 30 s)")
+        return value
+
+    @field_validator("cross_attention")
+    @classmethod
+    def _cross_attention_backend(cls, value: str, info: ValidationInfo) -> str:
+        if value != "keys" and info.data.get("backend") != "torch":
+            raise ValueError("attending over the encoder output (cross_attention: encoder) is the torch backend's")
         return value
 
     @property
@@ -101,6 +114,8 @@ class DecodeOptions(BaseModel):
             fields["quantization"] = self.weights
         if self.encoder_window != "full":
             fields["encoder_window"] = self.encoder_window
+        if self.cross_attention != "keys":
+            fields["cross_attention"] = self.cross_attention
         if self.backend == "ctranslate2" and self.encoder_cache:  # its own encoder otherwise
             fields["encoder"] = "torch float32"
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
@@ -111,7 +126,8 @@ class DecodeOptions(BaseModel):
         backend = self.backend if self.backend == "transformers" else f"{self.backend} {self.weights}"
         language = ", detected language" if self.language == "detect" else ""
         window = ", audio window" if self.encoder_window == "audio" else ""
-        return f"{backend} {search}{language}{window}"
+        cross = ", attending over the encoder output" if self.cross_attention == "encoder" else ""
+        return f"{backend} {search}{language}{window}{cross}"
 
 
 class EvalOptions(BaseModel):

@@ -6,7 +6,9 @@ step: cross-attention keys and values computed once per batch (and shared by lan
 identification and decoding), a preallocated self-attention cache, finished clips dropped. The
 rules are the transformers backend's: the same prompt, `suppress_tokens` at every step,
 `begin_suppress_tokens` at the first, end-of-text from the generation config, the same token
-budget. `float32` gives the reference's text (tested); `int8` quantises the decoder's weights.
+budget. `float32` gives the reference's text (tested); `int8` quantises the decoder's weights;
+`cross_attention="encoder"` attends over the encoder output without forming K and V (faster for
+short outputs, equal to rounding: `greedy`'s docstring).
 Greedy only: beam search is the transformers backend's.
 """
 
@@ -21,18 +23,29 @@ from speechmerge.evaluation.hf_backend import TransformersBackend
 from speechmerge.evaluation.model import EvalModel
 
 WEIGHT_TYPES = ("float32", "int8")
+CROSS_ATTENTION = ("keys", "encoder")  # K and V formed once per batch (the reference's order), or attend over E
 
 
 class TorchBackend(TransformersBackend):
     name = "torch"
 
-    def __init__(self, model: EvalModel, threads: int, weights: str = "float32", encoder_cache: bool = True):
+    def __init__(
+        self,
+        model: EvalModel,
+        threads: int,
+        weights: str = "float32",
+        encoder_cache: bool = True,
+        cross_attention: str = "keys",
+    ):
         if weights not in WEIGHT_TYPES:
             raise SpeechmergeError(f"quantization {weights!r}: the torch backend takes float32 or int8")
+        if cross_attention not in CROSS_ATTENTION:
+            raise SpeechmergeError(f"cross attention {cross_attention!r}: the torch backend takes keys or encoder")
         super().__init__(model, threads=threads, encoder_cache=encoder_cache)
+        attend_encoder = cross_attention == "encoder"
         if weights == "int8":
-            quantise_decoder(self.model)
-        self.decoder = GreedyDecoder(self.model)
+            quantise_decoder(self.model, cross_projections=not attend_encoder)
+        self.decoder = GreedyDecoder(self.model, attend_encoder=attend_encoder)
         config = self.generation_config
         self.suppress = tuple(config.suppress_tokens or ())
         self.begin_suppress = tuple(config.begin_suppress_tokens or ())

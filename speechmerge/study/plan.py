@@ -66,6 +66,8 @@ class StudyPlan:
             "batch_size": spec.batch_size,
             "max_new_tokens": spec.max_new_tokens,
         }
+        if spec.cross_attention != "keys":  # named only when set, so existing studies keep their keys
+            decode["cross_attention"] = spec.cross_attention
         return {"decode": decode, "cer": spec.cer}
 
     def eval_identity(self) -> dict:

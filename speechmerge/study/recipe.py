@@ -152,6 +152,9 @@ class EvaluationSpec(Strict):
     )
     beam_size: int = Field(1, ge=1, le=16)
     batch_size: int = Field(8, ge=1, le=256)
+    cross_attention: Literal["keys", "encoder"] = Field(
+        "keys", description="torch backend: keys (the reference's text) or encoder (attend over E; equal to rounding)"
+    )
     max_new_tokens: int | None = Field(None, ge=4)
     cer: bool = False
     validation_utterances: int | None = Field(
