@@ -136,11 +136,15 @@ class GreedyDecoder:
     def _attend_encoder(self, attention, q: torch.Tensor, encoded: torch.Tensor, encoded_t: torch.Tensor):
         """Cross-attention [batch, heads, time, head_dim] of queries q over the encoder output
         E [batch, frames, d_model] (Eᵀ given too), without forming K or V (module docstring)."""
-        heads, width = self.heads, encoded.shape[-1]
+        batch, heads, time, _ = q.shape
+        width = encoded.shape[-1]
         w_k = attention.k_proj.weight.view(heads, width // heads, width)
         w_v = attention.v_proj.weight.view(heads, width // heads, width)
-        scores = torch.matmul(torch.einsum("bhtd,hde->bhte", q, w_k), encoded_t.unsqueeze(1))
-        mixed = torch.matmul(scores.softmax(-1), encoded.unsqueeze(1))  # p_h E [batch, heads, time, d_model]
+        # heads and time share one axis, so each product is one batched matrix product over the clips
+        # (a broadcast over heads would copy E once per head)
+        queries = torch.einsum("bhtd,hde->bhte", q, w_k).reshape(batch, heads * time, width)
+        scores = torch.bmm(queries, encoded_t).softmax(-1)
+        mixed = torch.bmm(scores, encoded).view(batch, heads, time, width)  # p_h E
         a = torch.einsum("bhte,hde->bhtd", mixed, w_v)
         if attention.v_proj.bias is not None:
             a = a + attention.v_proj.bias.view(heads, 1, width // heads)
