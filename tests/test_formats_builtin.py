@@ -122,16 +122,25 @@ def test_builtin_decodes_token_for_token_like_ctranslate2(base_dir, ct2_package_
 
     model = WhisperForConditionalGeneration.from_pretrained(base_dir).eval()
     language_ids = model.generation_config.lang_to_id
+    from transformers.modeling_outputs import BaseModelOutput
+
     for language, input_features in features.items():
         language_id = language_ids[f"<|{language}|>"]
-        theirs = _ct2_greedy(ct2_package_model, input_features, language_id)
+        # each side's own encoder runs once; its decoder continues from that encoder output
         their_encoding = _ct2_encoding(ct2_package_model, input_features)
+        prompt = [[50258, language_id, 50359, 50363]]
+        theirs = ct2_package_model.generate(ctranslate2.StorageView.from_array(their_encoding), prompt, beam_size=1)
+        theirs = theirs[0].sequences_ids[0]
         with torch.no_grad():
+            encoded = model.model.encoder(input_features).last_hidden_state
             generated = model.generate(
-                input_features, language=language, task="transcribe", return_dict_in_generate=True
+                encoder_outputs=BaseModelOutput(last_hidden_state=encoded),
+                language=language,
+                task="transcribe",
+                return_dict_in_generate=True,
             )
             ours = generated.sequences[0].tolist()
-            our_encoding = model.model.encoder(input_features).last_hidden_state.numpy()
+            our_encoding = encoded.numpy()
         assert ours[:4] == [50258, language_id, 50359, 50363]
         assert [t for t in ours[4:] if t != 50257] == theirs, language
         # Same float16 weights, float32 arithmetic in both: differences are summation order only,
