@@ -166,3 +166,35 @@ def whitened_pseudo(matrix: torch.Tensor) -> torch.Tensor:
     u, s, vh = torch.linalg.svd(matrix.double(), full_matrices=False)
     keep = s > s.max() * 1e-6
     return (u[:, keep] @ vh[keep]).float()
+
+
+def test_per_task_decompositions_run_on_every_thread_and_give_the_serial_results():
+    """map_decompositions: the serial results in order, calls spread over torch's threads (each on
+    one thread inside), the thread count restored after; serial for matrices too big to copy twice."""
+    import threading
+
+    generator = torch.Generator().manual_seed(5)
+    matrices = [torch.randn(60, 40, generator=generator) for _ in range(4)]
+    seen = set()
+
+    def decompose(index):
+        seen.add((threading.get_ident(), torch.get_num_threads()))
+        return spectral.gram_svd(matrices[index], 8)
+
+    serial = [spectral.gram_svd(m, 8) for m in matrices]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        parallel = spectral.map_decompositions(decompose, list(range(4)), matrices[0])
+        assert torch.get_num_threads() == 2
+        assert {threads for _, threads in seen} == {1}  # each call on one thread ...
+        assert threading.get_ident() not in {ident for ident, _ in seen}  # ... in the pool's threads
+        for ours, theirs in zip(parallel, serial):
+            for a, b in zip(ours, theirs):
+                assert torch.allclose(a.abs(), b.abs(), atol=1e-5)
+        seen.clear()
+        big = torch.empty(spectral.PARALLEL_DECOMPOSITION_BYTES // 16, dtype=torch.uint8)  # numel only
+        spectral.map_decompositions(decompose, list(range(4)), big)
+        assert seen == {(threading.get_ident(), 2)}  # serial, in the caller's thread
+    finally:
+        torch.set_num_threads(before)

@@ -49,6 +49,25 @@ def one_thread():
         torch.set_num_threads(threads)
 
 
+PARALLEL_DECOMPOSITION_BYTES = 1 << 28  # float64 working copies above this run one at a time (memory)
+
+
+def map_decompositions(decompose, items: list, matrix: torch.Tensor) -> list:
+    """[decompose(item) for item in items], with as many calls at once as torch has threads, each
+    on one thread (LAPACK and the products around it): the calls are independent and torch
+    releases the GIL inside them, so T per-task decompositions use every core. Serial on a GPU,
+    for one item, on one thread, or when the float64 working copies (two per call) of matrices
+    the size of `matrix` would exceed PARALLEL_DECOMPOSITION_BYTES."""
+    workers = min(torch.get_num_threads(), len(items))
+    too_big = 2 * 8 * matrix.numel() * workers > PARALLEL_DECOMPOSITION_BYTES
+    if workers <= 1 or matrix.device.type != "cpu" or too_big:
+        return [decompose(item) for item in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with one_thread(), ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(decompose, items))
+
+
 def _eigh(matrix: torch.Tensor):
     with one_thread():
         return torch.linalg.eigh(matrix)

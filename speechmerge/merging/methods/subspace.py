@@ -18,6 +18,7 @@ from speechmerge.merging.registry import Param, merge_method
 from speechmerge.merging.spectral import (
     boost_floor,
     gram_svd,
+    map_decompositions,
     orthogonalise,
     rounding_tolerance,
     singular_mask,
@@ -120,16 +121,21 @@ def task_singular_vectors(tasks: torch.Tensor, weights: torch.Tensor, ctx: Tenso
     count, rows, cols = tasks.shape
     k = max(1, min(rows, cols) // count)
     present = tuple(bool(w != 0) for w in weights)
-    parts, keys = [], []
+    seeds = [svd_seed(ctx, svd, t) for t in range(count)]
+    keys = [(k, svd, seed) for seed in seeds]
+
+    def triplets(t: int):
+        compute = lambda: top_singular(tasks[t], k, svd == "randomised", seeds[t] or 0)  # noqa: E731
+        return ctx.remember(("triplets", t), keys[t], compute)
+
+    nonzero = [t for t in range(count) if present[t]]
+    found = dict(zip(nonzero, map_decompositions(triplets, nonzero, tasks[0])))
+    parts = []
     for t in range(count):
-        seed = svd_seed(ctx, svd, t)
-        keys.append((k, svd, seed))
         if not present[t]:
             parts.append((tasks.new_zeros(rows, k), tasks.new_zeros(k), tasks.new_zeros(k, cols)))
             continue
-        u, sigma, vh = ctx.remember(
-            ("triplets", t), keys[-1], lambda t=t, seed=seed: top_singular(tasks[t], k, svd == "randomised", seed or 0)
-        )
+        u, sigma, vh = found[t]
         magnitude = sigma * abs(float(weights[t]))
         if boost is not None:
             magnitude = boost(magnitude, t)
