@@ -91,9 +91,10 @@ def svd_seed(ctx: TensorContext, svd: str, t: int) -> int | None:
     return ctx.generator(t).initial_seed() if svd == "randomised" else None
 
 
-def rebuild(u, s, vh, orthogonaliser: str, steps: int, coefficients: str, ctx: TensorContext, key=None):
+def rebuild(u, s, vh, orthogonaliser: str, steps: int, coefficients: str, ctx: TensorContext, like, key=None):
     """U⊥ diag(σ) V⊥ᵀ with U and Vᵀ (given as functions that build them) replaced by their
-    (approximate) polar factors. With a `key` naming what U and Vᵀ are built from, the polar
+    (approximate) polar factors, the two side by side (`map_decompositions`; `like`: a task
+    matrix, which bounds their size). With a `key` naming what U and Vᵀ are built from, the polar
     factors are remembered across merges of the same inputs (`TensorContext.remember`), and U and
     Vᵀ are not built again."""
 
@@ -105,7 +106,8 @@ def rebuild(u, s, vh, orthogonaliser: str, steps: int, coefficients: str, ctx: T
             return compute()
         return ctx.remember(("polar", side), (orthogonaliser, steps, coefficients, key), compute)
 
-    return (factor("u", u) * s) @ factor("vh", vh)
+    left, right = map_decompositions(lambda pair: factor(*pair), [("u", u), ("vh", vh)], like)
+    return (left * s) @ right
 
 
 def task_singular_vectors(tasks: torch.Tensor, weights: torch.Tensor, ctx: TensorContext, svd: str, boost=None):
@@ -173,7 +175,7 @@ def tsv_m(tasks, base, weights, ctx: TensorContext, *, scale, orthogonaliser, sv
     if not ctx.is_matrix:
         return mean_task_vector(tasks, weights, scale)
     u, s, vh, key = task_singular_vectors(tasks, weights, ctx, svd)
-    return rebuild(u, s, vh, orthogonaliser, ns_steps, ns_coefficients, ctx, key).mul_(scale)
+    return rebuild(u, s, vh, orthogonaliser, ns_steps, ns_coefficients, ctx, tasks[0], key).mul_(scale)
 
 
 @merge_method(
@@ -249,7 +251,7 @@ def boosted_tsv_m(
         return kept.clamp(min=boost_floor(full * abs(float(weights[t])), beta, energy))
 
     u, s, vh, key = task_singular_vectors(tasks, weights, ctx, svd, boost)
-    return rebuild(u, s, vh, orthogonaliser, ns_steps, ns_coefficients, ctx, key).mul_(scale)
+    return rebuild(u, s, vh, orthogonaliser, ns_steps, ns_coefficients, ctx, tasks[0], key).mul_(scale)
 
 
 @merge_method(
@@ -332,7 +334,7 @@ def iso_cts(
         s_all = torch.cat([b[1] for b in blocks] + [s_common])
         vh_all = torch.cat([b[2] for b in blocks] + [vh_common], 0)
         flat = torch.full_like(s_all, float(s_all.mean()))
-        return rebuild(lambda: u_all, flat, lambda: vh_all, orthogonaliser, ns_steps, ns_coefficients, ctx)
+        return rebuild(lambda: u_all, flat, lambda: vh_all, orthogonaliser, ns_steps, ns_coefficients, ctx, tasks[0])
 
     seeds = tuple(svd_seed(ctx, svd, t) for t in range(count))
     key = (tuple(weights.tolist()), common_fraction, orthogonaliser, svd, ns_steps, ns_coefficients, seeds)
