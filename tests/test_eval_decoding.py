@@ -303,6 +303,11 @@ def test_attending_over_the_encoder_output_gives_the_logits_of_the_keys_and_valu
             logits.append((first, step))
     for ours, theirs in zip(logits[1], logits[0]):
         assert torch.allclose(ours, theirs, rtol=0, atol=1e-5 * float(theirs.abs().max()))
+    # generate reorders the rows of what cross_keys_values returns: never the caller's encoder output
+    assert all(
+        x.untyped_storage().data_ptr() != encoded.untyped_storage().data_ptr()
+        for x in fast.cross_keys_values(encoded)[0]
+    )
 
 
 def test_torch_backend_attending_over_the_encoder_output_decodes_a_batch_like_clip_by_clip(models, data):

@@ -94,9 +94,10 @@ class GreedyDecoder:
 
     def cross_keys_values(self, encoded: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Each layer's cross-attention (K, V) [batch, heads, frames, head_dim] of encoder outputs
-        (with `attend_encoder`: the encoder output itself, [(E, Eᵀ)] for every layer)."""
+        (with `attend_encoder`: a copy of the encoder output, [(E, Eᵀ)] for every layer; a copy
+        because `generate` reorders its rows in place, and E may be a cached tensor)."""
         if self.attend_encoder:
-            return [(encoded, encoded.transpose(1, 2).contiguous())]
+            return [(encoded.clone(), encoded.transpose(1, 2).contiguous())]
         with torch.no_grad():
             return [
                 (
