@@ -410,8 +410,8 @@ def test_audio_window_decodes_a_clip_longer_than_the_others_whole(models, tmp_pa
     write_manifest(manifest, [*utterances, utterances[0].model_copy(update={"id": "long", "audio": long_audio})])
     widths = []
 
-    def recording(*args):
-        backend = make_backend(*args)
+    def recording(*args, **kwargs):
+        backend = make_backend(*args, **kwargs)
         original = backend.decode
         backend.decode = lambda encoded, *rest: widths.append(encoded.shape[1]) or original(encoded, *rest)
         return backend

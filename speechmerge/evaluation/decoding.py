@@ -95,8 +95,9 @@ def decode_utterances(
         return results, stats
     start = time.perf_counter()
     threads = options.threads or torch.get_num_threads()
-    extra = {} if options.cross_attention == "keys" else {"cross_attention": options.cross_attention}
-    backend = backend_factory(model, options.backend, options.weights, threads, options.encoder_cache, **extra)
+    backend = backend_factory(
+        model, options.backend, options.weights, threads, options.encoder_cache, cross_attention=options.cross_attention
+    )
     stats.load_seconds = time.perf_counter() - start
     settings = DecodeSettings(beam_size=options.beam_size, max_new_tokens=max_new_tokens(model, options.max_new_tokens))
     start = time.perf_counter()

@@ -178,12 +178,6 @@ def disjoint_mean(tasks: torch.Tensor, sign: torch.Tensor, weights: torch.Tensor
     return torch.where(count != 0, total / torch.where(count != 0, count, 1.0), 0.0)
 
 
-def below_to_zero(tasks: torch.Tensor, thresholds: list[float]) -> torch.Tensor:
-    """A copy of `tasks` [T, …] with each row's entries of |x| below that row's threshold set to 0."""
-    column = torch.tensor(thresholds, dtype=tasks.dtype, device=tasks.device).reshape(-1, *([1] * (tasks.dim() - 1)))
-    return torch.where(tasks.abs() >= column, tasks, 0.0)
-
-
 def map_entries(tasks: torch.Tensor, merge_entries) -> torch.Tensor:
     """Apply an entry-wise merge, `merge_entries(sub: [T, c]) -> [c]`, over chunks of the
     flattened entries, so its temporaries hold T·c ≈ CHUNK values instead of T copies of the

@@ -7,11 +7,11 @@ import torch
 from speechmerge.merging.context import TensorContext
 from speechmerge.merging.masks import (
     MagnitudeThresholds,
-    below_to_zero,
     disjoint_mean,
     elect_sign,
     map_entries,
     random_drop_,
+    trim_below_,
     weighted_sum,
 )
 from speechmerge.merging.registry import IdenticalExperts, Param, merge_method
@@ -57,12 +57,12 @@ def sign_elected_mean(
 ) -> torch.Tensor:
     """TIES steps 2-3: elect each entry's sign by the mass of the weighted trimmed task
     vectors, then take the weighted mean of the values that agree with it. With `thresholds`
-    (one per task), step 1's trim is done here too, chunk by chunk (|x| below its task's
-    threshold counts as 0), so the tasks are read once instead of trimmed in a pass of their own."""
+    (one per task), step 1's trim is done here too, in place chunk by chunk (|x| below its
+    task's threshold set to 0), so the tasks are read once instead of trimmed in a pass of their own."""
 
     def merge(sub: torch.Tensor) -> torch.Tensor:
         if thresholds is not None:
-            sub = below_to_zero(sub, thresholds)
+            trim_below_(sub, thresholds)  # each row of a chunk is a contiguous slice of its task
         return disjoint_mean(sub, elect_sign(sub, weights), weights)
 
     return map_entries(trimmed, merge)
