@@ -63,16 +63,56 @@ def test_masks_are_independent_across_entries_streams_tensors_and_seeds():
     each pair of masks passes a χ² test of independence at the 1e-4 level (χ²₁ < 15.1)."""
     n, keep = 1 << 18, 0.3
     ctx = tensor_context()
-    mask = masks.uniform_words(ctx, 0, 0, n) < masks.keep_threshold(keep)
-    others = {
-        "next entry": np.roll(mask, 1),
-        "other stream": masks.uniform_words(ctx, 1, 0, n) < masks.keep_threshold(keep),
-        "other tensor": masks.uniform_words(tensor_context("model.decoder.layers.0.fc1.weight"), 0, 0, n)
-        < masks.keep_threshold(keep),
-        "other seed": masks.uniform_words(tensor_context(seed=1), 0, 0, n) < masks.keep_threshold(keep),
-    }
-    for what, other in others.items():
-        assert chi_square_2x2(mask, other) < 15.1, what
+    for draw in (masks.kept_entries, uniform_words_below):  # DARE's masks, and DELLA's words
+        mask = draw(ctx, 0, 0, n, keep)
+        others = {
+            "next entry": np.roll(mask, 1),
+            "other stream": draw(ctx, 1, 0, n, keep),
+            "other tensor": draw(tensor_context("model.decoder.layers.0.fc1.weight"), 0, 0, n, keep),
+            "other seed": draw(tensor_context(seed=1), 0, 0, n, keep),
+        }
+        for what, other in others.items():
+            assert chi_square_2x2(mask, other) < 15.1, (draw.__name__, what)
+
+
+def uniform_words_below(ctx, stream: int, start: int, count: int, keep: float) -> np.ndarray:
+    return masks.uniform_words(ctx, stream, start, count) < masks.keep_threshold(keep)
+
+
+def splitmix64_top24(key: int, index: int) -> int:
+    """The splitmix64 finaliser of key + (index + 1) · γ (Steele, Lea, Flood 2014) in Python
+    integers, top 24 bits."""
+    mask = (1 << 64) - 1
+    z = (key + (index + 1) * 0x9E3779B97F4A7C15) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return (z ^ (z >> 31)) >> 40
+
+
+def test_counter_bits_are_splitmix64_of_the_entry_index():
+    ctx = tensor_context()
+    key = (ctx.generator(3).initial_seed() ^ 0x5BD1E995) & ((1 << 64) - 1)
+    entries = np.array([0, 1, 2, 255, 1 << 20, (1 << 40) + 7], dtype=np.int64)
+    assert masks.counter_bits(ctx, 3, entries).tolist() == [splitmix64_top24(key, int(i)) for i in entries]
+
+
+@pytest.mark.parametrize("keep", [0.0, 0.1, 0.3, 0.5, 0.9, 1.0, (77 * 2**24 + 8_000_000) / 2**32])
+def test_kept_entries_compare_the_whole_32_bit_word(monkeypatch, keep):
+    """Kept exactly when byte · 2²⁴ + counter bits < ⌊keep · 2³²⌋, including the entries whose
+    byte ties with the threshold's (the last keep is a threshold with non-zero low bits), and
+    the same for any window of the entries."""
+    monkeypatch.setattr(masks, "CHUNK", 4096)
+    ctx, n = tensor_context(), 1 << 16
+    words = masks.top_bytes(ctx, 0, 0, n).astype(np.int64) * 2**24 + np.array(
+        [splitmix64_top24((ctx.generator(0).initial_seed() ^ 0x5BD1E995) & ((1 << 64) - 1), i) for i in range(n)]
+    )
+    kept = masks.kept_entries(ctx, 0, 0, n, keep)
+    assert np.array_equal(kept, words < masks.keep_threshold(keep))
+    for start, count in [(0, 1), (5, 4091), (4095, 2), (10_000, 30_001)]:
+        assert np.array_equal(masks.kept_entries(ctx, 0, start, count, keep), kept[start : start + count])
+        assert np.array_equal(
+            masks.top_bytes(ctx, 0, start, count), masks.top_bytes(ctx, 0, 0, n)[start : start + count]
+        )
 
 
 def test_uniform_draws_have_uniform_deciles():
