@@ -34,6 +34,7 @@ import torch
 from speechmerge.checkpoints.resolve import Checkpoint
 from speechmerge.checkpoints.writer import StreamingSafetensorsWriter
 from speechmerge.errors import SpeechmergeError
+from speechmerge.merging.buffers import BufferPool
 from speechmerge.merging.context import TensorContext
 from speechmerge.merging.masks import CHUNK
 from speechmerge.merging.plan import MergePlan, PlanEntry
@@ -161,6 +162,7 @@ class Step:
 class Loaded:
     base: torch.Tensor | None
     stack: torch.Tensor | None
+    buffers: list[torch.Tensor] = field(default_factory=list)  # the pool's buffers base and stack view
 
 
 def all_finite(tensor: torch.Tensor) -> bool:
@@ -194,19 +196,21 @@ def _read(ckpt: Checkpoint, unit: Unit, out: torch.Tensor) -> None:
     check_finite(ckpt, unit.entry.name, out)
 
 
-def _load(plan: MergePlan, unit: Unit, need_stack: bool) -> Loaded:
-    """Read one unit of the base and of every expert into float32 buffers on the device."""
+def _load(plan: MergePlan, unit: Unit, need_stack: bool, pool: BufferPool) -> Loaded:
+    """Read one unit of the base and of every expert into float32 buffers on the device (taken
+    from `pool`)."""
     shape = unit.entry.shape if unit.whole else (unit.stop - unit.start, *unit.entry.shape[1:])
-    base = None
+    loaded = Loaded(None, None)
     if plan.base is not None:
-        base = torch.empty(shape, dtype=plan.compute_dtype, device=plan.device)
-        _read(plan.base, unit, base)
-    if not need_stack:
-        return Loaded(base, None)
-    stack = torch.empty((len(plan.experts), *shape), dtype=plan.compute_dtype, device=plan.device)
-    for index, expert in enumerate(plan.experts):
-        _read(expert, unit, stack[index])
-    return Loaded(base, stack)
+        loaded.base, buffer = pool.take(shape)
+        loaded.buffers.append(buffer)
+        _read(plan.base, unit, loaded.base)
+    if need_stack:
+        loaded.stack, buffer = pool.take((len(plan.experts), *shape))
+        loaded.buffers.append(buffer)
+        for index, expert in enumerate(plan.experts):
+            _read(expert, unit, loaded.stack[index])
+    return loaded
 
 
 def _units(plan: MergePlan, entry: PlanEntry, budget: int) -> list[Unit]:
@@ -292,11 +296,14 @@ class _Executor:
         report: MergeReport,
         model_passes: dict,
         write_pool: ThreadPoolExecutor,
+        buffers: BufferPool,
     ):
         self.plan = plan
         self.writer = writer
         self.write_pool = write_pool  # one background writer: the output of a unit is written
         self.pending_write = None  # while the next unit is merged (at most one write in flight)
+        self.buffers = buffers
+        self.writing_buffers: list[torch.Tensor] = []  # input buffers the write in flight reads
         self.report = report
         self.model_passes = model_passes
         self.model_results: dict[str, object] = {}
@@ -305,12 +312,14 @@ class _Executor:
         self.frozen_blocks: dict[str, bool] = {}
 
     def run(self, step: Step, loaded: Loaded) -> None:
+        if step.kind == "merge":
+            self._merge(step.unit, loaded)
+            return
         if step.kind == "model":
             self._observe_model(step, loaded)
-        elif step.kind == "tensor":
-            self._observe_tensor(step, loaded)
         else:
-            self._merge(step.unit, loaded)
+            self._observe_tensor(step, loaded)
+        self.buffers.give_back(loaded.buffers)
 
     def _deltas(self, entry: PlanEntry, loaded: Loaded) -> torch.Tensor:
         if entry.method.space == "deltas" and loaded.base is not None:
@@ -340,8 +349,14 @@ class _Executor:
     def _merge(self, unit: Unit, loaded: Loaded) -> None:
         entry = unit.entry
         merged = self._merge_unit(unit, loaded).to(entry.out_dtype)
+        # the inputs go back to the pool now, but those the merged tensor is (a view of) only
+        # once it is written
+        written = merged.untyped_storage().data_ptr()
+        aliased = [b.untyped_storage().data_ptr() == written for b in loaded.buffers]
+        self.buffers.give_back([b for b, alias in zip(loaded.buffers, aliased) if not alias])
         self.finish_writing()
         self.pending_write = self.write_pool.submit(self.writer.write, entry.name, merged)
+        self.writing_buffers = [b for b, alias in zip(loaded.buffers, aliased) if alias]
         last = unit.whole or unit.stop == entry.shape[0]
         if last and entry.method is not None:
             frozen = self.frozen_blocks.pop(entry.name, True)
@@ -354,6 +369,8 @@ class _Executor:
         if self.pending_write is not None:
             self.pending_write.result()
             self.pending_write = None
+            self.buffers.give_back(self.writing_buffers)
+            self.writing_buffers = []
 
     def _merge_unit(self, unit: Unit, loaded: Loaded) -> torch.Tensor:
         """The merged weights of one unit: the base's where the method is `keep: base` or every
@@ -376,7 +393,6 @@ class _Executor:
             unit.whole,
         )
         self.report.peak_anonymous_bytes = max(self.report.peak_anonymous_bytes, anonymous_memory_bytes())
-        loaded.stack = None  # free the inputs before adding the base back
         del tasks
         return as_weights(entry, merged, loaded.base)
 
@@ -439,12 +455,16 @@ def execute(
         ThreadPoolExecutor(1) as reader,
         ThreadPoolExecutor(1) as write_pool,
     ):
-        executor = _Executor(plan, writer, report, model_passes, write_pool)
+        # the inputs' share of every unit's planned bytes ((experts + 1) of experts + 2 tensors)
+        inputs_share = memory_budget * (len(plan.experts) + 1) // (len(plan.experts) + 2)
+        buffers = BufferPool(plan.compute_dtype, plan.device, limit=inputs_share)
+        executor = _Executor(plan, writer, report, model_passes, write_pool, buffers)
         task = progress.add_task(f"merging ({plan.recipe.method})", total=len(steps))
 
         def submit(index: int):
             step = steps[index]
-            return reader.submit(_load, plan, step.unit, step.kind != "merge" or step.unit.entry.method is not None)
+            need_stack = step.kind != "merge" or step.unit.entry.method is not None
+            return reader.submit(_load, plan, step.unit, need_stack, buffers)
 
         pending = submit(0) if steps else None
         for index, step in enumerate(steps):
