@@ -163,7 +163,6 @@ class Loaded:
     base: torch.Tensor | None
     stack: torch.Tensor | None
     buffers: list[torch.Tensor] = field(default_factory=list)  # the pool's buffers base and stack view
-    equal_base: bool = False  # every expert's unit equals the base's (frozen during fine-tuning)
 
 
 def all_finite(tensor: torch.Tensor) -> bool:
@@ -199,9 +198,7 @@ def _read(ckpt: Checkpoint, unit: Unit, out: torch.Tensor) -> None:
 
 def _load(plan: MergePlan, unit: Unit, need_stack: bool, pool: BufferPool) -> Loaded:
     """Read one unit of the base and of every expert into float32 buffers on the device (taken
-    from `pool`). For a method over task vectors the experts' rows become θ_t − θ_0 here, in the
-    reader's thread, as does the check that every expert equals the base (no non-zero task
-    vector): both are passes over every input that the merging thread then does not wait for."""
+    from `pool`)."""
     shape = unit.entry.shape if unit.whole else (unit.stop - unit.start, *unit.entry.shape[1:])
     loaded = Loaded(None, None)
     if plan.base is not None:
@@ -213,15 +210,6 @@ def _load(plan: MergePlan, unit: Unit, need_stack: bool, pool: BufferPool) -> Lo
         loaded.buffers.append(buffer)
         for index, expert in enumerate(plan.experts):
             _read(expert, unit, loaded.stack[index])
-        method = unit.entry.method
-        if loaded.base is not None and method is not None:
-            if method.space == "deltas":
-                loaded.stack.sub_(loaded.base)
-                # x − y = 0 exactly when x = y (finite); chunked, so the check allocates no stack-sized
-                # temporary and stops at the first non-zero chunk
-                loaded.equal_base = not any(bool(chunk.any()) for chunk in loaded.stack.reshape(-1).split(CHUNK))
-            else:
-                loaded.equal_base = all(torch.equal(row, loaded.base) for row in loaded.stack)
     return loaded
 
 
@@ -333,11 +321,16 @@ class _Executor:
             self._observe_tensor(step, loaded)
         self.buffers.give_back(loaded.buffers)
 
+    def _deltas(self, entry: PlanEntry, loaded: Loaded) -> torch.Tensor:
+        if entry.method.space == "deltas" and loaded.base is not None:
+            loaded.stack.sub_(loaded.base)
+        return loaded.stack
+
     def _observe_model(self, step: Step, loaded: Loaded) -> None:
         stat, entries = self.model_passes[step.method]
         entry = step.unit.entry
         ctx = plan_context(self.plan, entry, row_offset=step.unit.start)
-        stat.observe(step.round_index, loaded.stack, ctx, entry.params)
+        stat.observe(step.round_index, self._deltas(entry, loaded), ctx, entry.params)
         last_unit = entries[-1].name == entry.name and step.unit.stop == (entry.shape[0] if entry.shape else 1)
         if last_unit:
             stat.end_round(step.round_index)
@@ -349,7 +342,7 @@ class _Executor:
         if self.tensor_stat_entry != entry.name:
             self.tensor_stat, self.tensor_stat_entry = _tensor_statistics(self.plan, entry), entry.name
         ctx = plan_context(self.plan, entry, row_offset=step.unit.start)
-        self.tensor_stat.observe(step.round_index, loaded.stack, ctx, entry.params)
+        self.tensor_stat.observe(step.round_index, self._deltas(entry, loaded), ctx, entry.params)
         if step.unit.stop == entry.shape[0]:
             self.tensor_stat.end_round(step.round_index)
 
@@ -386,12 +379,13 @@ class _Executor:
         if entry.method is None:
             self.report.kept.append(entry.name)
             return loaded.base
-        if loaded.equal_base:
+        if _experts_equal_base(loaded):
             return loaded.base  # frozen during fine-tuning
         self.frozen_blocks[entry.name] = False
+        tasks = self._deltas(entry, loaded)
         merged = apply_method(
             entry.method,
-            loaded.stack,
+            tasks,
             loaded.base,
             entry_weights(self.plan, entry),
             self._unit_context(unit),
@@ -399,6 +393,7 @@ class _Executor:
             unit.whole,
         )
         self.report.peak_anonymous_bytes = max(self.report.peak_anonymous_bytes, anonymous_memory_bytes())
+        del tasks
         return as_weights(entry, merged, loaded.base)
 
     def _unit_context(self, unit: Unit) -> TensorContext:
@@ -416,6 +411,11 @@ class _Executor:
 def entry_weights(plan: MergePlan, entry: PlanEntry) -> torch.Tensor:
     """The experts' weights for one tensor (a gradient or an override makes them vary by tensor)."""
     return torch.tensor(entry.weights, dtype=plan.compute_dtype)
+
+
+def _experts_equal_base(loaded: Loaded) -> bool:
+    base, stack = loaded.base, loaded.stack
+    return base is not None and all(torch.equal(stack[i], base) for i in range(stack.shape[0]))
 
 
 def as_weights(entry: PlanEntry, merged: torch.Tensor, base: torch.Tensor | None) -> torch.Tensor:
