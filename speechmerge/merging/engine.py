@@ -183,33 +183,32 @@ def check_finite(ckpt: Checkpoint, name: str, tensor: torch.Tensor) -> None:
         )
 
 
-def _read(ckpt: Checkpoint, unit: Unit, out: torch.Tensor) -> None:
-    """Read one unit of one checkpoint into a float32 buffer (through a CPU buffer when the
-    compute device is a GPU) and check it is finite."""
-    rows = None if unit.whole else (unit.start, unit.stop)
-    if out.device.type == "cpu":
-        ckpt.read_into(unit.entry.name, out, rows)
-    else:
-        staging = torch.empty(out.shape, dtype=out.dtype)
-        ckpt.read_into(unit.entry.name, staging, rows)
-        out.copy_(staging)
-    check_finite(ckpt, unit.entry.name, out)
-
-
-def _load(plan: MergePlan, unit: Unit, need_stack: bool, pool: BufferPool) -> Loaded:
+def _load(plan: MergePlan, unit: Unit, need_stack: bool, pool: BufferPool, readers: ThreadPoolExecutor) -> Loaded:
     """Read one unit of the base and of every expert into float32 buffers on the device (taken
-    from `pool`)."""
+    from `pool`; on a GPU through a CPU staging buffer) and check each is finite. On the CPU the
+    checkpoints are read side by side on `readers`' threads, which do no other torch work."""
     shape = unit.entry.shape if unit.whole else (unit.stop - unit.start, *unit.entry.shape[1:])
+    rows = None if unit.whole else (unit.start, unit.stop)
     loaded = Loaded(None, None)
+    reads = []
     if plan.base is not None:
         loaded.base, buffer = pool.take(shape)
         loaded.buffers.append(buffer)
-        _read(plan.base, unit, loaded.base)
+        reads.append((plan.base, loaded.base))
     if need_stack:
         loaded.stack, buffer = pool.take((len(plan.experts), *shape))
         loaded.buffers.append(buffer)
-        for index, expert in enumerate(plan.experts):
-            _read(expert, unit, loaded.stack[index])
+        reads += [(expert, loaded.stack[index]) for index, expert in enumerate(plan.experts)]
+    if plan.device.type == "cpu":
+        for done in [readers.submit(ckpt.read_into, unit.entry.name, out, rows) for ckpt, out in reads]:
+            done.result()
+    else:
+        for ckpt, out in reads:
+            staging = torch.empty(out.shape, dtype=out.dtype)
+            ckpt.read_into(unit.entry.name, staging, rows)
+            out.copy_(staging)
+    for ckpt, out in reads:
+        check_finite(ckpt, unit.entry.name, out)
     return loaded
 
 
@@ -453,6 +452,7 @@ def execute(
     with (
         progress_bar(show_progress, transient=True) as progress,
         ThreadPoolExecutor(1) as reader,
+        ThreadPoolExecutor(2) as read_workers,
         ThreadPoolExecutor(1) as write_pool,
     ):
         # the inputs' share of every unit's planned bytes ((experts + 1) of experts + 2 tensors)
@@ -464,7 +464,7 @@ def execute(
         def submit(index: int):
             step = steps[index]
             need_stack = step.kind != "merge" or step.unit.entry.method is not None
-            return reader.submit(_load, plan, step.unit, need_stack, buffers)
+            return reader.submit(_load, plan, step.unit, need_stack, buffers, read_workers)
 
         pending = submit(0) if steps else None
         for index, step in enumerate(steps):
