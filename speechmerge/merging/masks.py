@@ -197,6 +197,21 @@ def _chunk_generator(ctx: TensorContext, stream: int, chunk: int) -> np.random.S
     return np.random.SFC64(np.random.SeedSequence([key & 0xFFFFFFFF, key >> 32, chunk]))
 
 
+def _generated(ctx: TensorContext, stream: int, start: int, count: int, unit: np.dtype) -> np.ndarray:
+    """Entries [start, start + count) of the chunk generators' output read as `unit`s: entry i is
+    unit i % CHUNK of generator i // CHUNK's little-endian 64-bit outputs (8 / unit.itemsize
+    entries each), so a prefix of a longer draw is the shorter draw."""
+    per_output = 8 // unit.itemsize
+    pieces = []
+    first, last = start // CHUNK, (start + count - 1) // CHUNK
+    for chunk in range(first, last + 1):
+        low = max(start - chunk * CHUNK, 0)
+        high = min(start + count - chunk * CHUNK, CHUNK)
+        raw = _chunk_generator(ctx, stream, chunk).random_raw((high + per_output - 1) // per_output)
+        pieces.append(raw.astype("<u8", copy=False).view(unit)[low:high])
+    return np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+
+
 def uniform_words(ctx: TensorContext, stream: int, start: int, count: int) -> np.ndarray:
     """Uniform 32-bit words (uint32) for flat entries [start, start + count) of the tensor `ctx`
     names.
@@ -206,14 +221,7 @@ def uniform_words(ctx: TensorContext, stream: int, start: int, count: int) -> np
     high half, whatever the machine's byte order). Draws are sequential, so a prefix of a longer
     draw is the shorter draw: an entry's word is the same whatever the device and however the
     tensor is split into row blocks. About 8× cheaper than `torch.rand` per entry."""
-    pieces = []
-    first, last = start // CHUNK, (start + count - 1) // CHUNK
-    for chunk in range(first, last + 1):
-        low = max(start - chunk * CHUNK, 0)
-        high = min(start + count - chunk * CHUNK, CHUNK)
-        raw = _chunk_generator(ctx, stream, chunk).random_raw((high + 1) // 2)
-        pieces.append(raw.astype("<u8", copy=False).view("<u4")[low:high])
-    return np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+    return _generated(ctx, stream, start, count, np.dtype("<u4"))
 
 
 def uniform_draws(ctx: TensorContext, stream: int, start: int, count: int) -> torch.Tensor:
@@ -233,14 +241,7 @@ def top_bytes(ctx: TensorContext, stream: int, start: int, count: int) -> np.nda
     (little-endian order of its 64-bit outputs) of the chunk generator i // CHUNK, one
     `random_raw` output per 8 entries; a prefix of a longer draw is the shorter draw, as for
     `uniform_words`."""
-    pieces = []
-    first, last = start // CHUNK, (start + count - 1) // CHUNK
-    for chunk in range(first, last + 1):
-        low = max(start - chunk * CHUNK, 0)
-        high = min(start + count - chunk * CHUNK, CHUNK)
-        raw = _chunk_generator(ctx, stream, chunk).random_raw((high + 7) // 8)
-        pieces.append(raw.astype("<u8", copy=False).view(np.uint8)[low:high])
-    return np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+    return _generated(ctx, stream, start, count, np.dtype(np.uint8))
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
