@@ -4,8 +4,9 @@ The plan compiles into a flat sequence of steps. Each step needs one *unit* of i
 tensor, or a block of its rows — read from the base and every expert into a single stacked
 float32 buffer [T, *shape] on the compute device (float32 inputs are read straight into the
 buffer, others through one conversion). A background thread loads the next step's unit while
-the current one is computed, and another writes the previous result, so reading, arithmetic
-and writing overlap.
+the current one is computed (on the CPU reading the checkpoints side by side on two more
+threads, into buffers reused from `buffers.BufferPool`), and another writes the previous
+result, so reading, arithmetic and writing overlap.
 
 Steps, in order:
 1. whole-model statistics passes of the methods that declare one (TIES's global top-k), over
