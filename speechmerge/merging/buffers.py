@@ -3,8 +3,8 @@
 The engine serves every allocation of 1 MiB or more from its own mapping
 (`engine.return_freed_memory_promptly`), so a fresh buffer's pages are faulted in, and zeroed by
 the kernel, on first write. Reading Whisper-small × 3's 3.6 GiB of float32 inputs tensor by tensor
-took 3.0–3.5 s into fresh buffers and 0.6–0.8 s into reused ones on the 2-core development VM
-(docs/performance.md), and the reader is what a per-tensor merge waits for.
+took 4.4–4.6 s into fresh buffers and 0.9–1.0 s into reused ones on the 2-core development VM
+(`benchmarks/bench_reads.py`, docs/performance.md), and the reader is what a per-tensor merge waits for.
 
 The pool hands out views of flat buffers it keeps and takes them back once nothing reads them.
 It holds at most `limit` bytes, handed out or idle (the engine gives it the inputs' share of its
