@@ -27,6 +27,7 @@ class BufferPool:
         self.dtype = dtype
         self.device = device
         self.limit = limit
+        self.itemsize = torch.empty((), dtype=dtype).element_size()
         self.allocated = 0  # bytes of every buffer the pool made and still holds or handed out
         self._idle: list[torch.Tensor] = []  # by size, smallest first
         self._lock = threading.Lock()
@@ -38,7 +39,7 @@ class BufferPool:
             fitting = next((i for i, buffer in enumerate(self._idle) if buffer.numel() >= max(numel, 1)), None)
             buffer = self._idle.pop(fitting) if fitting is not None else None
             if buffer is None:
-                self.allocated += max(numel, 1) * torch.empty((), dtype=self.dtype).element_size()
+                self.allocated += max(numel, 1) * self.itemsize
                 self._free_idle_above_limit()
         if buffer is None:
             buffer = torch.empty(max(numel, 1), dtype=self.dtype, device=self.device)
